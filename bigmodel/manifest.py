@@ -1,0 +1,178 @@
+"""The bundle manifest and the data spec: dataclasses <-> JSON, standard library only.
+
+A bundle is self-describing: `manifest.json` names every role graph with its sha256 and the
+names, dtypes and shapes of its inputs and outputs ("batch" marks the dynamic axis), the data
+spec, the latent prior, precision, opset, versions and any TensorRT engines.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bigmodel.errors import BundleError
+from bigmodel.fileio import atomic_write_text
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+BATCH = "batch"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the model sees: float32 (C, H, W) images in `value_range`, from `source`.
+
+    `scale` maps stored uint8 pixels into that range (x / scale); `val_fraction` and `seed`
+    make the train/validation split reproducible.
+    """
+
+    source: str
+    shape: tuple[int, int, int]
+    value_range: tuple[float, float] = (0.0, 1.0)
+    scale: float = 255.0
+    n_train: int = 0
+    n_val: int = 0
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        d["value_range"] = list(self.value_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataSpec:
+        d = dict(d)
+        d["shape"] = tuple(int(s) for s in d["shape"])
+        d["value_range"] = tuple(float(v) for v in d.get("value_range", (0.0, 1.0)))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """The latent space: size and prior ("normal", or "mixture" with its means and std)."""
+
+    dim: int
+    prior: str = "normal"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "float16"
+    shape: list[int | str]  # "batch" for the dynamic axis
+    kind: str = "tensor"  # "image" | "latent" | "logit" | "stat"
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    file: str
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    role: str
+    file: str
+    sha256: str
+    tensorrt_version: str
+    compute_capability: str
+    precision: str
+    profile: dict[str, int]  # min, opt, max batch
+    device_name: str = ""
+
+
+@dataclass
+class Manifest:
+    family: str
+    arch: str
+    data: DataSpec
+    latent: LatentSpec
+    roles: dict[str, RoleSpec]
+    precision: str = "fp32"
+    opset: int = 18
+    versions: dict[str, str] = field(default_factory=dict)
+    checkpoint_sha256: str = ""
+    engines: list[EngineSpec] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["data"] = self.data.to_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"manifest format_version {version!r} is not supported; expected {FORMAT_VERSION} "
+                "(re-export the bundle with this bigmodel version)"
+            )
+        try:
+            roles = {
+                name: RoleSpec(
+                    file=r["file"],
+                    sha256=r["sha256"],
+                    inputs=[TensorSpec(**t) for t in r["inputs"]],
+                    outputs=[TensorSpec(**t) for t in r["outputs"]],
+                )
+                for name, r in d["roles"].items()
+            }
+            return cls(
+                family=d["family"],
+                arch=d["arch"],
+                data=DataSpec.from_dict(d["data"]),
+                latent=LatentSpec(**d["latent"]),
+                roles=roles,
+                precision=d.get("precision", "fp32"),
+                opset=int(d.get("opset", 0)),
+                versions=dict(d.get("versions", {})),
+                checkpoint_sha256=d.get("checkpoint_sha256", ""),
+                engines=[EngineSpec(**e) for e in d.get("engines", [])],
+                extra=dict(d.get("extra", {})),
+                format_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"manifest is malformed: {type(e).__name__}: {e}") from e
+
+    def save(self, bundle_dir: str | Path) -> Path:
+        return atomic_write_text(Path(bundle_dir) / MANIFEST_NAME, self.to_json())
+
+
+def read_manifest(bundle_dir: str | Path) -> Manifest:
+    """Read `bundle_dir/manifest.json`; a missing or unparsable file is a `BundleError`.
+
+    >>> read_manifest("runs/vae/bundle").roles.keys()
+    dict_keys(['encoder', 'decoder'])
+    """
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not Path(bundle_dir).is_dir():
+        raise BundleError(f"bundle folder not found: expected a folder holding {MANIFEST_NAME}, got {bundle_dir}")
+    if not path.is_file():
+        raise BundleError(f"not a bundle: expected {path} to exist (run `bigmodel export RUN_DIR` first)")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"cannot read {path}: expected JSON, got {type(e).__name__}: {e}") from e
+    if not isinstance(d, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return Manifest.from_dict(d)

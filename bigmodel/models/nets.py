@@ -1,0 +1,58 @@
+"""Building blocks shared by the families: MLP and DCGAN-style conv encoders/decoders."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from bigmodel.errors import ConfigError
+
+
+def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers of `sizes` with `act` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+def _leaky() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+def encoder(arch: str, shape: tuple[int, int, int], out: int, hidden: tuple[int, ...], width: int,
+            leaky: bool = False) -> nn.Module:
+    """Images (B, C, H, W) -> (B, out)."""
+    c, h, w = shape
+    if arch == "mlp":
+        act = _leaky if leaky else nn.ReLU
+        return nn.Sequential(nn.Flatten(), mlp([c * h * w, *hidden, out], act))
+    _check_conv_shape(shape)
+    return nn.Sequential(
+        nn.Conv2d(c, width, 4, 2, 1), _leaky(),  # (B, width, H/2, W/2)
+        nn.Conv2d(width, 2 * width, 4, 2, 1), _leaky(),  # (B, 2w, H/4, W/4)
+        nn.Flatten(),
+        nn.Linear(2 * width * (h // 4) * (w // 4), out),
+    )
+
+
+def decoder(arch: str, latent: int, shape: tuple[int, int, int], hidden: tuple[int, ...], width: int) -> nn.Module:
+    """Codes (B, latent) -> image logits (B, C, H, W)."""
+    c, h, w = shape
+    if arch == "mlp":
+        return nn.Sequential(mlp([latent, *reversed(hidden), c * h * w]), nn.Unflatten(1, shape))
+    _check_conv_shape(shape)
+    return nn.Sequential(
+        nn.Linear(latent, 2 * width * (h // 4) * (w // 4)), nn.ReLU(),
+        nn.Unflatten(1, (2 * width, h // 4, w // 4)),
+        nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),  # (B, w, H/2, W/2)
+        nn.ConvTranspose2d(width, c, 4, 2, 1),  # (B, C, H, W)
+    )
+
+
+def _check_conv_shape(shape: tuple[int, int, int]) -> None:
+    _, h, w = shape
+    if h % 4 or w % 4:
+        raise ConfigError(f"arch conv needs image height and width divisible by 4; got {h}x{w} (use --arch mlp)")
+

@@ -1,0 +1,106 @@
+"""Variational autoencoder: `encoder` x -> (mu, logvar), `decoder` z -> x̂.
+
+Loss per sample: reconstruction summed over pixels (BCE-with-logits for Bernoulli, 0.5 * squared
+error for Gaussian) + beta * KL(q(z|x) || N(0, I)), then the batch mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bigmodel.errors import ConfigError
+from bigmodel.models import nets
+from bigmodel.models.base import (
+    IMAGE_IN,
+    LATENT_IN,
+    BaseConfig,
+    Decode,
+    GenerativeModel,
+    RoleIO,
+    StepFn,
+    bce_logits_sum,
+)
+from bigmodel.models.registry import register_model
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+@dataclass
+class VAEConfig(BaseConfig):
+    latent_dim: int = 20
+    beta: float = 1.0
+    likelihood: str = "bernoulli"
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.beta >= 0:
+            raise ConfigError(f"beta must be >= 0; got {self.beta!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ConfigError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
+
+
+class GaussianEncoder(nn.Module):
+    """Images (B, C, H, W) -> mu (B, latent), logvar (B, latent) from one shared trunk."""
+
+    def __init__(self, trunk: nn.Module, latent_dim: int):
+        super().__init__()
+        self.trunk = trunk
+        self.latent_dim = latent_dim
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.trunk(x)  # (B, 2 * latent)
+        return h[:, : self.latent_dim], h[:, self.latent_dim :]
+
+
+def kl_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, (B,)."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+
+
+@register_model
+class VAE(GenerativeModel):
+    family = "vae"
+    description = "variational autoencoder: encoder x->(mu, logvar), decoder z->x; ELBO with beta"
+    config_cls = VAEConfig
+    roles = {
+        "encoder": RoleIO(IMAGE_IN, (("mu", "latent"), ("logvar", "stat"))),
+        "decoder": RoleIO(LATENT_IN, (("x", "image"),)),
+    }
+
+    def __init__(self, arch, data, config: VAEConfig):
+        super().__init__(arch, data, config)
+        c = config
+        self.encoder = GaussianEncoder(nets.encoder(arch, data.shape, 2 * c.latent_dim, c.hidden, c.width), c.latent_dim)
+        self.decoder = nets.decoder(arch, c.latent_dim, data.shape, c.hidden, c.width)
+
+    def optimizers(self):
+        return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+
+    def _terms(self, x: Tensor, noise: torch.Generator) -> dict[str, Tensor]:
+        mu, logvar = self.encoder(x)
+        eps = torch.randn(mu.shape, generator=noise).to(mu.device)
+        z = mu + torch.exp(0.5 * logvar) * eps  # (B, latent)
+        logits = self.decoder(z)
+        if self.config.likelihood == "bernoulli":
+            recon = bce_logits_sum(logits, x)
+        else:
+            recon = 0.5 * (torch.sigmoid(logits) - x).pow(2).flatten(1).sum(1).mean()
+        kl = kl_normal(mu, logvar).mean()
+        return {"loss": recon + self.config.beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl}
+
+    def train_step(self, x: Tensor, noise, step: StepFn):
+        terms = self._terms(x, noise)
+        step("vae", terms["loss"])
+        return {k: v.detach() for k, v in terms.items()}
+
+    def eval_losses(self, x: Tensor, noise):
+        return self._terms(x, noise)
+
+    def role_module(self, role: str):
+        return {"encoder": self.encoder, "decoder": Decode(self.decoder)}[role]
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.decoder(self.encoder(x)[0]))

@@ -1,0 +1,55 @@
+"""Pictures a run leaves behind: samples.png, reconstructions.png, curves.png."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bigmodel.errors import missing_package
+from bigmodel.fileio import atomic_write_bytes
+from bigmodel.images import save_grid
+
+SAMPLE_SEED = 1234  # fixed so successive epochs' sample grids are comparable
+
+
+@torch.no_grad()
+def write_pictures(model, val: torch.Tensor, out: Path, device: torch.device) -> None:
+    """8x8 grid from the prior/generator; for encoding families, 4 pairs of rows: inputs above outputs."""
+    model.eval()
+    z = model.prior(64, torch.Generator().manual_seed(SAMPLE_SEED)).to(device)
+    save_grid(out / "samples.png", model.generate(z).cpu().numpy())
+    x = val[:32].to(device)
+    recon = model.reconstruct(x)
+    if recon is not None:
+        pairs = [t for i in range(0, len(x), 8) for t in (x[i : i + 8], recon[i : i + 8])]
+        save_grid(out / "reconstructions.png", torch.cat(pairs).cpu().numpy())
+
+
+def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
+    """One panel per loss term: train and validation against epoch."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise missing_package("matplotlib", "cpu", "plotting loss curves") from e
+    keys = list(history[-1]["train"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    for ax, key in zip(axes[0], keys, strict=False):
+        for split in ("train", "val"):
+            ax.plot(epochs, [h[split].get(key, np.nan) for h in history], marker=".", label=split)
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,72 @@
+"""Checkpoints: plain dicts of tensors and builtins, written atomically, read with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bigmodel.errors import CheckpointError
+from bigmodel.fileio import atomic_write
+from bigmodel.manifest import DataSpec
+from bigmodel.models.registry import create_model, family_class
+
+FORMAT = "bigmodel-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write `state` (plus format tags) to `path` via a temporary file and rename."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; anything else is a one-line CheckpointError.
+
+    `path` may be the file or a run directory holding `checkpoint.pt`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: expected a file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} is not a readable bigmodel checkpoint (truncated, corrupt or foreign): {first[:200]}"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a bigmodel checkpoint: expected format {FORMAT!r}, got {got!r}")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r} unsupported; expected {VERSION}")
+    return state
+
+
+def config_from_dict(family: str, d: dict[str, Any]):
+    """Rebuild a family's config dataclass from its JSON/checkpoint form (lists back to tuples)."""
+    cls = family_class(family).config_cls
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def model_from_checkpoint(state: dict[str, Any]):
+    """The model a checkpoint describes, with its weights loaded, in eval mode on CPU.
+
+    >>> model = model_from_checkpoint(load_checkpoint("runs/vae"))
+    """
+    family = state["family"]
+    config = config_from_dict(family, state["config"])
+    model = create_model(family, state["arch"], DataSpec.from_dict(state["data_spec"]), **vars(config))
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit the {family}/{state['arch']} model: {e}") from e
+    return model.eval()

@@ -1,0 +1,297 @@
+"""The one training loop: every family, CPU or CUDA, single process or data-parallel under torchrun.
+
+Families only compute losses (`train_step`); this loop owns batching, backward, gradient
+averaging across ranks, optimizer steps, validation, checkpoints and pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bigmodel.data import load_data
+from bigmodel.errors import ConfigError, InputError
+from bigmodel.fileio import atomic_write_text
+from bigmodel.manifest import DataSpec
+from bigmodel.models.registry import create_model
+from bigmodel.training.artifacts import write_curves, write_pictures
+from bigmodel.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
+
+VAL_BATCH = 500
+VAL_SEED = 4321  # validation noise is fixed so epochs compare like with like
+
+
+@dataclass
+class TrainSettings:
+    """What `bigmodel train` was asked; `model` holds family settings (latent_dim, lr, beta, prior...)."""
+
+    family: str = "vae"
+    arch: str = "mlp"
+    dataset: str = "mnist-5k"
+    epochs: int = 20
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    model: dict[str, Any] = field(default_factory=dict)
+    max_train: int | None = None  # use only the first N training images (tests, smoke runs)
+
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.family}")
+
+
+@dataclass
+class Progress:
+    """Reported after every batch and epoch to an optional callback (the CLI draws a bar)."""
+
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    samples_per_s: float
+    losses: dict[str, torch.Tensor]
+    done: bool = False  # True once per epoch, with validation in `record`
+    record: dict[str, Any] | None = None
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    history: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise InputError(f"--device must be auto, cpu or cuda; got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            "--device cuda was asked for, but torch finds no CUDA GPU (torch.cuda.is_available() is False)"
+        )
+    return torch.device(name)
+
+
+class Ranks:
+    """Rank/world from torchrun's environment; gradient averaging when world > 1."""
+
+    def __init__(self, device: torch.device):
+        import torch.distributed as dist
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.dist = dist
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        # One flat all-reduce per step, as DDP's buckets do; DDP itself does not fit GAN/AAE steps
+        # that run several forwards and optimizers per batch.
+        grads = [p.grad for p in params if p.grad is not None]
+        if self.world == 1 or not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def make_step(optimizers: dict[str, torch.optim.Optimizer], ranks: Ranks) -> Callable[[str, torch.Tensor], None]:
+    params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in optimizers.items()}
+
+    def step(name: str, loss: torch.Tensor) -> None:
+        opt = optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ranks.average_grads(params[name])
+        opt.step()
+
+    return step
+
+
+@torch.no_grad()
+def validate(model, val: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Sample-weighted mean of each validation loss term over the whole validation split."""
+    model.eval()
+    noise = torch.Generator().manual_seed(VAL_SEED)
+    totals: dict[str, float] = {}
+    for i in range(0, len(val), VAL_BATCH):
+        x = val[i : i + VAL_BATCH].to(device)
+        for k, v in model.eval_losses(x, noise).items():
+            totals[k] = totals.get(k, 0.0) + float(v) * len(x)
+    model.train()
+    return {k: v / len(val) for k, v in totals.items()}
+
+
+def _restore(settings: TrainSettings, out: Path) -> tuple[TrainSettings, dict[str, Any]]:
+    """Settings and state to resume from; the run's model, data and batch settings win over flags."""
+    state = load_checkpoint(out / CHECKPOINT_NAME)
+    saved = TrainSettings(**state["settings"])
+    if saved.family != settings.family:
+        raise ConfigError(f"--resume: {out} holds a {saved.family} run; got family {settings.family}")
+    saved.epochs, saved.device, saved.out, saved.resume = settings.epochs, settings.device, str(out), True
+    return saved, state
+
+
+def train(settings: TrainSettings, progress: Callable[[Progress], None] | None = None) -> TrainResult:
+    """Train `settings.family` on `settings.dataset`; writes checkpoint, metrics and pictures to the run dir.
+
+    >>> train(TrainSettings(family="vae", epochs=5, out="runs/vae"))
+    """
+    out = settings.out_dir()
+    state = None
+    if settings.resume:
+        settings, state = _restore(settings, out)
+    if settings.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1; got {settings.epochs}")
+    device = resolve_device(settings.device)
+    data = load_data(settings.dataset, seed=settings.seed)
+    train_x = torch.from_numpy(data.train[: settings.max_train])
+    val_x = torch.from_numpy(data.val)
+    spec = DataSpec(**{**asdict(data.spec), "n_train": len(train_x)})
+    if not 1 <= settings.batch_size <= len(train_x):
+        raise ConfigError(
+            f"--batch-size must be between 1 and the {len(train_x)} training images; got {settings.batch_size}"
+        )
+
+    ranks = Ranks(device)
+    try:
+        return _run(settings, state, out, device, ranks, train_x, val_x, spec, progress)
+    finally:
+        ranks.close()
+
+
+def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progress) -> TrainResult:
+    torch.manual_seed(settings.seed)
+    if state is None:
+        model = create_model(settings.family, settings.arch, spec, **settings.model)
+    else:
+        model = model_from_checkpoint(state)
+    model.to(device).train()
+    optimizers = model.optimizers()
+    shuffle = torch.Generator().manual_seed(settings.seed)  # same order on every rank
+    noise = torch.Generator().manual_seed(settings.seed + 1 + ranks.rank)
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    if state is not None:
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        shuffle.set_state(state["rng"]["shuffle"])
+        if ranks.main:  # only rank 0's noise state is saved; other ranks take a fresh per-epoch seed
+            noise.set_state(state["rng"]["noise"])
+        else:
+            noise.manual_seed(settings.seed + 1 + ranks.rank + 7919 * state["epoch"])
+        history = list(state.get("history", []))
+        start_epoch = state["epoch"] + 1
+    step = make_step(optimizers, ranks)
+
+    per_rank = len(train_x) // ranks.world
+    batches = per_rank // settings.batch_size
+    if batches < 1:
+        raise ConfigError(
+            f"--batch-size {settings.batch_size} leaves no full batch on each of {ranks.world} ranks "
+            f"({per_rank} images each)"
+        )
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(_config_record(settings, model, spec), indent=2) + "\n")
+
+    for epoch in range(start_epoch, settings.epochs + 1):
+        order = torch.randperm(len(train_x), generator=shuffle)[ranks.rank :: ranks.world]
+        sums: dict[str, torch.Tensor] = {}
+        t0 = time.perf_counter()
+        for b in range(batches):
+            x = train_x[order[b * settings.batch_size : (b + 1) * settings.batch_size]].to(device, non_blocking=True)
+            losses = model.train_step(x, noise, step)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if progress is not None and ranks.main:
+                rate = (b + 1) * settings.batch_size * ranks.world / (time.perf_counter() - t0)
+                progress(Progress(epoch, settings.epochs, b + 1, batches, rate, losses))
+        seconds = time.perf_counter() - t0
+        train_means = {k: float(v) / batches for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in train_means.values()):
+            raise InputError(f"training diverged at epoch {epoch}: losses {train_means} (try a lower --lr)")
+        if ranks.main:
+            record = {
+                "epoch": epoch,
+                "train": train_means,
+                "val": validate(model, val_x, device),
+                "seconds": round(seconds, 3),
+                "samples_per_s": round(batches * settings.batch_size * ranks.world / seconds, 1),
+            }
+            history.append(record)
+            _write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device)
+            if progress is not None:
+                progress(
+                    Progress(
+                        epoch,
+                        settings.epochs,
+                        batches,
+                        batches,
+                        record["samples_per_s"],
+                        losses,
+                        done=True,
+                        record=record,
+                    )
+                )
+        ranks.barrier()
+    return TrainResult(out, history)
+
+
+def _config_record(settings: TrainSettings, model, spec: DataSpec) -> dict[str, Any]:
+    return {
+        "family": settings.family,
+        "arch": settings.arch,
+        "config": model.config.to_dict(),
+        "data_spec": spec.to_dict(),
+        "latent": asdict(model.latent_spec()),
+        "settings": asdict(settings),
+    }
+
+
+def _write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device) -> None:
+    """Checkpoint first (atomic), then metrics and pictures: a kill loses at most this epoch."""
+    save_checkpoint(
+        out / CHECKPOINT_NAME,
+        {
+            "family": settings.family,
+            "arch": settings.arch,
+            "config": model.config.to_dict(),
+            "data_spec": model.data.to_dict(),
+            "settings": asdict(settings),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
+            "epoch": epoch,
+            "rng": {"shuffle": shuffle.get_state(), "noise": noise.get_state()},
+            "history": history,
+        },
+    )
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    write_pictures(model, val_x, out, device)
+    write_curves(out / "curves.png", history)
+    model.train()
