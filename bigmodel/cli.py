@@ -45,7 +45,9 @@ def train(
     epochs: int = typer.Option(20, help="Total epochs (with --resume: the epoch to end at)."),
     batch_size: int = typer.Option(128, help="Mini-batch size per process."),
     lr: float | None = typer.Option(None, help="Learning rate (default per family: 1e-3; GAN 2e-4)."),
-    latent_dim: int | None = typer.Option(None, help="Latent size (default per family: AE 32, VAE 20, GAN 100, AAE 8)."),
+    latent_dim: int | None = typer.Option(
+        None, help="Latent size (default per family: AE 32, VAE 20, GAN 100, AAE 8)."
+    ),
     beta: float | None = typer.Option(None, help="VAE: weight of the KL term (default 1)."),
     prior: str | None = typer.Option(None, help="AAE: prior on codes, normal or mixture (default normal)."),
     seed: int = typer.Option(0, help="Seed for weights, data split, shuffling and noise."),

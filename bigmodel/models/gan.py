@@ -30,7 +30,10 @@ class GAN(GenerativeModel):
     family = "gan"
     description = "GAN: generator z->x, discriminator x->logit; non-saturating loss"
     config_cls = GANConfig
-    roles = {"generator": RoleIO(LATENT_IN, (("x", "image"),)), "discriminator": RoleIO(IMAGE_IN, (("logit", "logit"),))}
+    roles = {
+        "generator": RoleIO(LATENT_IN, (("x", "image"),)),
+        "discriminator": RoleIO(IMAGE_IN, (("logit", "logit"),)),
+    }
     image_role = "generator"
 
     def __init__(self, arch, data, config: GANConfig):

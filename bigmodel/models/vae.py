@@ -73,7 +73,8 @@ class VAE(GenerativeModel):
     def __init__(self, arch, data, config: VAEConfig):
         super().__init__(arch, data, config)
         c = config
-        self.encoder = GaussianEncoder(nets.encoder(arch, data.shape, 2 * c.latent_dim, c.hidden, c.width), c.latent_dim)
+        trunk = nets.encoder(arch, data.shape, 2 * c.latent_dim, c.hidden, c.width)
+        self.encoder = GaussianEncoder(trunk, c.latent_dim)
         self.decoder = nets.decoder(arch, c.latent_dim, data.shape, c.hidden, c.width)
 
     def optimizers(self):
