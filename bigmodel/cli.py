@@ -147,6 +147,62 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON inste
     _console().print(table)
 
 
+# -------------------------------------------------------------------------------------------- export
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Run directory holding checkpoint.pt (or the checkpoint file)."),
+    out: Path | None = typer.Option(None, help="Bundle folder (default RUN_DIR/bundle)."),
+    opset: int = typer.Option(18, help="ONNX opset to write."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 or int8."),
+    io: str = typer.Option("fp32", "--io", help="fp16 bundles: dtype of graph inputs/outputs, fp32 or fp16."),
+    int8_mode: str = typer.Option("static", help="int8: static (calibrated on validation images) or dynamic."),
+    calibration: int = typer.Option(256, help="int8 static: number of validation images to calibrate on."),
+    max_batch: int = typer.Option(1024, help="Largest batch engines and Triton accept."),
+    opt_batch: int = typer.Option(64, help="Batch size TensorRT tunes for."),
+    engine: bool = typer.Option(False, "--engine", help="Also build a TensorRT engine per role (needs a GPU)."),
+    triton: Path | None = typer.Option(None, help="Also write a Triton model repository to this folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the export report as JSON to this file."),
+) -> None:
+    """Export a trained run: one ONNX graph per role + manifest.json, verified against PyTorch.
+
+    Example: bigmodel export runs/vae --precision fp16
+    """
+    from bigmodel.export import ExportOptions, export_bundle
+
+    console = _console()
+    opts = ExportOptions(out=out, opset=opset, precision=precision, io=io, int8_mode=int8_mode,
+                         calibration=calibration, max_batch=max_batch, opt_batch=opt_batch, engine=engine,
+                         triton=triton, force=force)
+    result = export_bundle(run_dir, opts, progress=lambda msg: console.print(f"  {msg}"))
+    total = sum(r.bytes for r in result.roles)
+    worst = max(max(r.max_abs_err.values()) for r in result.roles)
+    console.print(f"[green]exported[/green] {result.manifest.family}/{result.manifest.arch} -> {result.bundle} "
+                  f"({len(result.roles)} roles, {total / 1e6:.2f} MB, {result.seconds:.1f}s)")
+    console.print(f"fp32 check: max |onnx - torch| = {worst:.2e} (allowed 1e-05) on validation images, "
+                  "prior samples and ±4σ latents: [green]pass[/green]")
+    for role, q in result.quality.items():
+        console.print(f"{result.manifest.precision} {role}: " + "  ".join(f"{k} {v:.4g}" for k, v in q.items()))
+    if json_out:
+        _write_json(json_out, _export_report(result))
+    console.print(f"next: bigmodel parity {result.bundle}")
+
+
+def _export_report(result) -> dict:
+    from dataclasses import asdict
+
+    return {"bundle": str(result.bundle), "seconds": result.seconds, "roles": [asdict(r) for r in result.roles],
+            "quality": result.quality, "manifest": result.manifest.to_dict()}
+
+
+def _write_json(path: Path, data) -> None:
+    import json
+
+    from bigmodel.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main() -> None:
     """Entry point of the `bigmodel` console script."""

@@ -20,11 +20,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_public_dir(path: str | os.PathLike) -> None:
+    """Give a folder from tempfile.mkdtemp (0700) the usual permissions before it is renamed into place."""
+    os.chmod(path, 0o777 & ~_umask())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
