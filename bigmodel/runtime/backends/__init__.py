@@ -1,0 +1,1 @@
+"""Backends run one role graph on numpy feeds: `ort` (onnxruntime) and `tensorrt` (native engines)."""
