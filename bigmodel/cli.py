@@ -59,6 +59,8 @@ def train(
 
     Example: bigmodel train vae --epochs 20   (then: bigmodel export runs/vae)
     """
+    import os
+
     from bigmodel.training.loop import TrainSettings
     from bigmodel.training.loop import train as run_training
 
@@ -69,6 +71,8 @@ def train(
     console = _console()
     with _train_progress(console) as report:
         result = run_training(settings, progress=report)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports, as only rank 0 writes
+        return
     if not result.history:
         console.print(f"nothing to do: {result.out} already reached epoch {epochs}")
         return
@@ -139,12 +143,12 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON inste
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
-
-    table = Table("family", "arch", "roles", "latent", "description", box=None)
-    for r in rows:
-        table.add_row(r["family"], r["arch"], ", ".join(r["roles"]), str(r["latent_dim"]), r["description"])
-    _console().print(table)
+    # Plain aligned columns, one line per model whatever the terminal width (a wrapped rich table would not be).
+    cells = [("family", "arch", "roles", "latent", "description")]
+    cells += [(r["family"], r["arch"], ", ".join(r["roles"]), str(r["latent_dim"]), r["description"]) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(4)]
+    for row in cells:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4])
 
 
 # -------------------------------------------------------------------------------------------- export
@@ -152,37 +156,57 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON inste
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory holding checkpoint.pt (or the checkpoint file)."),
     out: Path | None = typer.Option(None, help="Bundle folder (default RUN_DIR/bundle)."),
-    opset: int = typer.Option(18, help="ONNX opset to write."),
-    precision: str = typer.Option("fp32", help="fp32, fp16 or int8."),
+    opset: int = typer.Option(18, help="ONNX opset to write (18 up to what the installed onnx knows)."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 or int8: the precision of the bundle's graphs."),
     io: str = typer.Option("fp32", "--io", help="fp16 bundles: dtype of graph inputs/outputs, fp32 or fp16."),
-    int8_mode: str = typer.Option("static", help="int8: static (calibrated on validation images) or dynamic."),
-    calibration: int = typer.Option(256, help="int8 static: number of validation images to calibrate on."),
-    max_batch: int = typer.Option(1024, help="Largest batch engines and Triton accept."),
-    opt_batch: int = typer.Option(64, help="Batch size TensorRT tunes for."),
+    int8_mode: str = typer.Option("static", help="int8: static (QDQ, calibrated on validation images) or dynamic."),
+    calibration: int = typer.Option(256, help="int8 static: validation images (or prior samples) to calibrate on."),
+    max_batch: int = typer.Option(1024, help="Largest batch of the TensorRT profile and Triton's max_batch_size."),
+    opt_batch: int = typer.Option(64, help="Batch size TensorRT tunes for (and Triton prefers)."),
     engine: bool = typer.Option(False, "--engine", help="Also build a TensorRT engine per role (needs a GPU)."),
     triton: Path | None = typer.Option(None, help="Also write a Triton model repository to this folder."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+    external_data: bool | None = typer.Option(
+        None, "--external-data/--no-external-data", help="Weights beside each graph (default: only over 2 GiB)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle (and Triton repository)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the export report as JSON to this file."),
 ) -> None:
     """Export a trained run: one ONNX graph per role + manifest.json, verified against PyTorch.
 
-    Example: bigmodel export runs/vae --precision fp16
+    Every graph has a dynamic batch axis, no random operators, passes onnx.checker (full check) and
+    matches PyTorch within 1e-5 at fp32 on validation images, prior samples and ±4σ latents, or the
+    export fails and nothing is written. fp16/int8 bundles report their error against fp32.
+
+    Example: bigmodel export runs/vae --precision fp16 --triton models/
     """
     from bigmodel.export import ExportOptions, export_bundle
 
     console = _console()
     opts = ExportOptions(out=out, opset=opset, precision=precision, io=io, int8_mode=int8_mode,
                          calibration=calibration, max_batch=max_batch, opt_batch=opt_batch, engine=engine,
-                         triton=triton, force=force)
-    result = export_bundle(run_dir, opts, progress=lambda msg: console.print(f"  {msg}"))
+                         triton=triton, force=force, external_data=external_data)
+    result = export_bundle(run_dir, opts, progress=lambda msg: console.print(f"  {msg}", markup=False))
+    m = result.manifest
     total = sum(r.bytes for r in result.roles)
     worst = max(max(r.max_abs_err.values()) for r in result.roles)
-    console.print(f"[green]exported[/green] {result.manifest.family}/{result.manifest.arch} -> {result.bundle} "
-                  f"({len(result.roles)} roles, {total / 1e6:.2f} MB, {result.seconds:.1f}s)")
+    console.print(f"[green]exported[/green] {m.family}/{m.arch} {m.precision} -> {result.bundle} "
+                  f"({len(result.roles)} roles, {total / 1e6:.2f} MB, opset {m.opset}, {result.seconds:.1f}s)")
+    for r in result.roles:
+        q = result.quality.get(r.role)
+        cost = ""
+        if q:
+            cost = f"  {m.precision} vs fp32: max {q['max_abs']:.2e} mean {q['mean_abs']:.2e}"
+            cost += f" PSNR {q['psnr_db']:.1f} dB" if "psnr_db" in q else ""
+            cost += f" (noise/±4σ max {q['max_abs_stress']:.2e})"
+        console.print(f"  {m.roles[r.role].file:<22} {r.bytes / 1e6:9.2f} MB  fp32 |onnx - torch| "
+                      f"{max(r.max_abs_err.values()):.1e}{cost}")
     console.print(f"fp32 check: max |onnx - torch| = {worst:.2e} (allowed 1e-05) on validation images, "
                   "prior samples and ±4σ latents: [green]pass[/green]")
-    for role, q in result.quality.items():
-        console.print(f"{result.manifest.precision} {role}: " + "  ".join(f"{k} {v:.4g}" for k, v in q.items()))
+    for e in m.engines:
+        console.print(f"engine {e.file}: TensorRT {e.tensorrt_version}, sm{e.compute_capability}, {e.precision}, "
+                      f"batch {e.profile['min']}/{e.profile['opt']}/{e.profile['max']}")
+    if result.triton:
+        console.print(f"Triton model repository: {result.triton}")
     if json_out:
         _write_json(json_out, _export_report(result))
     console.print(f"next: bigmodel parity {result.bundle}")
@@ -192,7 +216,8 @@ def _export_report(result) -> dict:
     from dataclasses import asdict
 
     return {"bundle": str(result.bundle), "seconds": result.seconds, "roles": [asdict(r) for r in result.roles],
-            "quality": result.quality, "manifest": result.manifest.to_dict()}
+            "quality": result.quality, "triton": str(result.triton) if result.triton else None,
+            "manifest": result.manifest.to_dict()}
 
 
 def _write_json(path: Path, data) -> None:
@@ -203,11 +228,568 @@ def _write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+# -------------------------------------------------------------------------------------------- parity
+@app.command()
+def parity(
+    bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs)."),
+    checkpoint: Path | None = typer.Option(
+        None, help="The checkpoint.pt the bundle was exported from (default: beside the bundle); sha256 must match."
+    ),
+    backend: list[str] = typer.Option(
+        ["all"], "--backend", help="ort-cpu, ort-cuda, ort-trt, tensorrt, or all (repeat or comma-separate). all: "
+        "those unavailable here are listed as skipped; a backend named here that cannot run is an error (exit 2)."
+    ),
+    samples: int = typer.Option(31, help="Inputs per probe set, odd and >= 3: each set runs at batch 1 and batch N."),
+    seed: int = typer.Option(0, help="Seed of every probe set (image picks, noise, latents)."),
+    data: str | None = typer.Option(
+        None, help="Images for the real-data probes (any train --dataset source); default: the bundle's dataset."
+    ),
+    atol: float | None = typer.Option(None, help="Absolute tolerance for every output (overrides the table)."),
+    rtol: float | None = typer.Option(None, help="Relative tolerance for every output (overrides the table)."),
+    tolerances: str | None = typer.Option(
+        None, help="Hold the bundle to this precision's tolerances (fp32, fp16, int8); default: its own precision."
+    ),
+    threads: int | None = typer.Option(None, help="CPU threads for the ort backends (default: physical cores)."),
+    save_inputs: Path | None = typer.Option(
+        None, "--save-inputs", help="Also write each role's inputs to DIR/ROLE.json (for polygraphy --load-inputs)."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the whole report as JSON to this file."),
+) -> None:
+    """Check every backend against the PyTorch model, per role and chain; exit 1 if any output is out of tolerance.
+
+    The reference is the checkpoint the bundle came from, in eval mode on the CPU in float32. Inputs:
+    validation images, noise images, prior samples and latents out to ±4σ, at batch 1 and batch N,
+    through each role and the chains encoder->decoder and generator->discriminator. Per output: max
+    and mean abs error, max relative error, cosine; PSNR and uint8 changes for images; sign agreement
+    for logits. Exit 0 all pass, 1 a check failed, 2 bad usage or a named backend unavailable.
+
+    Example: bigmodel parity runs/vae/bundle --backend ort-cpu --json parity.json
+    """
+    from bigmodel.errors import CheckFailed
+    from bigmodel.parity import run_parity
+    from bigmodel.parity import save_inputs as write_inputs
+
+    console = _console()
+    with _parity_progress(console) as progress:
+        report = run_parity(bundle, checkpoint=checkpoint, backends=backend, samples=samples, seed=seed, data=data,
+                            atol=atol, rtol=rtol, tolerances=tolerances, threads=threads, progress=progress)
+    wide = console if console.is_terminal else _console_wide()
+    for b in report.ran:
+        wide.print(_parity_table(report, b))
+    for b in report.backends:
+        if b.status == "skipped":
+            console.print(f"skipped {b.backend}: {b.reason}", soft_wrap=True, markup=False)
+    if save_inputs:
+        files = write_inputs(bundle, save_inputs, samples=samples, seed=seed, data=data)
+        console.print(f"inputs for polygraphy --load-inputs: {', '.join(str(f) for f in files)}", soft_wrap=True)
+    if json_out:
+        _write_json(json_out, report.to_dict())
+        console.print(f"report: {json_out}", markup=False)
+    checks = sum(len(c.outputs) for b in report.ran for c in b.cases)
+    ran = ", ".join(b.backend for b in report.ran)
+    where = f"{ran} against PyTorch ({report.tolerance_precision} tolerances), {report.seconds:.1f}s"
+    if report.passed:
+        console.print(f"[green]parity passed[/green]: {checks} checks on {where}")
+        return
+    from rich.markup import escape
+
+    messages = report.messages()
+    for m in messages[:_PARITY_SHOWN]:
+        console.print(f"[red]FAIL[/red] {escape(m)}", soft_wrap=True)
+    if len(messages) > _PARITY_SHOWN:
+        console.print(f"... and {len(messages) - _PARITY_SHOWN} more failures (all of them in --json)")
+    bad = sum(1 for b in report.ran for c in b.cases for o in c.outputs if not o.passed)
+    raise CheckFailed(f"parity failed: {bad} of {checks} checks on {where}; first: {messages[0]}")
+
+
+_PARITY_SHOWN = 12  # failure lines printed; --json has every one
+
+
+def _console_wide():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False, width=160)
+
+
+def _parity_table(report, run):
+    """One backend's checks: a row per role or chain, probe set, batch and output."""
+    from rich.table import Table
+
+    def e(v):
+        return "" if v is None else f"{v:.1e}"
+
+    tol = report.tolerance_precision
+    table = Table("role / chain", "output", "inputs", "max abs", "mean abs", "max rel", "1 - cos", "image / logit",
+                  "verdict", box=None, header_style="bold", title_justify="left", pad_edge=False,
+                  title=f"{run.backend} vs PyTorch, {report.family}/{report.arch} {report.bundle_precision} bundle, "
+                        f"{tol} tolerances ({run.seconds:.1f}s)")
+    for column in table.columns:
+        column.no_wrap = True
+    relaxed = any(t.stress is not None for t in report.tolerances.values())
+    if relaxed:
+        table.caption = ("* stress inputs (±4σ codes, noise images) lie outside the calibrated range and are held "
+                         f"to the {tol} stress rule (see TOLERANCES)")
+        table.caption_justify = "left"
+    last = None
+    for c in run.cases:
+        for o in c.outputs:
+            s = o.stats
+            if "psnr" in s:
+                extra = f"{s['psnr']:.1f} dB, {s['uint8_changed']:.2%} u8"
+            elif "sign_agreement" in s:
+                extra = f"sign {s['sign_agreement']:.1%}"
+            else:
+                extra = ""
+            verdict = "[green]pass[/green]" if o.passed else "[red]FAIL " + ",".join(
+                f.statistic for f in o.failures) + "[/red]"
+            cos = s.get("cosine")
+            inputs = f"{c.probe} x{c.batch}" + ("*" if relaxed and c.stress else "")
+            table.add_row(c.target if c.target != last else "", o.output, inputs, e(s.get("max_abs")),
+                          e(s.get("mean_abs")), e(s.get("max_rel")), e(None if cos is None else 1 - cos), extra,
+                          verdict)
+            last = c.target
+    return table
+
+
+class _parity_progress:
+    """A transient rich progress bar fed by run_parity's (what, done, total) callback."""
+
+    def __init__(self, console):
+        self.console = console
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.bar = None
+        if not self.console.is_terminal:  # nothing to animate in a pipe or a log file
+            return None
+        self.bar = Progress(TextColumn("parity"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                            console=self.console, transient=True)
+        self.bar.__enter__()
+        self.task = None
+        return self.report
+
+    def report(self, what: str, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(what, total=total)
+        self.bar.update(self.task, description=what, completed=done, total=total)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+# ------------------------------------------------------------------------------------------- runtime
+# sample / encode / decode / info run on bigmodel.runtime (numpy + onnxruntime or TensorRT), never torch.
+_BACKEND_HELP = "auto, ort, ort-cpu, ort-cuda, ort-trt or tensorrt."
+_DEVICE_HELP = "auto, cpu or cuda."
+
+
+def _runtime_model(bundle: Path, backend: str, device: str, threads: int | None, fallback: bool):
+    from bigmodel.runtime import load
+
+    return load(bundle, backend=backend, device=device, threads=threads, fallback=fallback)
+
+
+def _read_npy(path: Path):
+    import numpy as np
+
+    from bigmodel.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"{path}: expected a .npy file; it does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: expected a .npy array file; got {type(e).__name__}: {e}") from e
+
+
+def _write_npy(path: Path, array) -> None:
+    import numpy as np
+
+    from bigmodel.fileio import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    atomic_write(path, write)
+
+
+def _save_images(path: Path, images, manifest, ncol: int = 8) -> None:
+    """A PNG grid of images in the bundle's data range (mapped to [0, 1] for the picture)."""
+    from bigmodel.images import save_grid
+
+    lo, hi = manifest.data.value_range
+    save_grid(path, (images - lo) / (hi - lo) if (lo, hi) != (0.0, 1.0) else images, ncol=ncol)
+
+
+@app.command("sample")
+def sample_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs)."),
+    n: int = typer.Option(64, "-n", "--n", help="Number of samples."),
+    seed: int | None = typer.Option(0, help="Seed of numpy's Generator for the prior codes (same seed, same images)."),
+    out: Path = typer.Option(Path("samples.png"), help="PNG grid to write."),
+    npy: Path | None = typer.Option(None, "--npy", help="Also write the images, (n, C, H, W) float32, to this .npy."),
+    latents: Path | None = typer.Option(None, "--latents", help="Also write the prior codes (n, latent) to this .npy."),
+    ncol: int = typer.Option(8, help="Images per row of the grid."),
+    backend: str = typer.Option("auto", help=_BACKEND_HELP),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    threads: int | None = typer.Option(None, help="CPU threads (default: the physical cores)."),
+    fallback: bool = typer.Option(False, "--fallback", help="Run on the CPU (with a warning) if the GPU can't."),
+) -> None:
+    """Draw n images from the bundle's prior and save them as a PNG grid (no torch needed).
+
+    Example: bigmodel sample runs/vae/bundle -n 64 --seed 0 --out grid.png
+    """
+    from bigmodel.errors import InputError
+
+    if ncol < 1:
+        raise InputError(f"--ncol must be >= 1; got {ncol}")
+    model = _runtime_model(bundle, backend, device, threads, fallback)
+    z = model.sample_latent(n, seed=seed)
+    images = model.decode(z)
+    _save_images(out, images, model.manifest, ncol)
+    if npy:
+        _write_npy(npy, images)
+    if latents:
+        _write_npy(latents, z)
+    extra = "".join(f", {p}" for p in (npy, latents) if p)
+    _console().print(f"wrote {out}{extra}: {n} samples of {model.family}/{model.manifest.arch}, seed {seed}, "
+                     f"backend {model.backend_name}")
+
+
+@app.command("encode")
+def encode_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs)."),
+    images: Path = typer.Argument(..., help=".npy of images (N, C, H, W) or one (C, H, W): uint8, or float in range."),
+    out: Path = typer.Option(..., "--out", help=".npy to write the codes (N, latent) float32 to."),
+    backend: str = typer.Option("auto", help=_BACKEND_HELP),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    threads: int | None = typer.Option(None, help="CPU threads (default: the physical cores)."),
+    fallback: bool = typer.Option(False, "--fallback", help="Run on the CPU (with a warning) if the GPU can't."),
+) -> None:
+    """Encode images to latent codes (a VAE gives the mean of q(z|x)); .npy in, .npy out.
+
+    Example: bigmodel encode runs/vae/bundle images.npy --out z.npy
+    """
+    model = _runtime_model(bundle, backend, device, threads, fallback)
+    codes = model.encode(_read_npy(images))
+    _write_npy(out, codes)
+    _console().print(f"wrote {out}: codes {tuple(codes.shape)} float32 (backend {model.backend_name})")
+
+
+@app.command("decode")
+def decode_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs)."),
+    codes: Path = typer.Argument(..., help=".npy of latent codes (N, latent) or one (latent,)."),
+    out: Path = typer.Option(..., "--out", help=".npy to write the images (N, C, H, W) float32 to."),
+    png: Path | None = typer.Option(None, "--png", help="Also save the images as a PNG grid."),
+    backend: str = typer.Option("auto", help=_BACKEND_HELP),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    threads: int | None = typer.Option(None, help="CPU threads (default: the physical cores)."),
+    fallback: bool = typer.Option(False, "--fallback", help="Run on the CPU (with a warning) if the GPU can't."),
+) -> None:
+    """Decode latent codes to images in the data range; .npy in, .npy (and optionally PNG) out.
+
+    Example: bigmodel decode runs/vae/bundle z.npy --out x.npy --png x.png
+    """
+    model = _runtime_model(bundle, backend, device, threads, fallback)
+    images = model.decode(_read_npy(codes))
+    _write_npy(out, images)
+    if png:
+        _save_images(png, images, model.manifest)
+    also = f" and {png}" if png else ""
+    _console().print(f"wrote {out}{also}: images {tuple(images.shape)} float32 (backend {model.backend_name})")
+
+
+@app.command("info")
+def info_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Describe a bundle: roles and their shapes, precision, prior, engines, versions, file checks, backends.
+
+    Example: bigmodel info runs/vae/bundle --json
+    """
+    import json
+
+    from bigmodel.runtime.inspect import describe
+
+    d = describe(bundle)
+    if json_out:
+        typer.echo(json.dumps(d, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    console = _console()
+    m = d["manifest"]
+    data, latent = m["data"], m["latent"]
+    params = f" ({len(latent['params'].get('means', []))} components)" if latent["prior"] == "mixture" else ""
+    console.print(f"[bold]{bundle}[/bold]: {m['family']}/{m['arch']}, precision {m['precision']}, "
+                  f"opset {m['opset']}, format {m['format_version']}")
+    console.print(f"data: {data['source']} {tuple(data['shape'])} in {tuple(data['value_range'])}   "
+                  f"latent: {latent['dim']}, prior {latent['prior']}{params}   methods: {', '.join(d['methods'])}")
+    roles = Table("role", "file", "MB", "sha256", "inputs", "outputs", box=None, title="roles", title_justify="left")
+    for name, r in d["roles"].items():
+        ios = [", ".join(f"{t['name']} {t['dtype']} ({', '.join(map(str, t['shape']))})" for t in r[k])
+               for k in ("inputs", "outputs")]
+        roles.add_row(name, r["file"], f"{r['bytes'] / 1e6:.2f}", _check_cell(r["check"]), *ios)
+    console.print(roles)
+    if d["engines"]:
+        eng = Table("role", "file", "precision", "TensorRT", "GPU", "profile min/opt/max", "sha256", "here",
+                    box=None, title="TensorRT engines", title_justify="left")
+        for e in d["engines"]:
+            p = e["profile"]
+            eng.add_row(e["role"], e["file"], e["precision"], e["tensorrt_version"],
+                        f"sm {e['compute_capability']} {e['device_name']}".strip(),
+                        f"{p.get('min')}/{p.get('opt')}/{p.get('max')}", _check_cell(e["check"]),
+                        e["here"].split(":", 1)[0])
+        console.print(eng)
+    else:
+        console.print("TensorRT engines: none (build them on the target GPU with `bigmodel export RUN_DIR --engine`)")
+    console.print("versions: " + "  ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    console.print("backends here: " + "  ".join(
+        f"{k} [green]yes[/green]" if v is None else f"{k} [dim]no[/dim]" for k, v in d["backends"].items()))
+
+
+def _check_cell(check: str) -> str:
+    return "[green]ok[/green]" if check == "ok" else f"[red]{check}[/red]"
+
+
+# --------------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs) from `bigmodel export`."),
+    device: str = typer.Option("cpu", help="cpu or cuda (torch runs there too)."),
+    backends: str | None = typer.Option(
+        None, help="Comma-separated, from torch,torch-cudagraph,ort-cpu,ort-cuda,ort-trt,tensorrt "
+                   "(default: torch,ort-cpu on cpu; all of them on cuda). Unavailable ones are listed as skipped."),
+    roles: str | None = typer.Option(None, help="Comma-separated roles, e.g. decoder (default: every role)."),
+    batch_sizes: str = typer.Option("1,16,256,1024", help="Comma-separated batch sizes."),
+    warmup: int = typer.Option(10, help="Untimed runs per backend, role and batch before timing."),
+    iters: int | None = typer.Option(None, help="Timed runs per backend, role and batch (instead of --duration)."),
+    duration: float | None = typer.Option(None, help="Seconds of timed runs per backend, role and batch "
+                                                     "(default 1; at least 5 runs)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch and onnxruntime alike (default: "
+                                                  "physical cores)."),
+    copies: bool = typer.Option(True, "--copies/--no-copies",
+                                help="CUDA: include host<->device copies of inputs and outputs in each timed run."),
+    checkpoint: Path | None = typer.Option(None, help="Checkpoint for the torch baseline (default: "
+                                                      "BUNDLE/../checkpoint.pt)."),
+    seed: int = typer.Option(0, help="Seed of the random inputs."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON to this file."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write latency and throughput against batch size "
+                                                          "to this PNG."),
+) -> None:
+    """Latency and throughput of every backend side by side, against PyTorch eager in the same run.
+
+    Per backend, role and batch: cold phases (load, first run), warm p50/p90/p99/mean/min/max/cv,
+    samples/s and speed-up over torch (torch p50 / backend p50).
+
+    Example: bigmodel bench runs/vae/bundle --batch-sizes 1,256 --plot bench.png
+    """
+    from bigmodel.bench import BenchSettings, parse_list, run_bench, write_plot
+
+    settings = BenchSettings(
+        device=device, backends=parse_list(backends, str, "--backends"), roles=parse_list(roles, str, "--roles"),
+        batch_sizes=parse_list(batch_sizes, int, "--batch-sizes") or (), warmup=warmup, iters=iters,
+        duration=duration, threads=threads, copies=copies, checkpoint=checkpoint, seed=seed)
+    console = _console_for_tables()
+    with _bench_progress(console) as report_progress:
+        report = run_bench(bundle, settings, progress=report_progress)
+    _bench_table(console, report)
+    if json_out:
+        _write_json(json_out, report)
+        console.print(f"JSON report: {json_out}")
+    if plot:
+        write_plot(report, plot)
+        console.print(f"plot: {plot}")
+
+
+def _console_for_tables():
+    """The terminal's width on a terminal; 160 columns when the output goes to a file or pipe."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=160)
+
+
+class _bench_progress:
+    """A rich progress bar over the bench's (backend, role, batch) cells."""
+
+    def __init__(self, console):
+        self.console = console
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                            TimeElapsedColumn(), console=self.console, transient=True)
+        self.bar.__enter__()
+        self.task = self.bar.add_task("starting", total=None)
+        return self.report
+
+    def report(self, event) -> None:
+        self.bar.update(self.task, total=event.total, completed=event.done, description=event.what)
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+        return False
+
+
+def _bench_table(console, report) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bigmodel.bench import NOISY_CV, TABLE_COLUMNS, table_rows
+
+    s, m = report["settings"], report["machine"]
+    where = m.get("gpu", {}).get("name") if s["device"] == "cuda" and m.get("gpu") else m.get("cpu")
+    table = Table(*TABLE_COLUMNS, box=None, title=f"{s['family']}/{s['arch']} {s['precision']} on {s['device']} "
+                  f"({where}; {s['threads']} threads)", title_justify="left")
+    for col in table.columns[2:]:
+        col.justify = "right"
+    last = None
+    for row in table_rows(report):
+        if last is not None and (row.role, row.batch) != last:
+            table.add_section()
+        last = (row.role, row.batch)
+        cells = list(row.cells)
+        if row.noisy:
+            cells[8] = f"[yellow]{cells[8]}[/yellow]"
+        table.add_row(*cells)
+    console.print(table)
+    if any(r["noisy"] for r in report["results"]):
+        console.print(f"[yellow]warning[/yellow]: cv > {NOISY_CV:.0%} marked '!': timings vary a lot (a busy or "
+                      "noisy machine); compare p50s with care, or rerun with a longer --duration")
+    load = m.get("load_average_1m")
+    if load is not None and load > m.get("logical_cpus", 1):
+        console.print(f"[yellow]warning[/yellow]: load average {load:.1f} on {m['logical_cpus']} CPUs while "
+                      "benchmarking: other processes compete for the cores, so these figures understate both sides")
+    if s["device"] == "cuda":
+        console.print(f"copies: {escape(s['copies_note'])}")
+    for sk in report["skipped"]:
+        where = f" {sk['role']} batch {sk['batch']}" if "role" in sk else ""
+        console.print(f"[dim]skipped {sk['backend']}{where}: {escape(sk['reason'])}[/dim]")
+
+
+# -------------------------------------------------------------------------------------------- doctor
+@app.command()
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+    """What this machine has for bigmodel: Python, torch (+ CUDA, GPU), onnx, onnxruntime and its providers,
+    TensorRT, cuda-python, and which backends can run here (if not: why, and what installs them). Always exits 0.
+    """
+    import json
+
+    try:
+        from bigmodel.doctor import gather
+
+        report = gather()
+    except Exception as e:  # doctor reports; it never fails
+        report = {"error": f"{type(e).__name__}: {e}", "packages": [], "backends": []}
+    if json_out:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _console_for_tables()
+    packages = Table("package", "version", "detail", box=None, title="found", title_justify="left")
+    for p in report["packages"]:
+        version = p["version"] if p["found"] else f"[red]{p['version'] or 'missing'}[/red]"
+        packages.add_row(p["name"], version, escape(p["detail"]))
+    console.print(packages)
+    backends = Table("backend", "here", "why not / what installs it", box=None, title="backends",
+                     title_justify="left")
+    for b in report["backends"]:
+        backends.add_row(b["name"], "[green]yes[/green]" if b["ok"] else "[red]no[/red]",
+                         "" if b["ok"] else escape(b["why"]) + ("" if "install" in b["why"] else
+                                                                 f"\n[dim]install: {escape(b['extra'] or '')}[/dim]"))
+    console.print(backends)
+    if report.get("error"):
+        console.print(f"[red]doctor could not finish[/red]: {escape(report['error'])}")
+
+
+# ---------------------------------------------------------------------------------------- quickstart
+@app.command()
+def quickstart(
+    family: str = typer.Option("vae", help="Model family: vae, ae, gan or aae (mlp arch)."),
+    out: Path = typer.Option(Path("runs/quickstart"), help="Run directory; its bundle/ is replaced."),
+    epochs: int | None = typer.Option(None, help="Training epochs (default 30: clear digits from the VAE in "
+                                                 "about 2 minutes on 2 CPU cores)."),
+    max_train: int | None = typer.Option(None, help="Train on only the first N images (smoke runs)."),
+    bench_duration: float = typer.Option(1.0, help="Seconds of timed runs per backend and batch."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch and onnxruntime (default: physical "
+                                                  "cores)."),
+) -> None:
+    """Everything on the bundled digits in about two minutes on a laptop CPU: train, export to ONNX, check
+    parity against PyTorch, bench torch against onnxruntime, and draw samples with the runtime.
+
+    Example: bigmodel quickstart   (then try the commands it prints)
+    """
+    from bigmodel.quickstart import STAGES, run_quickstart
+
+    console = _console()
+    bar = _train_progress(console)
+    state = {"report": None}
+
+    def close_bar() -> None:
+        if state["report"] is not None:
+            bar.__exit__(None, None, None)
+            state["report"] = None
+
+    def on_stage(name: str, message: str) -> None:
+        close_bar()
+        from rich.markup import escape
+
+        console.print(f"[bold]\\[{STAGES.index(name) + 1}/{len(STAGES)}] {name}[/bold]: {escape(message)}",
+                      soft_wrap=True)
+        if name == "train":
+            state["report"] = bar.__enter__()
+
+    try:
+        summary = run_quickstart(family=family, out=out, epochs=epochs, max_train=max_train,
+                                 bench_duration=bench_duration, threads=threads, stage=on_stage,
+                                 train_progress=lambda p: state["report"] and state["report"](p))
+    finally:
+        close_bar()
+    _quickstart_summary(console, summary)
+    if not summary.parity_passed:
+        raise typer.Exit(1)
+
+
+def _quickstart_summary(console, s) -> None:
+    from rich.markup import escape
+
+    def say(line: str) -> None:
+        console.print(line, soft_wrap=True)
+
+    steps = ", ".join(f"{k} {v:.0f}s" for k, v in s.seconds.items())
+    say(f"\n[green]quickstart done[/green] in {s.total_seconds:.0f}s ({steps})")
+    val = "  ".join(f"{k} {v:.4g}" for k, v in s.validation.items())
+    say(f"  run directory  {escape(str(s.out))}  (checkpoint.pt, samples.png, curves.png, metrics.jsonl)")
+    say(f"  validation     {val}  after {s.epochs} epoch(s)")
+    say(f"  bundle         {escape(str(s.bundle))}  (ONNX graphs + manifest.json)")
+    say(f"  samples        {escape(str(s.files['samples']))}  (drawn by the runtime from the bundle, no torch)")
+    verdict = "[green]PASS[/green]: onnxruntime (CPU) matches PyTorch within fp32 tolerances" if s.parity_passed \
+        else "[red]FAIL[/red]: " + escape("; ".join(s.parity_failures[:3]))
+    say(f"  parity         {verdict}  ({escape(str(s.files['parity']))})")
+    ups = ", ".join(f"{v:.2f}x at batch {b}" if v is not None else f"- at batch {b}" for b, v in s.speedups.items())
+    say(f"  speed-up       onnxruntime over torch eager on {s.bench_role}: {ups}  ({escape(str(s.files['bench']))})")
+    for backend, lat in s.latency_ms.items():
+        say(f"                 {backend:8s} p50 " + ", ".join(f"{ms:.3f} ms @ {b}" for b, ms in lat.items()))
+    console.print("next:")
+    for cmd in s.next_commands:
+        console.print(f"  {cmd}", markup=False, soft_wrap=True)
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main() -> None:
     """Entry point of the `bigmodel` console script."""
     try:
-        app(standalone_mode=False)
+        app()  # standalone: Typer shows usage errors itself and exits 2
     except BigmodelError as e:
         if _state["debug"]:
             raise
@@ -216,21 +798,11 @@ def main() -> None:
     except KeyboardInterrupt:
         _error("interrupted")
         sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click's usage errors and aborts
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            _error("aborted")
-            sys.exit(1)
-        raise
 
 
 def _error(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    # escape: messages carry things like "pip install 'bigmodel[gpu]'" that rich would eat as markup
+    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel.errors import BundleError
-from bigmodel.fileio import atomic_write_text
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -155,6 +154,8 @@ class Manifest:
             raise BundleError(f"manifest is malformed: {type(e).__name__}: {e}") from e
 
     def save(self, bundle_dir: str | Path) -> Path:
+        from bigmodel.fileio import atomic_write_text  # tempfile is not needed by readers (runtime start-up)
+
         return atomic_write_text(Path(bundle_dir) / MANIFEST_NAME, self.to_json())
 
 

@@ -3,99 +3,149 @@
 >>> from bigmodel.runtime import load
 >>> model = load("runs/vae/bundle")
 >>> images = model.sample(16, seed=0)      # (16, 1, 28, 28) float32 in [0, 1]
+>>> codes = model.encode(images)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from pathlib import Path
 
-from bigmodel.errors import BundleError, InputError
-from bigmodel.fileio import sha256_file
+from bigmodel.errors import BackendUnavailable, BundleError, InputError
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.runtime.model import Model
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
+GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
 
-__all__ = ["BACKENDS", "Model", "load", "backend_status", "verify_files"]
+__all__ = ["BACKENDS", "DEVICES", "Model", "load", "backend_status", "resolve_backend", "verify_files"]
 
 
-def verify_files(path: Path, manifest: Manifest) -> None:
-    """Every role file exists and matches its manifest sha256, or BundleError."""
-    for role, spec in manifest.roles.items():
-        f = path / spec.file
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_files(path: str | os.PathLike, manifest: Manifest, engines: bool = False, roles: bool = True) -> None:
+    """Every role file (and with `engines`, every engine file) exists and matches its sha256, or BundleError."""
+    path = Path(path)
+    items = [(f"role {role}", spec.file, spec.sha256) for role, spec in manifest.roles.items()] if roles else []
+    if engines:
+        items += [(f"engine of {e.role}", e.file, e.sha256) for e in manifest.engines]
+    for what, file, expected in items:
+        f = path / file
         if not f.is_file():
-            raise BundleError(f"bundle {path} is incomplete: role {role} expects {spec.file}, which is missing")
-        got = sha256_file(f)
-        if got != spec.sha256:
-            raise BundleError(f"{f} does not match the manifest: expected sha256 {spec.sha256[:16]}..., "
-                              f"got {got[:16]}... (file changed after export; re-export the bundle)")
+            raise BundleError(f"bundle {path} is incomplete: {what} expects {file}, which is missing")
+        got = _sha256(f)
+        if got != expected:
+            raise BundleError(f"{f} does not match the manifest: expected sha256 {expected[:16]}..., "
+                              f"got {got[:16]}... (the file changed after export; re-export the bundle)")
 
 
-def backend_status() -> dict[str, str | None]:
+def backend_status(names: tuple[str, ...] = BACKENDS) -> dict[str, str | None]:
     """Each backend name -> None if it can run here, else the reason it cannot."""
-    from bigmodel.runtime.backends import ort
+    status: dict[str, str | None] = {}
+    for name in names:
+        if name == "tensorrt":
+            from bigmodel.runtime.backends import tensorrt
 
-    status: dict[str, str | None] = {name: ort.unavailable_reason(name) for name in ("ort-cpu", "ort-cuda", "ort-trt")}
-    from bigmodel.runtime.backends import tensorrt
+            status[name] = tensorrt.unavailable_reason()
+        else:
+            from bigmodel.runtime.backends import ort
 
-    status["tensorrt"] = tensorrt.unavailable_reason()
+            status[name] = ort.unavailable_reason(name)
     return status
 
 
 def resolve_backend(backend: str, device: str, manifest: Manifest) -> str:
-    """A concrete backend name from (backend, device): 'auto' picks the fastest available for the device."""
+    """A concrete backend name from (backend, device).
+
+    'auto' picks the fastest available for the device: tensorrt (when the bundle has engines),
+    then ort-trt, ort-cuda, and ort-cpu when the device is cpu or auto without a GPU. 'ort' means
+    ort-cpu or ort-cuda by device. A cuda request nothing here can serve raises BackendUnavailable.
+    """
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
     if backend in BACKENDS:
+        if device == "cpu" and backend in GPU_BACKENDS:
+            raise InputError(f"backend {backend} runs on a GPU; got device='cpu' (use backend='ort-cpu')")
+        if device == "cuda" and backend == "ort-cpu":
+            raise InputError("backend ort-cpu runs on the CPU; got device='cuda' (use backend='ort-cuda')")
         return backend
     if backend == "ort":
-        return {"cpu": "ort-cpu", "cuda": "ort-cuda"}.get(device, _auto_ort())
+        if device == "auto":
+            return "ort-cuda" if backend_status(("ort-cuda",))["ort-cuda"] is None else "ort-cpu"
+        return {"cpu": "ort-cpu", "cuda": "ort-cuda"}[device]
     if backend != "auto":
-        raise InputError(f"backend must be auto, ort, {', '.join(BACKENDS)}; got {backend!r}")
+        raise InputError(f"backend must be auto, ort or one of {', '.join(BACKENDS)}; got {backend!r}")
     if device == "cpu":
         return "ort-cpu"
-    status = backend_status()
     order = ("tensorrt", "ort-trt", "ort-cuda") if manifest.engines else ("ort-trt", "ort-cuda")
+    reasons = []
     for name in order:
-        if status[name] is None:
+        reason = backend_status((name,))[name]
+        if reason is None:
             return name
+        reasons.append(f"{name}: {reason}")
     if device == "cuda":
-        from bigmodel.errors import BackendUnavailable
-
-        reasons = "; ".join(f"{n}: {status[n]}" for n in order)
-        raise BackendUnavailable(f"device cuda asked for, but no GPU backend can run here ({reasons})")
+        raise BackendUnavailable("device='cuda' asked for, but no GPU backend can run here ("
+                                 + "; ".join(reasons) + ")")
     return "ort-cpu"
 
 
-def _auto_ort() -> str:
-    from bigmodel.runtime.backends import ort
+def _make_backend(path: Path, manifest: Manifest, name: str, threads: int | None, precision: str | None):
+    if name == "tensorrt":
+        from bigmodel.runtime.backends.tensorrt import TensorRTBackend
 
-    return "ort-cuda" if ort.unavailable_reason("ort-cuda") is None else "ort-cpu"
+        return TensorRTBackend(path, manifest, precision=precision)
+    from bigmodel.runtime.backends.ort import OrtBackend
+
+    return OrtBackend(path, manifest, name, threads=threads)
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", threads: int | None = None,
-         fallback: bool = False, verify: bool = True) -> Model:
-    """Load a bundle folder (manifest.json + role graphs) for inference.
+         fallback: bool = False, verify: bool = True, precision: str | None = None) -> Model:
+    """Load a bundle folder (manifest.json + role graphs [+ engines/]) for inference.
 
     backend: auto | ort | ort-cpu | ort-cuda | ort-trt | tensorrt; device: auto | cpu | cuda.
-    A GPU request that would run on the CPU raises, or with `fallback=True` warns once.
-    `verify` checks every file's sha256 against the manifest before anything runs.
+    threads: onnxruntime intra-op threads (default: the physical cores).
+    fallback: a GPU request that cannot be served raises BackendUnavailable, or with
+    fallback=True warns once and runs on ort-cpu; never a silent fallback.
+    verify: check every file's sha256 against the manifest (engine files too, for tensorrt) before
+    anything runs. Engines are always checked against this machine's TensorRT version and GPU
+    compute capability before they are deserialised.
+    precision: tensorrt only: which engine precision to use when the bundle has several.
 
     >>> model = load("runs/vae/bundle", device="cpu", threads=2)
     """
     path = Path(path)
     manifest = read_manifest(path)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be a positive integer or None; got {threads!r}")
     if verify:
         verify_files(path, manifest)
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise InputError(f"threads must be a positive integer or None; got {threads!r}")
-    name = resolve_backend(backend, device, manifest)
-    if name == "tensorrt":
-        from bigmodel.runtime.backends.tensorrt import TensorRTBackend
+    name = None
+    try:
+        name = resolve_backend(backend, device, manifest)
+        if name == "tensorrt":
+            if not manifest.engines:
+                from bigmodel.runtime.engines import NO_ENGINES
 
-        return Model(path, manifest, TensorRTBackend(path, manifest))
-    from bigmodel.runtime.backends.ort import OrtBackend
-
-    return Model(path, manifest, OrtBackend(path, manifest, name, threads=threads, fallback=fallback))
+                raise BundleError(NO_ENGINES.format(path=path))
+            if verify:
+                verify_files(path, manifest, engines=True, roles=False)
+        impl = _make_backend(path, manifest, name, threads, precision)
+    except BackendUnavailable as e:
+        if name == "ort-cpu":
+            raise
+        if not fallback:
+            raise BackendUnavailable(f"{e} (pass fallback=True to run on ort-cpu instead)") from e
+        warnings.warn(f"{e}; running on ort-cpu instead (fallback=True)", RuntimeWarning, stacklevel=2)
+        impl = _make_backend(path, manifest, "ort-cpu", threads, None)
+    return Model(path, manifest, impl)

@@ -1,134 +1,236 @@
-"""`Model`: the methods an application calls, on top of any backend; numpy in, numpy out."""
+"""`Model`: the methods an application calls, on top of any backend; numpy in, numpy out.
+
+Everything that depends only on the bundle (input contracts, output names, which role serves
+which method, batch limits, the prior) is worked out once in `__init__`; a call does only the
+input check and the backend run. A Model holds no per-call state, so many threads may share one.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
-from bigmodel.errors import InputError
+from bigmodel.errors import BundleError, InputError
 from bigmodel.manifest import Manifest
-from bigmodel.runtime import priors
-from bigmodel.runtime.checks import prepare
+from bigmodel.runtime.checks import Input
+from bigmodel.runtime.priors import Prior, slerp
 
-# method -> the role it needs; a family without that role does not offer the method
-METHOD_ROLES = {"encode": "encoder", "reconstruct": "encoder", "discriminate": "discriminator"}
 IMAGE_ROLES = ("decoder", "generator")
+# method -> roles it needs (beyond the image role every family has)
+METHOD_ROLES = {
+    "encode": ("encoder",),
+    "decode": (),
+    "reconstruct": ("encoder",),
+    "sample": (),
+    "interpolate": (),
+    "discriminate": ("discriminator",),
+    "run": (),
+}
+F32 = np.dtype(np.float32)
 
 
 class Model:
     """A loaded bundle. Use `bigmodel.runtime.load` to make one.
 
     >>> m = load("runs/vae/bundle")
-    >>> m.decode(m.sample_latent(4, seed=0)).shape
+    >>> m.sample(4, seed=0).shape
     (4, 1, 28, 28)
     """
 
     def __init__(self, path: Path, manifest: Manifest, backend):
-        self.path = path
-        self.manifest = manifest
+        self.path = Path(path)
+        self._manifest = manifest
         self.backend = backend
-        self._image_role = next(r for r in IMAGE_ROLES if r in manifest.roles)
-        self._inputs = {role: spec.inputs[0] for role, spec in manifest.roles.items()}
+        roles = manifest.roles
+        image = [r for r in IMAGE_ROLES if r in roles]
+        if not image:
+            raise BundleError(f"bundle {path} has no decoder or generator role (it has {', '.join(roles)})")
+        self._image_role = image[0]
+        self._prior = Prior(manifest.latent)
+        self._inputs: dict[str, list[Input]] = {
+            role: [Input(t, manifest.data, f"{role} input {t.name!r}") for t in spec.inputs]
+            for role, spec in roles.items()}
+        self._first = {role: ins[0] for role, ins in self._inputs.items() if len(ins) == 1}
+        self._outputs = {role: [t.name for t in spec.outputs] for role, spec in roles.items()}
+        self._input_names = {role: {t.name for t in spec.inputs} for role, spec in roles.items()}
+        latent = self._first.get(self._image_role)
+        if latent is None or latent.tail != (manifest.latent.dim,):
+            raise BundleError(f"{self._image_role} of bundle {path} must take one input of shape "
+                              f"(batch, {manifest.latent.dim}); the manifest says {roles[self._image_role].inputs}")
+        self._offers = tuple(m for m, need in METHOD_ROLES.items() if all(r in roles for r in need))
+        batch_range = getattr(backend, "batch_range", None)
+        self._limits = {role: batch_range(role) if batch_range else None for role in roles}
+        self._run_backend = backend.run
+        # one closure per single-input role: input check -> backend -> float32 first output, nothing looked up
+        self._single_calls = {role: self._compile(role) for role in self._first}
+        self._decode = self._single_calls[self._image_role]
 
     # -- description ----------------------------------------------------------------------------
     @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
     def roles(self) -> tuple[str, ...]:
-        return tuple(self.manifest.roles)
+        return tuple(self._manifest.roles)
 
     @property
     def latent_dim(self) -> int:
-        return self.manifest.latent.dim
+        return self._manifest.latent.dim
 
     @property
     def data_shape(self) -> tuple[int, int, int]:
-        return self.manifest.data.shape
+        return tuple(self._manifest.data.shape)
+
+    @property
+    def family(self) -> str:
+        return self._manifest.family
+
+    @property
+    def offers(self) -> tuple[str, ...]:
+        """The methods this bundle supports (a GAN has no encode, a VAE no discriminate)."""
+        return self._offers
 
     @property
     def backend_name(self) -> str:
         return self.backend.name
 
     def __repr__(self) -> str:
-        m = self.manifest
+        m = self._manifest
         return f"Model({m.family}/{m.arch}, roles={list(self.roles)}, {m.precision}, backend={self.backend_name})"
+
+    def close(self) -> None:
+        """Release the backend's sessions or GPU buffers (also done when the Model is collected)."""
+        close = getattr(self.backend, "close", None)
+        if close:
+            close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- raw access -----------------------------------------------------------------------------
     def run(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one role graph on named inputs; checked against the manifest, batches split to fit engines."""
-        if role not in self.manifest.roles:
-            raise InputError(f"{self.manifest.family} bundle has no role {role!r}; it has: {', '.join(self.roles)}")
-        spec = self.manifest.roles[role]
-        expected = {t.name for t in spec.inputs}
-        if set(feeds) != expected:
-            raise InputError(f"{role}: expected inputs {sorted(expected)}; got {sorted(feeds)}")
-        arrays = {t.name: prepare(t, feeds[t.name], self.manifest.data, f"{role} input {t.name!r}")
-                  for t in spec.inputs}
-        outs = self._run_split(role, arrays)
-        return dict(zip((t.name for t in spec.outputs), outs, strict=True))
+        """Run one role graph on named inputs -> {output name: array}, checked, large batches split.
 
-    def _run_split(self, role: str, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+        >>> m.run("decoder", {"z": np.zeros((2, 20), np.float32)})["x"].shape
+        (2, 1, 28, 28)
+        """
+        inputs = self._inputs.get(role)
+        if inputs is None:
+            raise InputError(f"a {self.family} bundle has no role {role!r}; it has: {', '.join(self.roles)}")
+        if not isinstance(feeds, dict) or feeds.keys() != self._input_names[role]:
+            got = sorted(feeds) if isinstance(feeds, dict) else type(feeds).__name__
+            raise InputError(f"{role}: expected feeds {{{', '.join(sorted(self._input_names[role]))}}}; got {got}")
+        arrays = {i.name: i.prepare(feeds[i.name]) for i in inputs}
+        sizes = {len(a) for a in arrays.values()}
+        if len(sizes) > 1:
+            raise InputError(f"{role}: every input needs the same batch size; got {sorted(sizes)}")
+        return dict(zip(self._outputs[role], self._execute(role, arrays), strict=True))
+
+    def _execute(self, role: str, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+        limits = self._limits[role]
+        if limits is None:
+            return self._run_backend(role, arrays)
         n = len(next(iter(arrays.values())))
-        limit = self.backend.max_batch(role)
-        if limit is None or n <= limit:
-            return self.backend.run(role, arrays)
-        parts = [self.backend.run(role, {k: v[i : i + limit] for k, v in arrays.items()}) for i in range(0, n, limit)]
-        return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
+        lo, hi = limits
+        if lo <= n <= hi:
+            return self._run_backend(role, arrays)
+        from bigmodel.runtime.engines import split_batches
 
-    def _one(self, role: str, x) -> list[np.ndarray]:
-        """Run a single-input role on `x` and return its outputs as float32."""
-        spec = self._inputs[role]
-        x = prepare(spec, x, self.manifest.data, f"{role} input {spec.name!r}")
-        return [np.asarray(o, dtype=np.float32) for o in self._run_split(role, {spec.name: x})]
+        parts = []
+        for start, stop, pad in split_batches(n, lo, hi):
+            chunk = {k: v[start:stop] for k, v in arrays.items()}
+            if pad:
+                chunk = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
+            outs = self._run_backend(role, chunk)
+            parts.append([o[: stop - start] for o in outs] if pad else outs)
+        return parts[0] if len(parts) == 1 else [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
+
+    def _compile(self, role: str):
+        """`call(x)` -> first output of `role` on x as float32, with the per-call path cut to the bone."""
+        inp = self._first[role]
+        name, prepare = inp.name, inp.prepare
+        runner = getattr(self.backend, "runner", None)
+        if self._limits[role] is None and runner is not None:
+            run = runner(role)
+        else:  # batch limits to honour (or a backend without runner): the general path
+            run = functools.partial(self._execute, role)
+
+        def call(x) -> np.ndarray:
+            out = run({name: prepare(x)})[0]
+            return out if out.dtype == F32 else out.astype(F32)
+
+        return call
+
+    def _single(self, role: str, x) -> np.ndarray:
+        """First output of a single-input role on `x`, float32."""
+        return self._single_calls[role](x)
 
     def _require(self, method: str) -> str:
-        role = METHOD_ROLES[method]
-        if role not in self.manifest.roles:
-            offered = [m for m, r in METHOD_ROLES.items() if r in self.manifest.roles]
-            offered += ["decode", "sample", "interpolate", "run"]
-            raise InputError(f"a {self.manifest.family} bundle cannot {method} (no {role} role); "
-                             f"it offers: {', '.join(offered)}")
-        return role
+        if method not in self._offers:
+            missing = [r for r in METHOD_ROLES[method] if r not in self._manifest.roles]
+            raise InputError(f"a {self.family} bundle cannot {method} (it has no {' or '.join(missing)} role); "
+                             f"it offers: {', '.join(self._offers)}")
+        return METHOD_ROLES[method][0]
 
     # -- the methods applications call ----------------------------------------------------------
     def encode(self, x) -> np.ndarray:
-        """Images (B, C, H, W) float in the data range, or uint8 -> codes (B, latent); a VAE gives its mean."""
-        return self._one(self._require("encode"), x)[0]
+        """Images (B, C, H, W) or one (C, H, W), float in the data range or uint8 -> codes (B, latent).
+
+        A VAE gives the mean of q(z|x); `run("encoder", ...)` gives mean and log-variance.
+        """
+        return self._single(self._require("encode"), x)
 
     def decode(self, z) -> np.ndarray:
-        """Codes (B, latent) -> images (B, C, H, W) float32 in the data range."""
-        return self._one(self._image_role, z)[0]
+        """Codes (B, latent) or one (latent,) -> images (B, C, H, W) float32 in the data range."""
+        return self._decode(z)
 
     def reconstruct(self, x) -> np.ndarray:
-        """decode(encode(x)): for a VAE, the decoder applied to the encoder's mean."""
-        return self.decode(self.encode(x))
+        """decode(encode(x)); for a VAE the decoder of the encoder's mean."""
+        return self.decode(self._single(self._require("reconstruct"), x))
 
     def sample_latent(self, n: int, seed: int | None = None) -> np.ndarray:
         """n codes from the bundle's prior (normal or mixture), (n, latent) float32."""
-        if not isinstance(n, (int, np.integer)) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InputError(f"n must be a positive integer; got {n!r}")
-        return priors.draw(self.manifest.latent, int(n), seed)
+        return self._prior.draw(int(n), seed)
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """n images from the prior: the same seed gives the same images on every backend."""
+        """n images decoded from prior codes drawn with numpy's Generator(seed): same seed, same images."""
         return self.decode(self.sample_latent(n, seed))
 
     def interpolate(self, a, b, steps: int = 8, method: str = "linear") -> np.ndarray:
-        """Decode `steps` codes from a to b (each (latent,)): linear, or slerp for Gaussian priors."""
+        """Decode `steps` codes from code a to code b (each (latent,)) -> (steps, C, H, W).
+
+        method "linear" (any prior) or "slerp" (great circle; for the Gaussian prior).
+        """
         if method not in ("linear", "slerp"):
             raise InputError(f"method must be 'linear' or 'slerp'; got {method!r}")
-        if steps < 2:
-            raise InputError(f"steps must be >= 2; got {steps}")
-        spec = self._inputs[self._image_role]
-        a, b = (prepare(spec, v, self.manifest.data, name).astype(np.float32) for v, name in ((a, "a"), (b, "b")))
-        if len(a) != 1 or len(b) != 1:
-            raise InputError(f"interpolate: expected one code each for a and b; got {len(a)} and {len(b)}")
-        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)
+        if method == "slerp" and not self._prior.gaussian:
+            raise InputError(f"slerp assumes the zero-centred normal prior; this bundle's prior is "
+                             f"{self._prior.kind}: use method='linear'")
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
+            raise InputError(f"steps must be an integer >= 2; got {steps!r}")
+        spec = self._first[self._image_role]
+        ends = []
+        for v, name in ((a, "a"), (b, "b")):
+            code = spec.prepare(v)
+            if len(code) != 1:
+                raise InputError(f"interpolate: expected one code for {name}, shape ({self.latent_dim},); "
+                                 f"got {np.shape(v)}")
+            ends.append(code[0].astype(np.float32))
+        t = np.linspace(0.0, 1.0, int(steps), dtype=np.float32)
         if method == "slerp":
-            z = priors.slerp(a[0], b[0], t)
+            z = slerp(ends[0], ends[1], t)
         else:
-            z = (1 - t)[:, None] * a[0] + t[:, None] * b[0]
+            z = (1 - t)[:, None] * ends[0] + t[:, None] * ends[1]
         return self.decode(z.astype(np.float32))
 
     def discriminate(self, x) -> np.ndarray:
         """Discriminator logits (B, 1): of images for a GAN, of latent codes for an AAE."""
-        return self._one(self._require("discriminate"), x)[0]
+        return self._single(self._require("discriminate"), x)

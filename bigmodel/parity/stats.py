@@ -1,0 +1,129 @@
+"""Statistics of one output against its reference, in float64, and the verdict with the worst element."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bigmodel.parity.tolerances import REL_EPS, Tolerance
+
+
+@dataclass
+class Failure:
+    """One statistic outside its tolerance, with the element that shows it."""
+
+    statistic: str
+    value: float
+    limit: float
+    index: tuple[int, ...]
+    got: float
+    want: float
+    note: str = ""
+
+    def describe(self) -> str:
+        if self.note:
+            return f"{self.statistic}: {self.note}"
+        if self.statistic == "abs_error":
+            rule = f"|got - want| = {self.value:.3g} > atol + rtol·|want| = {self.limit:.3g}"
+        elif self.statistic in ("nonfinite", "uint8_changed"):
+            rule = f"{self.statistic} = {self.value:.4g} > allowed {self.limit:.4g}"
+        else:
+            rule = f"{self.statistic} = {self.value:.6g} < required {self.limit:.6g}"
+        return f"{rule}; worst element at index {self.index}: got {self.got:.6g}, want {self.want:.6g}"
+
+
+@dataclass
+class OutputCheck:
+    output: str
+    kind: str
+    stats: dict[str, float]
+    worst_index: tuple[int, ...]
+    worst_got: float
+    worst_want: float
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def compare(got: np.ndarray, want: np.ndarray, kind: str, tol: Tolerance,
+            value_range: tuple[float, float] = (0.0, 1.0), output: str = "") -> OutputCheck:
+    """Statistics of `got` against the reference `want` (both (B, ...)), in float64, and the verdict."""
+    g = np.asarray(got, dtype=np.float64)
+    w = np.asarray(want, dtype=np.float64)
+    if g.shape != w.shape:
+        nan = float("nan")
+        f = Failure("shape", nan, nan, (), nan, nan, note=f"got {tuple(g.shape)}, want {tuple(w.shape)}")
+        return OutputCheck(output, kind, {}, (), nan, nan, [f])
+    diff = np.abs(g - w)
+    finite = np.isfinite(g)
+    diff = np.where(finite, diff, np.inf)
+    allowed = tol.atol + tol.rtol * np.abs(w)
+    ratio = diff / np.maximum(allowed, np.finfo(np.float64).tiny)
+    worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+
+    def at(idx) -> tuple[tuple[int, ...], float, float]:
+        return tuple(int(i) for i in idx), float(g[idx]), float(w[idx])
+
+    flat_g, flat_w = g.reshape(len(g), -1), w.reshape(len(w), -1)
+    # cosine per sample; for one-number outputs (logits) over the batch: per sample it is only a sign.
+    # A single number (one logit, batch 1) has no direction beyond its sign: sign agreement judges it.
+    rows = len(g) if flat_w.shape[1] > 1 else 1
+    cosines = _cosine_rows(np.where(finite, g, 0.0).reshape(rows, -1), w.reshape(rows, -1))
+    stats = {
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
+        "max_rel": float((diff / (np.abs(w) + REL_EPS)).max()),
+        "cosine": float(cosines.min()),
+        "nonfinite": float(np.size(g) - finite.sum()),
+    }
+    failures = []
+    if stats["nonfinite"]:
+        failures.append(Failure("nonfinite", stats["nonfinite"], 0.0, *at(np.unravel_index(
+            int(np.argmin(finite)), g.shape))))
+    if ratio[worst] > 1.0:
+        failures.append(Failure("abs_error", float(diff[worst]), float(allowed[worst]), *at(worst)))
+    if stats["cosine"] < tol.min_cosine and w.size > 1:
+        where = _worst_in_row(ratio, cosines) if rows > 1 else worst
+        failures.append(Failure("cosine", stats["cosine"], tol.min_cosine, *at(where)))
+    if kind == "image":
+        lo, hi = value_range
+        mse = np.where(finite, (g - w) ** 2, np.inf).reshape(len(g), -1).mean(1)
+        with np.errstate(divide="ignore"):
+            psnr = 10 * np.log10((hi - lo) ** 2 / mse)
+        stats["psnr"] = float(psnr.min())
+        stats["uint8_changed"] = float(np.mean(_uint8(flat_g, lo, hi) != _uint8(flat_w, lo, hi)))
+        if tol.min_psnr is not None and stats["psnr"] < tol.min_psnr:
+            failures.append(Failure("psnr", stats["psnr"], tol.min_psnr, *at(_worst_in_row(ratio, psnr))))
+        if tol.max_uint8_changed is not None and stats["uint8_changed"] > tol.max_uint8_changed:
+            failures.append(Failure("uint8_changed", stats["uint8_changed"], tol.max_uint8_changed, *at(worst)))
+    if kind == "logit":
+        # A reference logit within atol of 0 has no reliable sign: it counts as agreeing.
+        agree = (np.sign(g) == np.sign(w)) | (np.abs(w) <= tol.atol)
+        stats["sign_agreement"] = float(agree.mean())
+        if tol.min_sign_agreement is not None and stats["sign_agreement"] < tol.min_sign_agreement:
+            flip = np.unravel_index(int(np.argmin(np.where(agree, np.inf, -np.abs(w)))), w.shape)
+            failures.append(Failure("sign_agreement", stats["sign_agreement"], tol.min_sign_agreement, *at(flip)))
+    return OutputCheck(output, kind, stats, *at(worst), failures)
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """cos(a_i, b_i) per row: 1 when both rows are zero, 0 when only one is."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dot = (a * b).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.clip(dot / (na * nb), -1.0, 1.0)
+    both_zero = (na == 0) & (nb == 0)
+    return np.where(both_zero, 1.0, np.where((na == 0) | (nb == 0), 0.0, cos))
+
+
+def _worst_in_row(ratio: np.ndarray, per_row: np.ndarray) -> tuple[int, ...]:
+    """The worst element of the sample whose per-sample statistic is lowest."""
+    row = int(np.argmin(per_row))
+    return (row, *np.unravel_index(int(np.argmax(ratio[row])), ratio.shape[1:]))
+
+
+def _uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.round(np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)

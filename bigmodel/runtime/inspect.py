@@ -1,0 +1,59 @@
+"""`describe(bundle)`: what `bigmodel info` shows — manifest, file checks, engines' fit here, backends.
+
+Reads and checks; never raises on a damaged file (it reports it), only on an unreadable manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bigmodel.errors import BigmodelError
+from bigmodel.manifest import read_manifest
+
+
+def _check(path: Path, expected: str) -> str:
+    from bigmodel.runtime import _sha256
+
+    if not path.is_file():
+        return "missing"
+    return "ok" if _sha256(path) == expected else "sha256 mismatch"
+
+
+def describe(bundle: str | os.PathLike) -> dict[str, Any]:
+    """The manifest as a dict plus, per role and engine, size and sha256 check; engines' fit; backends here."""
+    from bigmodel.runtime import backend_status
+    from bigmodel.runtime.model import METHOD_ROLES
+
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    d = manifest.to_dict()
+    roles = {}
+    for name, spec in manifest.roles.items():
+        f = bundle / spec.file
+        roles[name] = {**d["roles"][name], "bytes": f.stat().st_size if f.is_file() else 0,
+                       "check": _check(f, spec.sha256)}
+    status = backend_status()
+    local = None
+    if manifest.engines and status["tensorrt"] is None:
+        try:
+            from bigmodel.runtime.backends.tensorrt import local_tensorrt
+
+            local = local_tensorrt()
+        except BigmodelError:
+            local = None
+    engines = []
+    for e, ed in zip(manifest.engines, d["engines"], strict=True):
+        here = f"unknown: {status['tensorrt']}" if local is None else "yes"
+        if local is not None:
+            from bigmodel.runtime.engines import check_engine_compat
+
+            try:
+                check_engine_compat(e, local.tensorrt_version, local.compute_capability)
+            except BigmodelError as err:
+                here = f"no: {err}"
+        engines.append({**ed, "check": _check(bundle / e.file, e.sha256), "here": here})
+    methods = [m for m, need in METHOD_ROLES.items() if all(r in manifest.roles for r in need)]
+    return {"bundle": str(bundle), "manifest": d, "roles": roles, "engines": engines, "methods": methods,
+            "backends": status}
