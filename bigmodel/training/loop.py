@@ -21,12 +21,13 @@ from bigmodel.data import load_data
 from bigmodel.errors import ConfigError, InputError
 from bigmodel.fileio import atomic_write_text
 from bigmodel.manifest import DataSpec
-from bigmodel.models.registry import create_model
+from bigmodel.models.registry import ARCHS, create_model, make_config
 from bigmodel.training.artifacts import write_curves, write_pictures
 from bigmodel.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 VAL_BATCH = 500
 VAL_SEED = 4321  # validation noise is fixed so epochs compare like with like
+CURVES_EVERY_S = 30.0  # curves.png costs 0.2-1 s of matplotlib: drawn after epoch 1, then at most this often, and last
 
 
 @dataclass
@@ -168,6 +169,10 @@ def train(settings: TrainSettings, progress: Callable[[Progress], None] | None =
         settings, state = _restore(settings, out)
     if settings.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1; got {settings.epochs}")
+    # Unknown family, arch or bad model settings fail before any data is read.
+    make_config(settings.family, **settings.model)
+    if settings.arch not in ARCHS:
+        raise ConfigError(f"unknown arch {settings.arch!r}; expected one of: {', '.join(ARCHS)}")
     device = resolve_device(settings.device)
     data = load_data(settings.dataset, seed=settings.seed)
     train_x = torch.from_numpy(data.train[: settings.max_train])
@@ -220,6 +225,7 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(_config_record(settings, model, spec), indent=2) + "\n")
 
+    curves_at = -math.inf
     for epoch in range(start_epoch, settings.epochs + 1):
         order = torch.randperm(len(train_x), generator=shuffle)[ranks.rank :: ranks.world]
         sums: dict[str, torch.Tensor] = {}
@@ -245,7 +251,9 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
                 "samples_per_s": round(batches * settings.batch_size * ranks.world / seconds, 1),
             }
             history.append(record)
-            _write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device)
+            curves = epoch == settings.epochs or time.perf_counter() - curves_at >= CURVES_EVERY_S
+            _write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device, curves)
+            curves_at = time.perf_counter() if curves else curves_at
             if progress is not None:
                 progress(
                     Progress(
@@ -274,8 +282,11 @@ def _config_record(settings: TrainSettings, model, spec: DataSpec) -> dict[str, 
     }
 
 
-def _write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device) -> None:
-    """Checkpoint first (atomic), then metrics and pictures: a kill loses at most this epoch."""
+def _write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device, curves) -> None:
+    """Checkpoint first (atomic), then metrics and pictures: a kill loses at most this epoch.
+
+    curves.png only when `curves`: on the last epoch and every CURVES_EVERY_S (metrics.jsonl has every epoch).
+    """
     save_checkpoint(
         out / CHECKPOINT_NAME,
         {
@@ -293,5 +304,6 @@ def _write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, histor
     )
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     write_pictures(model, val_x, out, device)
-    write_curves(out / "curves.png", history)
+    if curves:
+        write_curves(out / "curves.png", history)
     model.train()

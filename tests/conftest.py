@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny real data and one trained run directory per (family, arch), made once a session.
+
+`mnist5k` is the mnist-5k dataset (seed-0 split); `mnist_npy` 320 of its digits as a small .npy file.
+
+`trained_run(family, arch)` is for every test that needs a real checkpoint (training, export,
+runtime, parity): 1 epoch on the first 512 mnist-5k training images, batch 64, seed 0, on CPU.
+
+    def test_something(trained_run):
+        run_dir = trained_run("vae", "mlp")   # Path holding checkpoint.pt, config.json, ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Tiny models gain nothing from intra-op threads, and on a small shared CI box (2 vCPUs) OpenMP's
+# spinning barriers make them many times slower whenever a vCPU is busy elsewhere. Set before torch
+# is imported; subprocesses (CLI, torchrun) inherit it. An explicit OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+TRAINED_RUN_IMAGES = 512
+TRAINED_RUN_BATCH = 64
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    """The mnist-5k dataset split with seed 0 (4,500 train / 500 validation float32 images)."""
+    from bigmodel.data import load_data
+
+    return load_data("mnist-5k", seed=0)
+
+
+@pytest.fixture(scope="session")
+def mnist_npy(tmp_path_factory, mnist5k) -> Path:
+    """320 real mnist-5k digits as a uint8 (N, 28, 28) .npy file: real data that loads in milliseconds.
+
+    For runs that need many short trainings (resume, determinism, CLI): `--dataset PATH` splits it
+    into 288 training and 32 validation images.
+    """
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("data") / "mnist320.npy"
+    np.save(path, np.rint(mnist5k.train[:320, 0] * 255).astype(np.uint8))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Callable[[str, str], Path]:
+    """Factory: `trained_run(family, arch="mlp")` -> a run directory trained once per session."""
+    from bigmodel.training.loop import TrainSettings, train
+
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(family: str, arch: str = "mlp") -> Path:
+        key = (family, arch)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"run-{family}-{arch}")
+            settings = TrainSettings(family=family, arch=arch, dataset="mnist-5k", epochs=1,
+                                     batch_size=TRAINED_RUN_BATCH, max_train=TRAINED_RUN_IMAGES, seed=0,
+                                     device="cpu", out=str(out))
+            cache[key] = train(settings).out
+        return cache[key]
+
+    return get
+
