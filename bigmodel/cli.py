@@ -42,8 +42,10 @@ def train(
     dataset: str = typer.Option(
         "mnist-5k", help="mnist-5k | digits | PATH.npz | PATH.npy | IMAGE_DIR | mnist | fashion-mnist | cifar10."
     ),
-    epochs: int = typer.Option(20, help="Total epochs (with --resume: the epoch to end at)."),
-    batch_size: int = typer.Option(128, help="Mini-batch size per process."),
+    epochs: int | None = typer.Option(
+        None, help="Total epochs, with --resume the epoch to end at (default: 20; GAN 30)."
+    ),
+    batch_size: int | None = typer.Option(None, help="Mini-batch size per process (default: 128; GAN 64)."),
     lr: float | None = typer.Option(None, help="Learning rate (default per family: 1e-3; GAN 2e-4)."),
     latent_dim: int | None = typer.Option(
         None, help="Latent size (default per family: AE 32, VAE 20, GAN 100, AAE 8)."
@@ -73,8 +75,8 @@ def train(
         result = run_training(settings, progress=report)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports, as only rank 0 writes
         return
-    if not result.history:
-        console.print(f"nothing to do: {result.out} already reached epoch {epochs}")
+    if not result.epochs_run:
+        console.print(f"nothing to do: {result.out} already reached epoch {result.history[-1]['epoch']}")
         return
     last = result.history[-1]
     val = "  ".join(f"{k} {v:.4g}" for k, v in last["val"].items())

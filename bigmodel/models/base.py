@@ -117,6 +117,7 @@ class GenerativeModel(nn.Module):
         return self.role_module(self.image_role)(z)
 
     image_role: ClassVar[str] = "decoder"
+    train_defaults: ClassVar[dict[str, int]] = {"epochs": 20, "batch_size": 128}
 
     def reconstruct(self, x: Tensor) -> Tensor | None:
         """Images -> reconstructions in [0, 1], or None for families that do not encode."""

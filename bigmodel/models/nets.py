@@ -7,13 +7,13 @@ from torch import nn
 from bigmodel.errors import ConfigError
 
 
-def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """Linear layers of `sizes` with `act` between them (none after the last)."""
+def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, batchnorm: bool = False) -> nn.Sequential:
+    """Linear layers of `sizes` with `act` (after BatchNorm1d if asked) between them, none after the last."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(act())
+            layers.extend([nn.BatchNorm1d(b), act()] if batchnorm else [act()])
     return nn.Sequential(*layers)
 
 
@@ -37,11 +37,13 @@ def encoder(arch: str, shape: tuple[int, int, int], out: int, hidden: tuple[int,
     )
 
 
-def decoder(arch: str, latent: int, shape: tuple[int, int, int], hidden: tuple[int, ...], width: int) -> nn.Module:
-    """Codes (B, latent) -> image logits (B, C, H, W)."""
+def decoder(arch: str, latent: int, shape: tuple[int, int, int], hidden: tuple[int, ...], width: int,
+            batchnorm: bool = False) -> nn.Module:
+    """Codes (B, latent) -> image logits (B, C, H, W); `batchnorm` = BatchNorm1d + LeakyReLU in an MLP."""
     c, h, w = shape
     if arch == "mlp":
-        return nn.Sequential(mlp([latent, *reversed(hidden), c * h * w]), nn.Unflatten(1, shape))
+        act = _leaky if batchnorm else nn.ReLU
+        return nn.Sequential(mlp([latent, *reversed(hidden), c * h * w], act, batchnorm), nn.Unflatten(1, shape))
     _check_conv_shape(shape)
     return nn.Sequential(
         nn.Linear(latent, 2 * width * (h // 4) * (w // 4)), nn.ReLU(),

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from bigmodel.data import load_data
 from bigmodel.errors import ConfigError, InputError
 from bigmodel.fileio import atomic_write_text
 from bigmodel.manifest import DataSpec
-from bigmodel.models.registry import ARCHS, create_model, make_config
+from bigmodel.models.registry import ARCHS, create_model, family_class, make_config
 from bigmodel.training.artifacts import write_curves, write_pictures
 from bigmodel.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
 
@@ -37,8 +37,8 @@ class TrainSettings:
     family: str = "vae"
     arch: str = "mlp"
     dataset: str = "mnist-5k"
-    epochs: int = 20
-    batch_size: int = 128
+    epochs: int | None = None  # None: the family's default (models.base.GenerativeModel.train_defaults)
+    batch_size: int | None = None
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -67,7 +67,8 @@ class Progress:
 @dataclass
 class TrainResult:
     out: Path
-    history: list[dict[str, Any]]
+    history: list[dict[str, Any]]  # every epoch of the run, restored ones included
+    epochs_run: int = 0  # epochs trained by this call
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,8 +155,16 @@ def _restore(settings: TrainSettings, out: Path) -> tuple[TrainSettings, dict[st
     saved = TrainSettings(**state["settings"])
     if saved.family != settings.family:
         raise ConfigError(f"--resume: {out} holds a {saved.family} run; got family {settings.family}")
-    saved.epochs, saved.device, saved.out, saved.resume = settings.epochs, settings.device, str(out), True
+    saved.epochs = settings.epochs or saved.epochs
+    saved.device, saved.out, saved.resume = settings.device, str(out), True
     return saved, state
+
+
+def with_defaults(settings: TrainSettings) -> TrainSettings:
+    """Fill epochs/batch size left as None from the family's `train_defaults`."""
+    defaults = family_class(settings.family).train_defaults
+    return replace(settings, epochs=settings.epochs if settings.epochs is not None else defaults["epochs"],
+                   batch_size=settings.batch_size if settings.batch_size is not None else defaults["batch_size"])
 
 
 def train(settings: TrainSettings, progress: Callable[[Progress], None] | None = None) -> TrainResult:
@@ -167,6 +176,7 @@ def train(settings: TrainSettings, progress: Callable[[Progress], None] | None =
     state = None
     if settings.resume:
         settings, state = _restore(settings, out)
+    settings = with_defaults(settings)
     if settings.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1; got {settings.epochs}")
     # Unknown family, arch or bad model settings fail before any data is read.
@@ -268,7 +278,7 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
                     )
                 )
         ranks.barrier()
-    return TrainResult(out, history)
+    return TrainResult(out, history, max(0, settings.epochs + 1 - start_epoch))
 
 
 def _config_record(settings: TrainSettings, model, spec: DataSpec) -> dict[str, Any]:
