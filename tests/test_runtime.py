@@ -486,7 +486,10 @@ import json
 from bigmodel.cli import main
 for argv in json.loads(sys.argv[1]):
     sys.argv = ["bigmodel", *argv]
-    main()
+    try:
+        main()
+    except SystemExit as e:  # Typer's standalone mode ends every command with SystemExit(0)
+        assert not e.code, f"{argv} exited {e.code}"
     print("-- end of command --", flush=True)
 assert "torch" not in sys.modules, "torch got imported"
 """

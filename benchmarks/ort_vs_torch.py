@@ -1,0 +1,243 @@
+"""onnxruntime through bigmodel's runtime against PyTorch eager, and against a numpy matmul, in one run.
+
+For the default MLP VAE decoder and GAN generator (`create_model(family)`, random weights from a
+fixed seed: weights do not change the speed of a dense MLP), each is exported with
+`bigmodel.export.export_bundle` and loaded with `bigmodel.runtime.load(..., backend="ort-cpu",
+threads=T)`; torch runs the same module eagerly (eval, `torch.inference_mode()`,
+`torch.set_num_threads(T)`). Rounds alternate torch, onnxruntime and numpy at each batch size
+so drift on a shared machine hits all three alike; each side's figure is the median over all its
+runs. Goals (2 CPU cores, T = 2):
+
+    onnxruntime vs torch eager, batch 1    >= 2.5x   (torch p50 / runtime p50)
+    onnxruntime vs torch eager, batch 256  >= 1.3x
+    onnxruntime GFLOP/s at batch 1024      >= 75% of numpy's float32 matmuls of the same FLOP count
+
+FLOPs per sample are 2 * sum(in * out) over the Linear layers (bias and activations not
+counted). numpy's figure is the same chain of GEMMs, (B, in) @ (in, out) per layer, float32, on
+OpenBLAS with T threads (threadpoolctl); a single square matmul of the same FLOP count is printed
+beside it. If OPENBLAS_CORETYPE is set (some machines pin an old kernel that way), numpy is slower
+than it can be: run this script with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` to compare
+against its best kernel; the kernel in use is printed.
+
+    python benchmarks/ort_vs_torch.py [--threads 2] [--rounds 7] [--families vae,gan] [--batch-sizes 1,256,1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GOALS = {1: 2.5, 256: 1.3}  # batch -> minimum speed-up over torch eager
+GFLOPS_GOAL = 0.75  # of numpy's GEMM chain, at batch 1024
+IMAGE_ROLE = {"vae": "decoder", "ae": "decoder", "aae": "decoder", "gan": "generator"}
+
+
+def make_bundle(family: str, folder: Path):
+    """Random-weight default MLP model of `family`, its checkpoint and exported bundle in `folder`."""
+    import torch
+
+    from bigmodel.export import ExportOptions, export_bundle
+    from bigmodel.models import create_model
+    from bigmodel.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(family, "mlp").eval()
+    save_checkpoint(folder / "checkpoint.pt", {
+        "family": family, "arch": "mlp", "config": model.config.to_dict(), "data_spec": model.data.to_dict(),
+        "state_dict": model.state_dict(), "epoch": 0, "settings": {}})
+    bundle = export_bundle(folder / "checkpoint.pt", ExportOptions(out=folder / "bundle", probes=8)).bundle
+    return model, bundle
+
+
+def linear_shapes(module) -> list[tuple[int, int]]:
+    import torch
+
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def timed(fn, n: int) -> list[float]:
+    clock = time.perf_counter_ns
+    out = []
+    for _ in range(n):
+        t = clock()
+        fn()
+        out.append((clock() - t) / 1e9)
+    return out
+
+
+def identity_session(dim: int, threads: int):
+    """An onnxruntime session of a graph that only copies its input: the fixed cost of one call."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["z"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def anatomy_sides(runtime, role: str, name: str, z: np.ndarray, module, zt) -> dict:
+    """Extra timings at batch 1 that show where the time goes, measured in the same rounds."""
+    import torch
+
+    session = runtime.backend.sessions[role]
+    empty = identity_session(z.shape[1], runtime.backend.threads)
+    layers = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+    def torch_linears():
+        with torch.inference_mode():
+            h = zt
+            for m in layers:
+                h = torch.nn.functional.linear(h, m.weight, m.bias)
+
+    return {"session": lambda: session.run(None, {name: z}), "identity": lambda: empty.run(None, {"z": z}),
+            "torch_linears": torch_linears}
+
+
+def print_anatomy(p50: dict[str, float]) -> None:
+    us = {k: v * 1e6 for k, v in p50.items()}
+    print(f"{'':15s}batch 1, where the time goes (p50 us): runtime.run {us['ort']:.1f} = onnxruntime session.run "
+          f"{us['session']:.1f} + runtime input checks {us['ort'] - us['session']:.1f}; of session.run, the fixed "
+          f"cost of any call (an Identity graph) is {us['identity']:.1f}")
+    print(f"{'':15s}torch eager {us['torch']:.1f} = its 3 Linear calls {us['torch_linears']:.1f} + ReLU/Unflatten/"
+          f"Sigmoid {us['torch'] - us['torch_linears']:.1f}; numpy's 3 GEMVs on the same shapes {us['numpy']:.1f}")
+
+
+def alternate(sides: dict, rounds: int, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Each side in turn, `rounds` times, ~`seconds` each: (median, 10th percentile) of all runs per side."""
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    per_run = {}
+    for k, fn in sides.items():  # warm-up, and a first estimate of one run
+        for _ in range(5):
+            fn()
+        per_run[k] = statistics.median(timed(fn, 5))
+    for _ in range(rounds):
+        for k, fn in sides.items():
+            times[k] += timed(fn, int(min(2000, max(5, seconds / max(per_run[k], 1e-6)))))
+    return ({k: statistics.median(v) for k, v in times.items()},
+            {k: float(np.percentile(v, 10)) for k, v in times.items()})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
+    ap.add_argument("--round-seconds", type=float, default=0.3, help="seconds per side per round")
+    ap.add_argument("--families", default="vae,gan")
+    ap.add_argument("--batch-sizes", default="1,256,1024")
+    args = ap.parse_args()
+    threads = args.threads
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+
+    import threadpoolctl
+    import torch
+
+    from bigmodel.runtime import load
+
+    torch.set_num_threads(threads)
+    blas = threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
+    info = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}; python {platform.python_version()}")
+    print(f"versions: torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, "
+          f"numpy {np.__version__}")
+    print(f"threads: {threads} for torch, onnxruntime and numpy; numpy BLAS: "
+          + "; ".join(f"{i['internal_api']} {i.get('version')} kernel {i.get('architecture')} "
+                      f"threads {i['num_threads']}" for i in info))
+    coretype = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    print(f"OPENBLAS env: {coretype or 'unset'}" + (" (numpy runs a pinned kernel; see the docstring)"
+                                                     if coretype else ""))
+    print("weights: random (seed 0); a dense MLP's speed does not depend on their values\n")
+
+    missed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in args.families.split(","):
+            role = IMAGE_ROLE[family]
+            folder = Path(tmp) / family
+            folder.mkdir()
+            model, bundle = make_bundle(family, folder)
+            module = model.role_module(role).eval()
+            shapes = linear_shapes(module)
+            flops = 2 * sum(i * o for i, o in shapes)
+            runtime = load(bundle, backend="ort-cpu", device="cpu", threads=threads)
+            name = runtime.manifest.roles[role].inputs[0].name
+            weights = [np.ascontiguousarray(np.random.default_rng(1).standard_normal((i, o), dtype=np.float32))
+                       for i, o in shapes]
+            print(f"{family} {role}: Linear layers {' -> '.join([str(shapes[0][0])] + [str(o) for _, o in shapes])}"
+                  f", {flops / 1e6:.2f} MFLOP per sample")
+            for batch in batches:
+                z = np.random.default_rng(batch).standard_normal((batch, model.config.latent_dim), dtype=np.float32)
+                zt = torch.from_numpy(z)
+                acts = [np.random.default_rng(2).standard_normal((batch, i), dtype=np.float32) for i, _ in shapes]
+                side = round((flops * batch / 2) ** (1 / 3))
+                sq_a = np.random.default_rng(3).standard_normal((side, side), dtype=np.float32)
+
+                def run_torch(zt=zt, module=module):
+                    with torch.inference_mode():
+                        return module(zt)
+
+                def run_ort(feeds={name: z}, runtime=runtime, role=role):  # noqa: B006 (bound per cell, read-only)
+                    return runtime.run(role, feeds)
+
+                def run_numpy(acts=acts, weights=weights):
+                    for a, w in zip(acts, weights, strict=True):
+                        np.matmul(a, w)
+
+                def run_square(a=sq_a):
+                    np.matmul(a, a)
+
+                sides = {"torch": run_torch, "ort": run_ort, "numpy": run_numpy, "square": run_square}
+                if batch == 1:
+                    sides.update(anatomy_sides(runtime, role, name, z, module, zt))
+                p50, p10 = alternate(sides, args.rounds, args.round_seconds)
+                speedup = p50["torch"] / p50["ort"]
+                gflops = {k: flops * batch / p50[k] / 1e9 for k in ("torch", "ort", "numpy")}
+                gflops["square"] = 2 * side**3 / p50["square"] / 1e9
+                line = (f"  batch {batch:5d}: torch {p50['torch'] * 1e3:9.3f} ms  "
+                        f"onnxruntime {p50['ort'] * 1e3:9.3f} ms  speed-up {speedup:5.2f}x "
+                        f"(p10s: {p10['torch'] / p10['ort']:.2f}x)")
+                if batch in GOALS:
+                    ok = speedup >= GOALS[batch]
+                    line += f"  goal >= {GOALS[batch]}x: {'met' if ok else 'MISSED'}"
+                    if not ok:
+                        missed.append(f"{family} batch {batch} speed-up {speedup:.2f}x < {GOALS[batch]}x")
+                print(line)
+                print(f"{'':15s}GFLOP/s: onnxruntime {gflops['ort']:6.1f}  torch {gflops['torch']:6.1f}  "
+                      f"numpy same GEMMs {gflops['numpy']:6.1f}  numpy square {side}x{side} {gflops['square']:6.1f}")
+                if batch >= 256:
+                    best = max(gflops["numpy"], gflops["square"])
+                    print(f"{'':15s}ceiling: the best float32 GEMM measured here runs at {best:.1f} GFLOP/s and torch "
+                          f"reaches {gflops['torch']:.1f}, so no runtime can beat torch by more than "
+                          f"{best / gflops['torch']:.2f}x at this batch")
+                if batch == 1:
+                    print_anatomy(p50)
+                if batch == 1024:
+                    ratio = gflops["ort"] / gflops["numpy"]
+                    ok = ratio >= GFLOPS_GOAL
+                    print(f"{'':15s}onnxruntime / numpy (same GEMMs) = {ratio:.2f}; / numpy square = "
+                          f"{gflops['ort'] / gflops['square']:.2f}  (goal >= {GFLOPS_GOAL:.2f} of numpy: "
+                          f"{'met' if ok else 'MISSED'})")
+                    if not ok:
+                        missed.append(f"{family} batch 1024 GFLOP/s ratio {ratio:.2f} < {GFLOPS_GOAL}")
+            getattr(runtime, "close", lambda: None)()
+            print()
+    blas.restore_original_limits()
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+          + ("  (busy machine: figures are unreliable)" if os.getloadavg()[0] > (os.cpu_count() or 1) else ""))
+    print("goals: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The harness: load every backend (cold phases timed), then measure each (role, batch) on each in turn."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigmodel.bench.adapters import (
+    ALL_BACKENDS,
+    RUNTIME_BACKENDS,
+    TORCH_BACKENDS,
+    RuntimeAdapter,
+    TorchAdapter,
+    gpu_presence,
+    has_gpu,
+    role_inputs,
+    unavailable,
+)
+from bigmodel.bench.stats import NOISY_CV, add_speedups, summarize
+from bigmodel.errors import BackendUnavailable, BigmodelError, InputError
+from bigmodel.manifest import Manifest, read_manifest
+
+DEFAULT_BACKENDS = {"cpu": ("torch", "ort-cpu"), "cuda": ALL_BACKENDS}
+
+
+@dataclass
+class BenchSettings:
+    """What `bigmodel bench` was asked; None picks the default (all roles, backends for the device)."""
+
+    device: str = "cpu"
+    backends: tuple[str, ...] | None = None
+    roles: tuple[str, ...] | None = None
+    batch_sizes: tuple[int, ...] = (1, 16, 256, 1024)
+    warmup: int = 10
+    iters: int | None = None  # exact number of timed runs per cell; else --duration
+    duration: float | None = None  # seconds of timed runs per cell (default 1.0 when iters is None)
+    min_iters: int = 5  # with a duration: at least this many timed runs
+    threads: int | None = None  # CPU threads for torch and onnxruntime alike (default: physical cores)
+    copies: bool = True  # CUDA: include host->device input and device->host output copies in each run
+    checkpoint: Path | None = None  # torch baseline (default: BUNDLE/../checkpoint.pt)
+    seed: int = 0
+
+
+@dataclass
+class BenchEvent:
+    """Progress: `done` of `total` cells measured; `what` is the cell about to run (or a phase)."""
+
+    done: int
+    total: int
+    what: str
+
+
+def _validate(settings: BenchSettings, manifest: Manifest) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if settings.device not in DEFAULT_BACKENDS:
+        raise InputError(f"--device must be cpu or cuda; got {settings.device!r}")
+    backends = tuple(settings.backends or DEFAULT_BACKENDS[settings.device])
+    unknown = [b for b in backends if b not in ALL_BACKENDS]
+    if unknown or not backends:
+        raise InputError(f"--backends must name some of {', '.join(ALL_BACKENDS)}; got {', '.join(unknown) or '-'}")
+    roles = tuple(settings.roles or manifest.roles)
+    missing = [r for r in roles if r not in manifest.roles]
+    if missing or not roles:
+        raise InputError(f"a {manifest.family} bundle has roles {', '.join(manifest.roles)}; "
+                         f"got {', '.join(missing) or '-'}")
+    if not settings.batch_sizes or any(not isinstance(b, int) or b < 1 for b in settings.batch_sizes):
+        raise InputError(f"--batch-sizes must be positive integers; got {settings.batch_sizes}")
+    if settings.warmup < 0:
+        raise InputError(f"--warmup must be >= 0; got {settings.warmup}")
+    if settings.iters is not None and settings.iters < 1:
+        raise InputError(f"--iters must be >= 1; got {settings.iters}")
+    if settings.duration is not None and not settings.duration > 0:
+        raise InputError(f"--duration must be > 0 seconds; got {settings.duration}")
+    if settings.iters is not None and settings.duration is not None:
+        raise InputError("give --iters or --duration, not both")
+    if settings.threads is not None and settings.threads < 1:
+        raise InputError(f"--threads must be >= 1; got {settings.threads}")
+    return tuple(dict.fromkeys(backends)), tuple(dict.fromkeys(roles))
+
+
+def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
+              progress: Callable[[BenchEvent], None] | None = None) -> dict[str, Any]:
+    """Benchmark every (backend, role, batch); returns {"machine", "settings", "results", "skipped"}.
+
+    Backends are loaded first (cold load timed), then each (role, batch) cell is measured on every
+    backend in turn, so all backends see the same machine state. A backend that cannot run here,
+    or fails to load or run, is listed in "skipped" with the reason.
+    """
+    settings = settings or BenchSettings()
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    backends, roles = _validate(settings, manifest)
+    if settings.device == "cuda":
+        found = gpu_presence()
+        if not has_gpu(found):
+            looked = "; ".join(f"{k}: {v}" for k, v in found.items())
+            raise BackendUnavailable(f"--device cuda asked for, but no GPU was found. Looked for {looked}")
+    from bigmodel.runtime import backend_status
+    from bigmodel.runtime.backends.ort import physical_cores
+
+    threads = settings.threads or physical_cores()
+    settings = BenchSettings(**{**settings.__dict__, "threads": threads})
+    duration = settings.duration if settings.duration is not None or settings.iters is not None else 1.0
+    status = backend_status() if any(b in RUNTIME_BACKENDS for b in backends) else {}
+    say = progress or (lambda _e: None)
+
+    skipped: list[dict[str, Any]] = []
+    adapters: dict[str, Any] = {}
+    cold_load: dict[str, float] = {}
+    total = len(backends) * len(roles) * len(settings.batch_sizes)
+    done = 0
+    with _torch_threads(threads, backends):
+        for name in backends:
+            reason = unavailable(name, settings.device, status)
+            if reason is not None:
+                skipped.append({"backend": name, "reason": reason})
+                total -= len(roles) * len(settings.batch_sizes)
+                continue
+            say(BenchEvent(done, total, f"{name}: loading"))
+            cls = TorchAdapter if name in TORCH_BACKENDS else RuntimeAdapter
+            adapter = cls(name, bundle, manifest, settings)
+            try:
+                adapter.preflight()
+                t0 = time.perf_counter_ns()
+                adapter.open()
+                cold_load[name] = (time.perf_counter_ns() - t0) / 1e9
+            except Exception as e:  # onnxruntime/TensorRT raise their own types: report, go on
+                skipped.append({"backend": name, "reason": _one_line(e)})
+                total -= len(roles) * len(settings.batch_sizes)
+                continue
+            adapters[name] = adapter
+
+        results: list[dict[str, Any]] = []
+        try:
+            for role in roles:
+                for batch in settings.batch_sizes:
+                    feeds = role_inputs(manifest, role, batch, settings.seed)
+                    for name, adapter in adapters.items():
+                        say(BenchEvent(done, total, f"{name} {role} batch {batch}"))
+                        try:
+                            cold, times = measure(adapter, role, feeds, settings.warmup, settings.iters, duration,
+                                                  settings.min_iters)
+                        except Exception as e:  # a backend failing one cell (memory, profile) does not stop the rest
+                            skipped.append({"backend": name, "role": role, "batch": batch, "reason": _one_line(e)})
+                            done += 1
+                            continue
+                        warm = summarize(times)
+                        results.append({
+                            "backend": name, "role": role, "batch": batch,
+                            "cold": {"load_s": cold_load[name], "first_run_s": cold},
+                            "warm": warm,
+                            "throughput": batch / warm["p50"] if warm["p50"] > 0 else None,
+                            "speedup_vs_torch": None,
+                            "copies": bool(adapter.copies) if adapter.device == "cuda" else None,
+                            "noisy": warm["cv"] > NOISY_CV,
+                        })
+                        done += 1
+        finally:
+            for adapter in adapters.values():
+                adapter.close()
+    add_speedups(results)
+    say(BenchEvent(total, total, "done"))
+    return {"machine": machine_info(settings.device), "settings": _settings_record(bundle, manifest, settings,
+                                                                                    backends, roles, duration),
+            "results": results, "skipped": skipped}
+
+
+def measure(adapter, role: str, feeds: dict[str, np.ndarray], warmup: int, iters: int | None,
+            duration: float | None, min_iters: int = 5) -> tuple[float, list[float]]:
+    """(first-call seconds, warm per-run seconds) for one backend, role and batch."""
+    clock = time.perf_counter_ns
+    t0 = clock()
+    run = adapter.runner(role, feeds)
+    run()
+    first = (clock() - t0) / 1e9
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    if iters is not None:
+        for _ in range(iters):
+            t = clock()
+            run()
+            times.append((clock() - t) / 1e9)
+        return first, times
+    deadline = clock() + int(duration * 1e9)
+    while len(times) < min_iters or clock() < deadline:
+        t = clock()
+        run()
+        times.append((clock() - t) / 1e9)
+    return first, times
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int, backends: tuple[str, ...]):
+    """torch runs on the same thread count as onnxruntime; restored afterwards."""
+    if not any(b in TORCH_BACKENDS for b in backends):
+        yield
+        return
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text and not isinstance(e, BigmodelError) else \
+        (text[0][:400] if text else type(e).__name__)
+
+
+def _settings_record(bundle: Path, manifest: Manifest, s: BenchSettings, backends, roles, duration) -> dict:
+    return {
+        "bundle": str(bundle), "family": manifest.family, "arch": manifest.arch, "precision": manifest.precision,
+        "device": s.device, "backends": list(backends), "roles": list(roles), "batch_sizes": list(s.batch_sizes),
+        "warmup": s.warmup, "iters": s.iters, "duration_s": None if s.iters is not None else duration,
+        "min_iters": s.min_iters, "threads": s.threads, "copies": s.copies,
+        "copies_note": (
+            "CPU: no copies (numpy in, numpy out)." if s.device == "cpu" else
+            ("host<->device copies are included in every timed run (inputs from host, outputs back to host)."
+             if s.copies else
+             "host<->device copies are excluded where the backend allows it (torch, torch-cudagraph, onnxruntime "
+             "through I/O binding); a result with copies=true still includes them.")),
+        "timing": "time.perf_counter_ns around each run; CUDA runs synchronise before the clock stops",
+        "inputs": "images uniform in the data range, latents standard normal; numpy Generator seeded "
+                  f"with {s.seed}",
+        "speedup": "torch p50 / backend p50, same role and batch, same run",
+    }
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """Where the numbers come from: CPU, cores, library versions, GPU when asked for."""
+    from bigmodel.runtime.backends.ort import physical_cores
+
+    info: dict[str, Any] = {
+        "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+        "cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
+        "numpy": np.__version__, "load_average_1m": _load_average(),
+    }
+    for mod in ("torch", "onnxruntime", "tensorrt"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    if device == "cuda":
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                p = torch.cuda.get_device_properties(0)
+                info["gpu"] = {"name": p.name, "compute_capability": f"{p.major}.{p.minor}",
+                               "memory_gib": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda}
+    return info
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

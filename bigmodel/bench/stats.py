@@ -1,0 +1,50 @@
+"""Warm-latency statistics and speed-ups: pure functions over lists of seconds."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bigmodel.errors import InputError
+
+NOISY_CV = 0.10  # warm-latency coefficient of variation above which the table warns
+STAT_KEYS = ("p50", "p90", "p99", "mean", "min", "max", "cv")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of an ascending list; q in [0, 100]."""
+    if not sorted_values:
+        raise InputError("percentile of an empty list")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(seconds: list[float]) -> dict[str, float]:
+    """Warm statistics of per-run latencies (seconds): p50, p90, p99, mean, min, max, cv, n.
+
+    cv = population standard deviation / mean (0 for one run).
+
+    >>> summarize([1.0, 2.0, 3.0, 4.0])["p50"]
+    2.5
+    """
+    if not seconds:
+        raise InputError("no timings to summarize")
+    s = sorted(float(v) for v in seconds)
+    n = len(s)
+    mean = sum(s) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in s) / n)
+    return {"p50": percentile(s, 50), "p90": percentile(s, 90), "p99": percentile(s, 99), "mean": mean,
+            "min": s[0], "max": s[-1], "cv": std / mean if mean > 0 else 0.0, "n": n}
+
+
+def add_speedups(results: list[dict[str, Any]]) -> None:
+    """Set each result's `speedup_vs_torch` = torch p50 / its p50 for the same (role, batch); None without torch."""
+    base = {(r["role"], r["batch"]): r["warm"]["p50"] for r in results if r["backend"] == "torch"}
+    for r in results:
+        t = base.get((r["role"], r["batch"]))
+        if r["backend"] == "torch":
+            r["speedup_vs_torch"] = 1.0
+        else:
+            r["speedup_vs_torch"] = t / r["warm"]["p50"] if t is not None and r["warm"]["p50"] > 0 else None

@@ -1,0 +1,141 @@
+"""What this machine has for bigmodel: Python, torch/CUDA, onnx, onnxruntime providers, TensorRT, backends.
+
+`gather()` never raises for a missing or broken package: each item says what was found, or why not.
+
+>>> report = gather()
+>>> [b["name"] for b in report["backends"] if b["ok"]]
+['torch', 'ort-cpu']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import importlib
+import importlib.metadata
+import platform
+import sys
+from typing import Any
+
+# backend -> (what it needs, the pip extra that brings it)
+BACKEND_EXTRAS = {
+    "torch": "torch (install the build for your platform first, see README), then pip install 'bigmodel[cpu]'",
+    "torch-cudagraph": "a CUDA build of torch and an NVIDIA GPU, then pip install 'bigmodel[gpu]'",
+    "ort-cpu": "pip install 'bigmodel[runtime]' (onnxruntime)",
+    "ort-cuda": "pip install 'bigmodel[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU",
+    "ort-trt": "pip install 'bigmodel[gpu]' plus TensorRT's libraries (libnvinfer) on the library path",
+    "tensorrt": "pip install 'bigmodel[tensorrt]' (tensorrt, cuda-python) on a machine with an NVIDIA GPU",
+}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _import(name: str):
+    """(module, None) or (None, one-line reason); catches everything a broken install throws."""
+    try:
+        return importlib.import_module(name), None
+    except Exception as e:  # ImportError, OSError from missing shared libraries, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return None, f"import {name} failed: {first[:200]}"
+
+
+def _item(name: str, version: str | None, detail: str, ok: bool | None = None) -> dict[str, Any]:
+    return {"name": name, "version": version, "found": version is not None if ok is None else ok, "detail": detail}
+
+
+def _torch_item(torch, why: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    gpu: dict[str, Any] = {"cuda_available": False}
+    if torch is None:
+        return _item("torch", _version("torch"), why or "not installed", ok=False), gpu
+    cuda = torch.version.cuda
+    detail = f"built for CUDA {cuda}" if cuda else "CPU-only build"
+    try:
+        available = bool(torch.cuda.is_available())
+    except Exception as e:  # a driver problem surfaces here
+        available = False
+        detail += f"; torch.cuda failed: {str(e).splitlines()[0][:120]}"
+    gpu["cuda_available"] = available
+    gpu["torch_cuda"] = cuda
+    if available:
+        gpus = []
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append({"index": i, "name": p.name, "compute_capability": f"{p.major}.{p.minor}",
+                         "memory_gib": round(p.total_memory / 2**30, 1)})
+        gpu["devices"] = gpus
+        detail += "; " + ", ".join(f"GPU {g['index']}: {g['name']} (compute capability {g['compute_capability']}, "
+                                   f"{g['memory_gib']} GiB)" for g in gpus)
+    elif cuda:
+        detail += "; torch.cuda.is_available() is False (no GPU or driver)"
+    return _item("torch", torch.__version__, detail), gpu
+
+
+def gather() -> dict[str, Any]:
+    """Everything doctor reports, as plain data: {"python", "platform", "packages", "gpu", "backends"}."""
+    packages = [_item("python", platform.python_version(), sys.executable)]
+    numpy, why = _import("numpy")
+    packages.append(_item("numpy", numpy.__version__ if numpy else None, "" if numpy else why))
+
+    torch, why = _import("torch")
+    torch_item, gpu = _torch_item(torch, why)
+    packages.append(torch_item)
+
+    onnx, why = _import("onnx")
+    packages.append(_item("onnx", onnx.__version__ if onnx else None,
+                          f"opsets up to {onnx.defs.onnx_opset_version()}" if onnx else why))
+    for dist in ("onnxscript", "onnxslim"):
+        v = _version(dist)
+        packages.append(_item(dist, v, "for export" if v else "not installed (export needs it: bigmodel[cpu])"))
+
+    ort, why = _import("onnxruntime")
+    providers: list[str] = []
+    if ort is not None:
+        with contextlib.suppress(Exception):
+            providers = list(ort.get_available_providers())
+        dist = next((d for d in ("onnxruntime-gpu", "onnxruntime") if _version(d)), "onnxruntime")
+        packages.append(_item("onnxruntime", ort.__version__, f"{dist}; providers: {', '.join(providers) or 'none'}"))
+    else:
+        packages.append(_item("onnxruntime", None, why or "not installed"))
+
+    trt, why = _import("tensorrt")
+    nvinfer = ctypes.util.find_library("nvinfer")
+    lib = f"libnvinfer: {nvinfer}" if nvinfer else "libnvinfer not found on the library path"
+    packages.append(_item("tensorrt", getattr(trt, "__version__", None) if trt else None,
+                          lib if trt else f"{why}; {lib}"))
+
+    cuda_python = _version("cuda-python") or _version("cuda-bindings")
+    detail = "not installed (the tensorrt backend needs it: bigmodel[tensorrt])"
+    if cuda_python:
+        mod, why = _import("cuda.bindings.runtime")
+        if mod is None:
+            mod, why = _import("cuda.cudart")
+        detail = "imports" if mod is not None else why
+    packages.append(_item("cuda-python", cuda_python, detail, ok=cuda_python is not None))
+
+    gpu["nvinfer"] = nvinfer
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages,
+            "gpu": gpu, "backends": backend_report(torch, gpu["cuda_available"])}
+
+
+def backend_report(torch, cuda_available: bool) -> list[dict[str, Any]]:
+    """Each bigmodel backend: ok, why not (None when ok), and what installs it."""
+    rows = []
+    torch_why = None if torch is not None else "torch is not installed"
+    rows.append(("torch", torch_why))
+    graph_why = torch_why or (None if cuda_available else "needs a CUDA GPU visible to torch "
+                              "(torch.cuda.is_available() is False)")
+    rows.append(("torch-cudagraph", graph_why))
+    try:
+        from bigmodel.runtime import backend_status
+
+        status = backend_status()
+    except Exception as e:  # doctor must report, not crash
+        status = {n: f"cannot ask the runtime: {e}" for n in ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")}
+    rows.extend(status.items())
+    return [{"name": name, "ok": why is None, "why": why, "extra": None if why is None else BACKEND_EXTRAS.get(name)}
+            for name, why in rows]

@@ -1,0 +1,185 @@
+"""The whole job in one call: train on the bundled digits, export, check parity, bench, sample.
+
+`run_quickstart` composes the library's steps and returns a `QuickstartSummary`; it prints
+nothing (the CLI draws progress from the `stage` and `train_progress` callbacks).
+
+>>> summary = run_quickstart("vae", out="runs/quickstart")
+>>> summary.parity_passed, summary.speedups
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bigmodel.errors import ConfigError
+
+# Epochs for about two minutes on 2 CPU cores. The VAE's samples are blurry digits at 10 epochs,
+# clear ones from about 30 (mnist-5k, batch 128: 35 steps an epoch). Other families: their own
+# training defaults (`train_defaults`).
+DEFAULT_EPOCHS = {"vae": 30, "ae": 30, "aae": 30}
+IMAGE_ROLES = ("decoder", "generator")
+STAGES = ("train", "export", "parity", "bench", "samples")
+
+
+@dataclass
+class QuickstartSummary:
+    """What the quickstart did and where it left things."""
+
+    family: str
+    out: Path
+    bundle: Path
+    epochs: int
+    validation: dict[str, float]
+    parity_passed: bool
+    parity_failures: list[str]
+    bench_role: str
+    speedups: dict[int, float | None]  # batch -> onnxruntime speed-up over torch eager (p50 / p50)
+    latency_ms: dict[str, dict[int, float]]  # backend -> batch -> p50 ms
+    files: dict[str, Path]
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    load_average: float | None = None  # 1-minute load average when the bench ended
+    cpus: int | None = None
+    next_commands: list[str] = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+def default_epochs(family: str) -> int:
+    from bigmodel.models.registry import family_class
+
+    return DEFAULT_EPOCHS.get(family) or int(family_class(family).train_defaults["epochs"])
+
+
+def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epochs: int | None = None,
+                   max_train: int | None = None, batch_sizes: tuple[int, ...] = (1, 256),
+                   bench_duration: float = 1.0, parity_samples: int | None = None, threads: int | None = None,
+                   seed: int = 0, stage: Callable[[str, str], None] | None = None,
+                   train_progress: Callable[[Any], None] | None = None) -> QuickstartSummary:
+    """Train `family` (mlp) on mnist-5k into `out`, export `out/bundle` (replacing one), check parity on
+    ort-cpu, bench torch eager against ort-cpu on the image role, and write a sample grid from the bundle.
+
+    stage(name, message) is called as each of STAGES starts; train_progress gets the training loop's
+    per-batch `Progress`. A failed parity check does not stop the run: the summary reports it.
+    """
+    from bigmodel.models.registry import family_class
+
+    roles = family_class(family).roles  # ConfigError for an unknown family
+    image_role = next(r for r in IMAGE_ROLES if r in roles)
+    epochs = default_epochs(family) if epochs is None else epochs
+    if epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1; got {epochs}")
+    out = Path(out)
+    say = stage or (lambda _name, _msg: None)
+    seconds: dict[str, float] = {}
+    files: dict[str, Path] = {}
+
+    t = time.perf_counter()
+    say("train", f"training {family}/mlp on mnist-5k for {epochs} epoch(s) -> {out}")
+    from bigmodel.training.loop import TrainSettings, train
+
+    with _torch_threads(threads):
+        result = train(TrainSettings(family=family, arch="mlp", dataset="mnist-5k", epochs=epochs, seed=seed,
+                                     device="cpu", out=str(out), max_train=max_train), progress=train_progress)
+    validation = dict(result.history[-1]["val"]) if result.history else {}
+    files.update(checkpoint=out / "checkpoint.pt", training_samples=out / "samples.png",
+                 curves=out / "curves.png")
+    seconds["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("export", f"exporting every role to ONNX -> {out / 'bundle'}")
+    from bigmodel.export import ExportOptions, export_bundle
+
+    bundle = export_bundle(out, ExportOptions(force=True)).bundle
+    files["bundle"] = bundle
+    seconds["export"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("parity", "checking the bundle against PyTorch on onnxruntime (CPU)")
+    from bigmodel.parity import run_parity
+
+    kwargs = {} if parity_samples is None else {"samples": parity_samples}
+    report = run_parity(bundle, backends=["ort-cpu"], threads=threads, **kwargs)
+    parity_json = out / "parity.json"
+    _write_json(parity_json, report.to_dict())
+    files["parity"] = parity_json
+    seconds["parity"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("bench", f"benchmarking torch eager against onnxruntime on {image_role}, batch "
+                 f"{', '.join(map(str, batch_sizes))}")
+    from bigmodel.bench import BenchSettings, run_bench
+
+    bench = run_bench(bundle, BenchSettings(device="cpu", backends=("torch", "ort-cpu"), roles=(image_role,),
+                                            batch_sizes=tuple(batch_sizes), warmup=5, duration=bench_duration,
+                                            threads=threads, seed=seed))
+    bench_json = out / "bench.json"
+    _write_json(bench_json, bench)
+    files["bench"] = bench_json
+    speedups = {r["batch"]: r["speedup_vs_torch"] for r in bench["results"] if r["backend"] == "ort-cpu"}
+    latency: dict[str, dict[int, float]] = {}
+    for r in bench["results"]:
+        latency.setdefault(r["backend"], {})[r["batch"]] = r["warm"]["p50"] * 1e3
+    seconds["bench"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("samples", "sampling 64 images from the bundle with the runtime (no torch)")
+    from bigmodel.images import save_grid
+    from bigmodel.runtime import load
+
+    grid = out / "samples_onnx.png"
+    model = load(bundle, backend="ort-cpu", threads=threads)
+    save_grid(grid, model.sample(64, seed=seed))
+    files["samples"] = grid
+    seconds["samples"] = time.perf_counter() - t
+
+    return QuickstartSummary(
+        family=family, out=out, bundle=bundle, epochs=epochs, validation=validation,
+        parity_passed=report.passed, parity_failures=report.messages()[:5], bench_role=image_role,
+        speedups=speedups, latency_ms=latency, files=files, seconds=seconds,
+        next_commands=next_commands(out, bundle, family), load_average=bench["machine"].get("load_average_1m"),
+        cpus=bench["machine"].get("logical_cpus"))
+
+
+def next_commands(out: Path, bundle: Path, family: str) -> list[str]:
+    """What to try after the quickstart, CPU first, then the GPU commands (comments aligned)."""
+    pairs = [
+        (f"bigmodel bench {bundle} --plot {out / 'bench.png'}", "every role, batch 1 to 1024, and a plot"),
+        (f"bigmodel sample {bundle} -n 16 --out {out / 'sample16.png'}", "images from the runtime alone"),
+        (f"bigmodel train {family} --epochs 50 --out runs/{family}", "a longer run (or --arch conv)"),
+        ("bigmodel doctor", "what this machine can run, and what to install"),
+        ("# on an NVIDIA GPU machine: pip install 'bigmodel[gpu]' (TensorRT: 'bigmodel[tensorrt]')", ""),
+        (f"bigmodel export {out} --engine --force", "adds TensorRT engines to the bundle"),
+        (f"bigmodel bench {bundle} --device cuda --plot {out / 'bench_cuda.png'}", "every GPU backend vs torch"),
+    ]
+    width = max(len(cmd) for cmd, note in pairs if note)
+    return [f"{cmd:{width}}  # {note}" if note else cmd for cmd, note in pairs]
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """Train on `threads` CPU threads when asked (restored afterwards)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from bigmodel.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

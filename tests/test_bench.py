@@ -1,0 +1,228 @@
+"""bench: the statistics, the report's shape, speed-ups, skipped backends, --device cuda without a GPU, --plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from bigmodel.bench import (
+    BenchSettings,
+    add_speedups,
+    parse_list,
+    percentile,
+    role_inputs,
+    run_bench,
+    summarize,
+    table_rows,
+)
+from bigmodel.errors import BackendUnavailable, InputError
+from bigmodel.manifest import read_manifest
+
+STAT_KEYS = {"p50", "p90", "p99", "mean", "min", "max", "cv"}
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_run, tmp_path_factory) -> Path:
+    """A VAE bundle with its checkpoint beside it (the torch baseline's default place)."""
+    from bigmodel.export import ExportOptions, export_bundle
+
+    folder = tmp_path_factory.mktemp("bench-vae")
+    shutil.copy(trained_run("vae") / "checkpoint.pt", folder / "checkpoint.pt")
+    return export_bundle(folder / "checkpoint.pt", ExportOptions(out=folder / "bundle", probes=8)).bundle
+
+
+@pytest.fixture(scope="module")
+def report(bundle) -> dict:
+    settings = BenchSettings(backends=("torch", "ort-cpu"), batch_sizes=(1, 3), warmup=1, iters=5, threads=1)
+    return run_bench(bundle, settings)
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    """`bigmodel ARGS` through the real entry point in this process; (exit code, stdout + stderr)."""
+    from bigmodel.cli import main
+
+    argv = sys.argv
+    sys.argv = ["bigmodel", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_summarize_on_known_lists():
+    s = summarize([4.0, 1.0, 3.0, 2.0])
+    assert s["p50"] == 2.5 and s["min"] == 1.0 and s["max"] == 4.0 and s["mean"] == 2.5 and s["n"] == 4
+    assert s["p90"] == pytest.approx(3.7) and s["p99"] == pytest.approx(3.97)
+    assert s["cv"] == pytest.approx((1.25**0.5) / 2.5)  # population std / mean
+    one = summarize([0.5])
+    assert one["p50"] == one["p99"] == one["min"] == one["max"] == 0.5 and one["cv"] == 0.0
+    hundred = summarize([float(i) for i in range(1, 101)])
+    assert hundred["p50"] == 50.5 and hundred["p90"] == pytest.approx(90.1) and hundred["p99"] == pytest.approx(99.01)
+    assert set(s) == STAT_KEYS | {"n"}
+
+
+def test_percentile_matches_numpy_and_refuses_empty():
+    import numpy as np
+
+    values = sorted(np.random.default_rng(0).random(37).tolist())
+    for q in (0, 10, 50, 90, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    with pytest.raises(InputError):
+        summarize([])
+
+
+def test_speedups_are_torch_p50_over_backend_p50_per_role_and_batch():
+    def res(backend, role, batch, p50):
+        return {"backend": backend, "role": role, "batch": batch, "warm": {"p50": p50}}
+
+    results = [res("torch", "decoder", 1, 0.004), res("ort-cpu", "decoder", 1, 0.001),
+               res("torch", "decoder", 8, 0.010), res("ort-cpu", "decoder", 8, 0.004),
+               res("ort-cpu", "encoder", 1, 0.002)]
+    add_speedups(results)
+    assert [r["speedup_vs_torch"] for r in results] == [1.0, 4.0, 1.0, 2.5, None]
+
+
+def test_parse_list():
+    assert parse_list("1, 16,256", int) == (1, 16, 256)
+    assert parse_list(None) is None and parse_list("  ") is None
+    with pytest.raises(InputError, match="--batch-sizes"):
+        parse_list("1,x", int, "--batch-sizes")
+
+
+def test_role_inputs_follow_the_manifest(bundle):
+    manifest = read_manifest(bundle)
+    z = role_inputs(manifest, "decoder", 4, seed=0)["z"]
+    x = role_inputs(manifest, "encoder", 3, seed=0)["x"]
+    assert z.shape == (4, manifest.latent.dim) and z.dtype.name == "float32" and z.std() > 0.3
+    assert x.shape == (3, 1, 28, 28) and 0.0 <= x.min() and x.max() < 1.0
+    again = role_inputs(manifest, "decoder", 4, seed=0)["z"]
+    assert (again == z).all()
+
+
+# ------------------------------------------------------------------------------------------ the harness
+def test_report_shape_and_speedups(report):
+    assert set(report) == {"machine", "settings", "results", "skipped"}
+    assert report["settings"]["threads"] == 1 and report["settings"]["batch_sizes"] == [1, 3]
+    assert report["machine"]["physical_cores"] >= 1 and report["machine"]["onnxruntime"]
+    cells = {(r["backend"], r["role"], r["batch"]) for r in report["results"]}
+    assert cells == {(b, r, n) for b in ("torch", "ort-cpu") for r in ("encoder", "decoder") for n in (1, 3)}
+    p50 = {(r["backend"], r["role"], r["batch"]): r["warm"]["p50"] for r in report["results"]}
+    for r in report["results"]:
+        assert {"backend", "role", "batch", "cold", "warm", "throughput", "speedup_vs_torch"} <= set(r)
+        assert set(r["cold"]) == {"load_s", "first_run_s"} and r["cold"]["load_s"] > 0
+        assert STAT_KEYS <= set(r["warm"]) and r["warm"]["n"] == 5
+        w = r["warm"]
+        assert 0 < w["min"] <= w["p50"] <= w["p90"] <= w["p99"] <= w["max"]
+        assert r["throughput"] == pytest.approx(r["batch"] / w["p50"])
+        if r["backend"] == "torch":
+            assert r["speedup_vs_torch"] == 1.0
+        else:
+            want = p50[("torch", r["role"], r["batch"])] / w["p50"]
+            assert r["speedup_vs_torch"] == pytest.approx(want, rel=1e-12)
+    assert report["skipped"] == []
+    json.dumps(report)  # plain data
+    rows = table_rows(report)
+    assert len(rows) == 8 and rows[0].cells[-1] == "1.00x"
+
+
+def test_unavailable_backend_is_listed_as_skipped_with_the_reason(bundle):
+    settings = BenchSettings(backends=("ort-cpu", "ort-cuda", "torch-cudagraph"), roles=("decoder",),
+                             batch_sizes=(2,), warmup=0, iters=2, threads=1)
+    report = run_bench(bundle, settings)
+    skipped = {s["backend"]: s["reason"] for s in report["skipped"]}
+    assert set(skipped) == {"ort-cuda", "torch-cudagraph"}
+    assert "--device cuda" in skipped["ort-cuda"] and "cuda" in skipped["torch-cudagraph"].lower()
+    assert [(r["backend"], r["speedup_vs_torch"]) for r in report["results"]] == [("ort-cpu", None)]
+
+
+def test_torch_baseline_without_its_checkpoint_is_skipped(bundle, tmp_path):
+    lonely = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    report = run_bench(lonely, BenchSettings(roles=("decoder",), batch_sizes=(1,), warmup=0, iters=1, threads=1))
+    assert [s["backend"] for s in report["skipped"]] == ["torch"]
+    assert "checkpoint" in report["skipped"][0]["reason"]
+    assert [r["backend"] for r in report["results"]] == ["ort-cpu"]
+
+
+def test_bad_settings_are_input_errors(bundle):
+    for bad in (BenchSettings(backends=("nope",)), BenchSettings(roles=("generator",)),
+                BenchSettings(batch_sizes=(0,)), BenchSettings(iters=3, duration=1.0), BenchSettings(device="tpu")):
+        with pytest.raises(InputError):
+            run_bench(bundle, bad)
+
+
+def test_device_cuda_without_a_gpu_says_what_was_looked_for(bundle):
+    from bigmodel.bench import gpu_presence, has_gpu
+
+    if has_gpu(gpu_presence()):
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(BackendUnavailable) as e:
+        run_bench(bundle, BenchSettings(device="cuda"))
+    for looked in ("torch.cuda", "onnxruntime providers", "TensorRT"):
+        assert looked in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_bench_writes_json_and_a_png(bundle, tmp_path, capsys):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code, text = cli(capsys, "bench", str(bundle), "--backends", "torch,ort-cpu,ort-trt", "--roles", "decoder",
+                     "--batch-sizes", "1,3", "--warmup", "1", "--iters", "4", "--threads", "1",
+                     "--json", str(out_json), "--plot", str(out_png))
+    assert code == 0, text
+    assert "p50 ms" in text and "vs torch" in text and "1.00x" in text
+    assert "skipped ort-trt" in text
+    report = json.loads(out_json.read_text())
+    assert {(r["backend"], r["batch"]) for r in report["results"]} == {(b, n) for b in ("torch", "ort-cpu")
+                                                                       for n in (1, 3)}
+    assert report["skipped"][0]["backend"] == "ort-trt"
+    data = out_png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    from PIL import Image
+
+    with Image.open(out_png) as img:
+        assert img.width >= 800 and img.height >= 300
+
+
+def test_cli_bench_device_cuda_without_gpu_exits_2(bundle, capsys):
+    from bigmodel.bench import gpu_presence, has_gpu
+
+    if has_gpu(gpu_presence()):
+        pytest.skip("this machine has a GPU")
+    code, text = cli(capsys, "bench", str(bundle), "--device", "cuda")
+    assert code == 2
+    assert "torch.cuda" in text and "onnxruntime providers" in text and "TensorRT" in text
+
+
+def test_cli_bench_bad_batch_sizes_exit_2(bundle, capsys):
+    code, text = cli(capsys, "bench", str(bundle), "--batch-sizes", "1,two")
+    assert code == 2 and "--batch-sizes" in text
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU visible to torch (torch.cuda.is_available() is False)")
+def test_bench_cuda_every_backend_present(bundle):
+    """On a GPU machine: torch and torch-cudagraph on CUDA, copies in and out, plus what the runtime has."""
+    for copies in (True, False):
+        report = run_bench(bundle, BenchSettings(device="cuda", batch_sizes=(1, 64), warmup=2, iters=10,
+                                                 copies=copies))
+        names = {r["backend"] for r in report["results"]}
+        assert {"torch", "torch-cudagraph"} <= names
+        assert all(r["copies"] is copies for r in report["results"] if r["backend"].startswith("torch"))
+        assert report["machine"]["gpu"]["name"]

@@ -1,0 +1,79 @@
+"""doctor: plain data with every item, never crashes on missing packages, always exits 0."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sys
+
+from bigmodel.doctor import gather
+
+PACKAGES = {"python", "numpy", "torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "tensorrt", "cuda-python"}
+BACKENDS = ["torch", "torch-cudagraph", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    from bigmodel.cli import main
+
+    argv = sys.argv
+    sys.argv = ["bigmodel", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_gather_reports_every_package_and_backend():
+    report = gather()
+    assert {p["name"] for p in report["packages"]} == PACKAGES
+    for p in report["packages"]:
+        assert set(p) == {"name", "version", "found", "detail"}
+    by_name = {p["name"]: p for p in report["packages"]}
+    assert by_name["python"]["found"] and by_name["torch"]["found"] and by_name["onnxruntime"]["found"]
+    assert "CPUExecutionProvider" in by_name["onnxruntime"]["detail"]
+    assert [b["name"] for b in report["backends"]] == BACKENDS
+    for b in report["backends"]:
+        assert set(b) == {"name", "ok", "why", "extra"}
+        assert (b["why"] is None) == b["ok"] and (b["extra"] is None) == b["ok"]
+    backends = {b["name"]: b for b in report["backends"]}
+    assert backends["torch"]["ok"] and backends["ort-cpu"]["ok"]
+    if not report["gpu"]["cuda_available"]:
+        assert not backends["torch-cudagraph"]["ok"] and "bigmodel[gpu]" in backends["torch-cudagraph"]["extra"]
+    if not by_name["tensorrt"]["found"]:
+        assert not backends["tensorrt"]["ok"] and "bigmodel[tensorrt]" in backends["tensorrt"]["extra"]
+    json.dumps(report)
+
+
+def test_gather_survives_missing_torch_and_onnxruntime(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.split(".")[0] in ("torch", "onnxruntime", "onnx"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    for mod in [m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime", "onnx")]:
+        monkeypatch.delitem(sys.modules, mod)
+    report = gather()
+    by_name = {p["name"]: p for p in report["packages"]}
+    assert not by_name["torch"]["found"] and not by_name["onnxruntime"]["found"] and not by_name["onnx"]["found"]
+    backends = {b["name"]: b for b in report["backends"]}
+    assert not backends["torch"]["ok"] and "torch" in backends["torch"]["why"]
+    assert not backends["ort-cpu"]["ok"] and "bigmodel[runtime]" in backends["ort-cpu"]["why"]
+
+
+def test_cli_doctor_json_and_table_exit_0(capsys):
+    code, text = cli(capsys, "doctor", "--json")
+    assert code == 0
+    report = json.loads(text)
+    assert {"python", "platform", "packages", "gpu", "backends"} <= set(report)
+    code, text = cli(capsys, "doctor")
+    assert code == 0
+    for word in ("torch", "onnxruntime", "CPUExecutionProvider", "tensorrt", "ort-cpu", "ort-cuda", "bigmodel[gpu]"):
+        assert word in text
