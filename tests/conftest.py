@@ -12,6 +12,7 @@ runtime, parity): 1 epoch on the first 512 mnist-5k training images, batch 64, s
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,3 +70,19 @@ def trained_run(tmp_path_factory) -> Callable[[str, str], Path]:
 
     return get
 
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    """`bigmodel ARGS` through the real entry point in this process; (exit code, stdout + stderr)."""
+    from bigmodel.cli import main
+
+    argv, sys.argv = sys.argv, ["bigmodel", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out + out.err

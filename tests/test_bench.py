@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli as cli
 
 from bigmodel.bench import (
     BenchSettings,
@@ -41,21 +41,6 @@ def report(bundle) -> dict:
     return run_bench(bundle, settings)
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    """`bigmodel ARGS` through the real entry point in this process; (exit code, stdout + stderr)."""
-    from bigmodel.cli import main
-
-    argv = sys.argv
-    sys.argv = ["bigmodel", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 # ------------------------------------------------------------------------------------------ statistics

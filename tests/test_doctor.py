@@ -6,26 +6,14 @@ import builtins
 import json
 import sys
 
+from conftest import run_cli as cli
+
 from bigmodel.doctor import gather
 
 PACKAGES = {"python", "numpy", "torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "tensorrt", "cuda-python"}
 BACKENDS = ["torch", "torch-cudagraph", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    from bigmodel.cli import main
-
-    argv = sys.argv
-    sys.argv = ["bigmodel", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def test_gather_reports_every_package_and_backend():

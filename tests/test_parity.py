@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as cli
 
 from bigmodel.models.registry import list_models
 from bigmodel.parity import PRECISIONS, TOLERANCES, Tolerance, compare, run_parity, save_inputs, tolerances_for
@@ -43,21 +44,6 @@ def bundle_of(trained_run, tmp_path_factory):
     return get
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    """Run `bigmodel ARGS` in this process through the real entry point; (exit code, stdout + stderr)."""
-    from bigmodel.cli import main
-
-    argv = sys.argv
-    sys.argv = ["bigmodel", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def copy_bundle(bundle: Path, dest: Path) -> Path:

@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-
-
-def cli(capsys, *args: str) -> tuple[int, str]:
-    from bigmodel.cli import main
-
-    argv = sys.argv
-    sys.argv = ["bigmodel", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out + out.err
+from conftest import run_cli as cli
 
 
 def test_quickstart_end_to_end_small(tmp_path, capsys):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as _cli
 
 from bigmodel.errors import BackendUnavailable, BigmodelError, BundleError, InputError
 from bigmodel.models.registry import list_models
@@ -526,19 +527,6 @@ def test_cli_sample_encode_decode_info_without_torch(vae, tmp_path):
     assert info["methods"] == list(m.offers) and info["backends"]["ort-cpu"] is None
 
 
-def _cli(capsys, *args: str) -> tuple[int, str]:
-    from bigmodel.cli import main
-
-    argv, sys.argv = sys.argv, ["bigmodel", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def test_cli_errors_are_one_line_and_exit_2(vae, tmp_path, capsys):
