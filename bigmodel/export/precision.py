@@ -82,7 +82,8 @@ def convert_bundle(folder: Path, manifest: Manifest, opts: ExportOptions, val: n
         if opts.precision == "fp16":
             to_fp16_file(src, dst, opts.io, external)
         else:
-            inputs = _calibration_inputs(spec, manifest, val, opts.calibration) if opts.int8_mode == "static" else None
+            inputs = (_calibration_inputs(spec, manifest, val, opts.calibration, fp32_dir)
+                      if opts.int8_mode == "static" else None)
             to_int8_file(src, dst, opts.int8_mode, inputs, trt_friendly=opts.engine, external=external)
         check_graph(dst)
         probes = role_probes(spec.inputs[0].kind, manifest.latent.dim, val, opts.probes, seed=0)
@@ -110,7 +111,8 @@ def precision_note(opts: ExportOptions) -> dict:
     if opts.int8_mode == "static":
         act, sym = ("int8", True) if opts.engine else ("uint8", False)
         note.update(format="QDQ", per_channel=True, activations=act, symmetric=sym, calibrate="MinMax",
-                    calibration=f"{opts.calibration} validation images (image inputs) or prior samples (latents)")
+                    calibration=f"{opts.calibration} validation images + generated images (image inputs); "
+                                f"{opts.calibration} prior samples + encoder codes (latent inputs)")
     elif opts.int8_mode == "dynamic":
         note.update(format="MatMulInteger/ConvInteger", activations="uint8, quantized per call")
     else:
@@ -374,11 +376,34 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
-def _calibration_inputs(spec: RoleSpec, manifest: Manifest, val: np.ndarray, n: int) -> np.ndarray:
-    """Real validation images for image inputs, prior samples for latent inputs."""
+def _calibration_inputs(spec: RoleSpec, manifest: Manifest, val: np.ndarray, n: int, fp32_dir: Path) -> np.ndarray:
+    """What the role really sees, so int8 ranges cover it.
+
+    Image inputs: validation images, plus the generator's/decoder's images of prior samples (a GAN
+    discriminator judges both; calibrated on real images alone its int8 output was constant on
+    generated ones). Latent inputs: prior samples, plus the encoder's codes of validation images
+    (an AE's codes are not N(0, I)). The other role's fp32 graph is already in `fp32_dir` because
+    roles are converted in order (encoder before decoder, generator before discriminator).
+    """
+    real = np.ascontiguousarray(val[: min(n, len(val))], dtype=np.float32)
+    prior = prior_samples(manifest.latent, n, seed=1)
     if spec.inputs[0].kind == "image":
-        return np.ascontiguousarray(val[: min(n, len(val))], dtype=np.float32)
-    return prior_samples(manifest.latent, n, seed=1)
+        made = _run_fp32(fp32_dir, manifest, ("generator", "decoder"), prior)
+        return real if made is None else np.concatenate([real, made])
+    codes = _run_fp32(fp32_dir, manifest, ("encoder",), real)
+    return prior if codes is None else np.concatenate([prior, codes])
+
+
+def _run_fp32(fp32_dir: Path, manifest: Manifest, roles: tuple[str, ...], x: np.ndarray) -> np.ndarray | None:
+    """First output of the first of `roles` whose fp32 graph is in `fp32_dir`, on `x`; None if none is."""
+    import onnxruntime as ort
+
+    for role in roles:
+        if role in manifest.roles and (fp32_dir / manifest.roles[role].file).exists():
+            graph = fp32_dir / manifest.roles[role].file
+            session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+            return session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
+    return None
 
 
 def prior_samples(latent: LatentSpec, n: int, seed: int) -> np.ndarray:
