@@ -46,8 +46,9 @@ from bigmodel.export.onnx import (
     save_onnx,
 )
 from bigmodel.fileio import sha256_file
-from bigmodel.manifest import LatentSpec, Manifest, RoleSpec
+from bigmodel.manifest import Manifest, RoleSpec
 from bigmodel.models.probes import role_probes
+from bigmodel.runtime.priors import draw as draw_prior
 
 # Operators that run in fp32 inside an fp16 graph: exp(logvar) and friends overflow or lose all
 # precision in fp16 at ±4σ latents; Casts around them are cheap next to a Gemm or a Conv.
@@ -386,7 +387,7 @@ def _calibration_inputs(spec: RoleSpec, manifest: Manifest, val: np.ndarray, n: 
     roles are converted in order (encoder before decoder, generator before discriminator).
     """
     real = np.ascontiguousarray(val[: min(n, len(val))], dtype=np.float32)
-    prior = prior_samples(manifest.latent, n, seed=1)
+    prior = draw_prior(manifest.latent, n, seed=1)  # the runtime's own sampler: one definition of the prior
     if spec.inputs[0].kind == "image":
         made = _run_fp32(fp32_dir, manifest, ("generator", "decoder"), prior)
         return real if made is None else np.concatenate([real, made])
@@ -404,16 +405,6 @@ def _run_fp32(fp32_dir: Path, manifest: Manifest, roles: tuple[str, ...], x: np.
             session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
             return session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
     return None
-
-
-def prior_samples(latent: LatentSpec, n: int, seed: int) -> np.ndarray:
-    """n draws of the manifest's latent prior (normal, or the mixture with its means and std)."""
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n, latent.dim)).astype(np.float32)
-    if latent.prior == "mixture":
-        means = np.asarray(latent.params["means"], dtype=np.float32)
-        z = means[rng.integers(len(means), size=n)] + np.float32(latent.params["std"]) * z
-    return z
 
 
 # ---------------------------------------------------------------------------------------- quality
