@@ -71,7 +71,7 @@ del model
 BASE = rss()
 t = time.perf_counter()
 z = torch.zeros(2, 100)
-torch.onnx.export(gen, (z,), RUN + "/torch_only/generator.onnx", input_names=["z"], output_names=["x"],
+torch.onnx.export(gen, (z,), RUN + "/torch_only/generator.onnx", input_names=["z"], output_names=["x", "logits"],
                   dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True, external_data=True)
 RESULT = {"seconds": time.perf_counter() - t, "weights": sum(p.numel() * 4 for p in gen.parameters())}
 """

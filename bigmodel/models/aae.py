@@ -18,6 +18,7 @@ from bigmodel.manifest import LatentSpec
 from bigmodel.models import nets
 from bigmodel.models.base import (
     IMAGE_IN,
+    IMAGE_OUT,
     LATENT_IN,
     BaseConfig,
     Decode,
@@ -79,7 +80,7 @@ class AAE(GenerativeModel):
     config_cls = AAEConfig
     roles = {
         "encoder": RoleIO(IMAGE_IN, (("z", "latent"),)),
-        "decoder": RoleIO(LATENT_IN, (("x", "image"),)),
+        "decoder": RoleIO(LATENT_IN, IMAGE_OUT),
         "discriminator": RoleIO(LATENT_IN, (("logit", "logit"),)),
     }
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from bigmodel.manifest import LatentSpec
 from bigmodel.models import nets
-from bigmodel.models.base import IMAGE_IN, LATENT_IN, BaseConfig, Decode, GenerativeModel, RoleIO, StepFn
+from bigmodel.models.base import IMAGE_IN, IMAGE_OUT, LATENT_IN, BaseConfig, Decode, GenerativeModel, RoleIO, StepFn
 from bigmodel.models.base import bce_logits_sum as recon_loss
 from bigmodel.models.registry import register_model
+
+PRIOR_COMPONENTS = 10  # Ghosh et al. (2020) fit a 10-component mixture to an MNIST autoencoder's codes
+PRIOR_FIT_MAX = 20_000  # codes used for the fit (EM is O(N * K * latent) per round)
 
 
 @dataclass
@@ -23,7 +28,7 @@ class AE(GenerativeModel):
     family = "ae"
     description = "autoencoder: encoder x->z, decoder z->x; BCE reconstruction"
     config_cls = AEConfig
-    roles = {"encoder": RoleIO(IMAGE_IN, (("z", "latent"),)), "decoder": RoleIO(LATENT_IN, (("x", "image"),))}
+    roles = {"encoder": RoleIO(IMAGE_IN, (("z", "latent"),)), "decoder": RoleIO(LATENT_IN, IMAGE_OUT)}
 
     def __init__(self, arch, data, config: AEConfig):
         super().__init__(arch, data, config)
@@ -44,6 +49,27 @@ class AE(GenerativeModel):
 
     def role_module(self, role: str):
         return {"encoder": self.encoder, "decoder": Decode(self.decoder)}[role]
+
+    @torch.no_grad()
+    def export_latent_spec(self, train: np.ndarray) -> LatentSpec:
+        """A diagonal Gaussian mixture fitted by EM to the codes of (up to PRIOR_FIT_MAX) training images.
+
+        A plain autoencoder has no prior; decoding N(0, I) gives blobs. Sampling this density of its
+        own codes gives digits (Ghosh et al., 2020, "From variational to deterministic autoencoders").
+        """
+        from bigmodel.runtime.priors import fit_mixture
+
+        x = torch.from_numpy(np.ascontiguousarray(train[:PRIOR_FIT_MAX], dtype=np.float32))
+        was_training = self.training
+        self.eval()
+        codes = torch.cat([self.encoder(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+        self.train(was_training)
+        fit = fit_mixture(codes, components=PRIOR_COMPONENTS, seed=0)
+        source = (f"fitted at export: {PRIOR_COMPONENTS}-component diagonal Gaussian mixture, EM on the codes of "
+                  f"{len(codes)} training images of {self.data.source}")
+        params = {"means": fit["means"], "stds": fit["stds"], "weights": fit["weights"], "source": source,
+                  "log_likelihood": round(fit["log_likelihood"], 4)}
+        return LatentSpec(dim=self.config.latent_dim, prior="mixture", params=params)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.decoder(self.encoder(x)))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -54,15 +55,23 @@ IMAGE_IN = (("x", "image"),)
 LATENT_IN = (("z", "latent"),)
 
 
+IMAGE_OUT = (("x", "image"), ("logits", "logit"))  # the image roles' outputs: pixels, and their Bernoulli logits
+
+
 class Decode(nn.Module):
-    """Export wrapper: codes (B, latent) -> images (B, C, H, W) in [0, 1]."""
+    """Export wrapper: codes (B, latent) -> images (B, C, H, W) in [0, 1] and the logits before the sigmoid.
+
+    The logits are a second graph output so that likelihoods (BCE, IWAE) need no log(p) of saturated
+    pixels; a caller that asks only for the images pays nothing for them.
+    """
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, z: Tensor) -> Tensor:
-        return torch.sigmoid(self.net(z))
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.net(z)  # (B, C, H, W)
+        return torch.sigmoid(logits), logits
 
 
 def bce_logits_sum(logits: Tensor, target: Tensor) -> Tensor:
@@ -91,6 +100,10 @@ class GenerativeModel(nn.Module):
     def latent_spec(self) -> LatentSpec:
         return LatentSpec(dim=self.config.latent_dim, prior="normal")
 
+    def export_latent_spec(self, train: np.ndarray) -> LatentSpec:
+        """The prior a bundle carries, given the training images (N, C, H, W); a plain AE fits one here."""
+        return self.latent_spec()
+
     def prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Samples of p(z), (n, latent); the runtime draws the same law with numpy."""
         return torch.randn(n, self.config.latent_dim, generator=generator)
@@ -114,7 +127,7 @@ class GenerativeModel(nn.Module):
 
     def generate(self, z: Tensor) -> Tensor:
         """Codes (B, latent) -> images (B, C, H, W) in [0, 1]."""
-        return self.role_module(self.image_role)(z)
+        return self.role_module(self.image_role)(z)[0]
 
     image_role: ClassVar[str] = "decoder"
     train_defaults: ClassVar[dict[str, int]] = {"epochs": 20, "batch_size": 128}

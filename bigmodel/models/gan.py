@@ -11,7 +11,17 @@ import torch
 from torch import Tensor
 
 from bigmodel.models import nets
-from bigmodel.models.base import IMAGE_IN, LATENT_IN, BaseConfig, Decode, GenerativeModel, RoleIO, StepFn, bce_const
+from bigmodel.models.base import (
+    IMAGE_IN,
+    IMAGE_OUT,
+    LATENT_IN,
+    BaseConfig,
+    Decode,
+    GenerativeModel,
+    RoleIO,
+    StepFn,
+    bce_const,
+)
 from bigmodel.models.registry import register_model
 
 
@@ -31,7 +41,7 @@ class GAN(GenerativeModel):
     description = "GAN: generator z->x, discriminator x->logit; non-saturating loss"
     config_cls = GANConfig
     roles = {
-        "generator": RoleIO(LATENT_IN, (("x", "image"),)),
+        "generator": RoleIO(LATENT_IN, IMAGE_OUT),
         "discriminator": RoleIO(IMAGE_IN, (("logit", "logit"),)),
     }
     image_role = "generator"

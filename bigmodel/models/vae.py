@@ -15,6 +15,7 @@ from bigmodel.errors import ConfigError
 from bigmodel.models import nets
 from bigmodel.models.base import (
     IMAGE_IN,
+    IMAGE_OUT,
     LATENT_IN,
     BaseConfig,
     Decode,
@@ -67,7 +68,7 @@ class VAE(GenerativeModel):
     config_cls = VAEConfig
     roles = {
         "encoder": RoleIO(IMAGE_IN, (("mu", "latent"), ("logvar", "stat"))),
-        "decoder": RoleIO(LATENT_IN, (("x", "image"),)),
+        "decoder": RoleIO(LATENT_IN, IMAGE_OUT),
     }
 
     def __init__(self, arch, data, config: VAEConfig):

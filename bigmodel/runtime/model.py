@@ -66,6 +66,7 @@ class Model:
         # one closure per single-input role: input check -> backend -> float32 first output, nothing looked up
         self._single_calls = {role: self._compile(role) for role in self._first}
         self._decode = self._single_calls[self._image_role]
+        self._extra_calls: dict[tuple, object] = {}  # (role, output names) -> compiled call, made at first use
 
     # -- description ----------------------------------------------------------------------------
     @property
@@ -151,20 +152,48 @@ class Model:
             parts.append([o[: stop - start] for o in outs] if pad else outs)
         return parts[0] if len(parts) == 1 else [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
 
-    def _compile(self, role: str):
-        """`call(x)` -> first output of `role` on x as float32, with the per-call path cut to the bone."""
+    def _compile(self, role: str, names: tuple[str, ...] | None = None):
+        """`call(x)` -> the first output of `role` on x as float32, with the per-call path cut to the bone.
+
+        With `names`, `call(x)` returns a tuple of those outputs instead. Only the outputs asked for
+        are fetched from the backend (a decoder's logits cost a plain `decode` nothing).
+        """
         inp = self._first[role]
         name, prepare = inp.name, inp.prepare
+        wanted = list(names or self._outputs[role][:1])
         runner = getattr(self.backend, "runner", None)
         if self._limits[role] is None and runner is not None:
-            run = runner(role)
+            run, pick = runner(role, wanted), list(range(len(wanted)))
         else:  # batch limits to honour (or a backend without runner): the general path
-            run = functools.partial(self._execute, role)
+            run, pick = functools.partial(self._execute, role), [self._outputs[role].index(n) for n in wanted]
 
-        def call(x) -> np.ndarray:
-            out = run({name: prepare(x)})[0]
+        def as_f32(out: np.ndarray) -> np.ndarray:
             return out if out.dtype == F32 else out.astype(F32)
 
+        if names is not None:
+            def call_many(x) -> tuple[np.ndarray, ...]:
+                outs = run({name: prepare(x)})
+                return tuple(as_f32(outs[i]) for i in pick)
+
+            return call_many
+        first = pick[0]
+
+        def call(x) -> np.ndarray:
+            out = run({name: prepare(x)})[first]
+            return out if out.dtype == F32 else out.astype(F32)
+
+        return call
+
+    def _extra_call(self, role: str, names: tuple[str, ...], what: str):
+        """The compiled call for `names` of `role`, made at first use; InputError if the graph lacks them."""
+        key = (role, names)
+        call = self._extra_calls.get(key)
+        if call is None:
+            missing = [n for n in names if n not in self._outputs[role]]
+            if missing:
+                raise InputError(f"this {self.family} bundle's {role} has no output {', '.join(missing)} for {what} "
+                                 f"(its outputs: {', '.join(self._outputs[role])}); re-export it with this bigmodel")
+            call = self._extra_calls.setdefault(key, self._compile(role, names))
         return call
 
     def _single(self, role: str, x) -> np.ndarray:
@@ -179,16 +208,27 @@ class Model:
         return METHOD_ROLES[method][0]
 
     # -- the methods applications call ----------------------------------------------------------
-    def encode(self, x) -> np.ndarray:
+    def encode(self, x, full: bool = False):
         """Images (B, C, H, W) or one (C, H, W), float in the data range or uint8 -> codes (B, latent).
 
-        A VAE gives the mean of q(z|x); `run("encoder", ...)` gives mean and log-variance.
+        A VAE gives the mean of q(z|x); with `full=True` it gives (mu, logvar), both (B, latent).
         """
-        return self._single(self._require("encode"), x)
+        role = self._require("encode")
+        if not full:
+            return self._single(role, x)
+        if self.family != "vae":
+            raise InputError(f"encode(full=True) gives a Gaussian encoder's (mu, logvar); a {self.family} encoder "
+                             f"is deterministic: use encode(x)")
+        return self._extra_call(role, ("mu", "logvar"), "encode(full=True)")(x)
 
-    def decode(self, z) -> np.ndarray:
-        """Codes (B, latent) or one (latent,) -> images (B, C, H, W) float32 in the data range."""
-        return self._decode(z)
+    def decode(self, z, logits: bool = False) -> np.ndarray:
+        """Codes (B, latent) or one (latent,) -> images (B, C, H, W) float32 in the data range.
+
+        With `logits=True`: the Bernoulli logits before the final sigmoid instead (for likelihoods).
+        """
+        if not logits:
+            return self._decode(z)
+        return self._extra_call(self._image_role, ("logits",), "decode(logits=True)")(z)[0]
 
     def reconstruct(self, x) -> np.ndarray:
         """decode(encode(x)); for a VAE the decoder of the encoder's mean."""

@@ -1,14 +1,16 @@
 """The latent prior drawn with numpy's Generator: the same seed gives the same codes on every backend.
 
 normal: z ~ N(0, I). mixture: a component k ~ Categorical(weights, default uniform), then
-z = means[k] + std * N(0, I). Codes are drawn on the host, never inside a graph.
+z = means[k] + std * N(0, I), with one `std` for all components or per-component diagonal `stds`
+(K, dim). Codes are drawn on the host, never inside a graph. `fit_mixture` fits such a mixture
+to codes with EM (how a plain autoencoder's bundle gets a prior it can sample).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bigmodel.errors import BundleError
+from bigmodel.errors import BundleError, InputError
 from bigmodel.manifest import LatentSpec
 
 PRIORS = ("normal", "mixture")
@@ -28,17 +30,19 @@ class Prior:
             p = latent.params
             try:
                 self.means = np.asarray(p["means"], dtype=np.float32)
-                self.std = np.float32(p["std"])
+                self.std = np.asarray(p["stds"] if "stds" in p else p["std"], dtype=np.float32)
                 self.weights = None if p.get("weights") is None else np.asarray(p["weights"], dtype=np.float64)
             except (KeyError, TypeError, ValueError) as e:
-                raise BundleError(f"mixture prior needs params means (components, {self.dim}) and std; "
+                raise BundleError(f"mixture prior needs params means (components, {self.dim}) and std (or stds); "
                                   f"got {sorted(p)}: {e}") from e
             k = len(self.means)
             if self.means.ndim != 2 or self.means.shape[1] != self.dim or k < 1:
                 raise BundleError(f"mixture prior: expected means of shape (components, {self.dim}); "
                                   f"got {self.means.shape}")
-            if not (np.isfinite(self.std) and self.std > 0):
-                raise BundleError(f"mixture prior: expected std > 0; got {float(self.std)}")
+            good = np.isfinite(self.std).all() and (self.std > 0).all()
+            if self.std.shape not in ((), self.means.shape) or not good:
+                raise BundleError(f"mixture prior: expected std > 0, one number or stds of shape {self.means.shape}; "
+                                  f"got shape {self.std.shape}, min {float(np.min(self.std))}")
             if self.weights is not None:
                 w = self.weights
                 if w.shape != (k,) or (w < 0).any() or not np.isclose(w.sum(), 1.0):
@@ -57,7 +61,45 @@ class Prior:
             return z
         k = rng.choice(len(self.means), size=n, p=self.weights) if self.weights is not None \
             else rng.integers(len(self.means), size=n)
-        return self.means[k] + self.std * z
+        return self.means[k] + (self.std if self.std.ndim == 0 else self.std[k]) * z
+
+
+def fit_mixture(codes: np.ndarray, components: int = 10, seed: int = 0, iters: int = 200,
+                tol: float = 1e-5, min_var: float = 1e-4) -> dict:
+    """A diagonal Gaussian mixture fitted to codes (N, dim) by EM -> {means, stds, weights, log_likelihood}.
+
+    Means start at `components` distinct codes picked by a seeded Generator; variances are floored at
+    `min_var` so a component never collapses onto one code. Stops when the mean log-likelihood
+    gains less than `tol` (relative) or after `iters` rounds. numpy only: the runtime can refit.
+    """
+    x = np.asarray(codes, dtype=np.float64)
+    if x.ndim != 2 or len(x) < components or not np.isfinite(x).all():
+        raise InputError(f"fit_mixture needs finite codes (N >= {components}, dim); got shape {x.shape}")
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    means = x[rng.choice(n, size=components, replace=False)]  # (K, d)
+    var = np.tile(np.maximum(x.var(0), min_var), (components, 1))  # (K, d)
+    weights = np.full(components, 1.0 / components)
+    previous = -np.inf
+    for _ in range(iters):
+        # E step: log N(x | mean_k, var_k) + log w_k, (n, K)
+        sq = ((x[:, None, :] - means[None]) ** 2 / var[None]).sum(-1)
+        logp = -0.5 * (sq + np.log(var).sum(-1)[None] + d * np.log(2 * np.pi)) + np.log(weights)[None]
+        top = logp.max(1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(logp - top).sum(1))  # (n,)
+        resp = np.exp(logp - lse[:, None])
+        # M step
+        nk = resp.sum(0) + 1e-12  # (K,)
+        weights = nk / n
+        means = resp.T @ x / nk[:, None]
+        var = np.maximum(resp.T @ (x * x) / nk[:, None] - means**2, min_var)
+        ll = float(lse.mean())
+        if ll - previous < tol * max(1.0, abs(ll)):
+            break
+        previous = ll
+    weights = weights / weights.sum()
+    return {"means": means.tolist(), "stds": np.sqrt(var).tolist(), "weights": weights.tolist(),
+            "log_likelihood": ll}
 
 
 def draw(latent: LatentSpec, n: int, seed: int | None) -> np.ndarray:

@@ -184,9 +184,11 @@ class OrtBackend:
     def run(self, role: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self._run[role](feeds)
 
-    def runner(self, role: str):
-        """A callable feeds -> outputs for `role` with nothing looked up per call."""
-        return self._run[role]
+    def runner(self, role: str, outputs: list[str] | None = None):
+        """A callable feeds -> outputs for `role` (all, or just the named `outputs`) with nothing looked up per call."""
+        if outputs is None or list(outputs) == self._outputs[role]:
+            return self._run[role]
+        return _fast_run(self.sessions[role], list(outputs))
 
     def batch_range(self, role: str) -> tuple[int, int] | None:
         """(min, max) batch a call may carry, or None when any batch goes (CPU and CUDA providers)."""

@@ -1,0 +1,47 @@
+"""The report for a person: (metric, value, note) rows, and the rows of a comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NOTES = {
+    "reconstruction.bce": "nats/image, decode(encode(x)) logits vs x",
+    "reconstruction.mse": "squared error summed per image",
+    "nll.nelbo": "-ELBO, nats/image",
+    "nll.iwae": "importance-weighted NLL bound, nats/image",
+    "fid": "lower is better",
+    "precision": "share of samples on the data manifold",
+    "recall": "share of data covered by samples",
+}
+
+
+def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(metric, value, note) rows of one report, in reading order."""
+    rows = []
+    if "reconstruction" in r:
+        rows += [("reconstruction BCE", f"{r['reconstruction']['bce']:.2f}", NOTES["reconstruction.bce"]),
+                 ("reconstruction MSE", f"{r['reconstruction']['mse']:.2f}", NOTES["reconstruction.mse"])]
+    if "nll" in r:
+        n = r["nll"]
+        rows += [("-ELBO", f"{n['nelbo']:.2f}", f"{NOTES['nll.nelbo']}, {n['images']} images"),
+                 (f"IWAE NLL (K={n['k']})", f"{n['iwae']:.2f}", NOTES["nll.iwae"])]
+    rare = r["rare_classes"]
+    rows += [
+        ("FID", f"{r['fid']:.2f}", f"feature net; training vs validation images: {r['fid_floor']:.2f}"),
+        ("precision", f"{r['precision']:.3f}", NOTES["precision"]),
+        ("recall", f"{r['recall']:.3f}", NOTES["recall"]),
+        ("classes >= 1%", f"{len(r['coverage']) - len(rare)}/{len(r['coverage'])}",
+         "below 1%: " + ", ".join(map(str, rare)) if rare else "every class drawn"),
+        ("feature net accuracy", f"{r['classifier']['accuracy']:.3f}",
+         ("cached " if r["classifier"]["cached"] else "trained, cached at ") + r["classifier"]["cache"]),
+    ]
+    return rows
+
+
+def compare_rows(deltas: dict[str, dict[str, float | None]]) -> list[tuple[str, str, str, str]]:
+    """(metric, this, other, other - this) rows; '-' where a side lacks the metric."""
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    return [(k, cell(d["this"]), cell(d["other"]), "-" if d["delta"] is None else f"{d['delta']:+.3f}")
+            for k, d in deltas.items()]

@@ -1,0 +1,240 @@
+"""`evaluate`: generative quality of a bundle (any backend, any precision) or a run folder, via the runtime.
+
+A run folder is exported to a temporary fp32 bundle first, so every number comes through the same
+`bigmodel.runtime.Model` an application embeds. Real images are the validation split the model
+was not trained on; the feature net is trained on the training split (see `features.py`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigmodel.errors import InputError
+from bigmodel.eval import metrics
+from bigmodel.eval.features import ClassifierSettings, get_classifier
+from bigmodel.manifest import MANIFEST_NAME, DataSpec
+
+RARE_CLASS = 0.01  # a class that gets under 1% of the samples is a dropped mode
+PICTURE_PAIRS = 16  # samples shown beside their nearest training images
+
+
+@dataclass
+class EvalOptions:
+    """What `bigmodel eval` was asked; see its --help for each field."""
+
+    k: int = 500  # importance samples per image for the IWAE bound
+    nll_images: int = 500  # the fixed subset: the first N validation images (the split is seeded)
+    samples: int = 2000  # generated images for FID, precision/recall and coverage
+    pr_k: int = 3  # the neighbourhood size of improved precision/recall
+    seed: int = 0
+    codes_per_call: int = 5000  # decoder batch in the IWAE
+    backend: str = "auto"
+    device: str = "auto"
+    threads: int | None = None
+    cache_dir: Path | None = None
+    picture: Path | None = None
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+
+    def validate(self) -> None:
+        for name in ("k", "nll_images", "samples", "pr_k", "codes_per_call"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer; got {v!r}")
+        if self.samples <= self.pr_k:
+            raise InputError(f"--samples must exceed --pr-k ({self.pr_k}); got {self.samples}")
+
+
+@dataclass
+class EvalData:
+    """Training and validation images with labels, and the classifier trained on them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    classifier: Any  # features.Classifier
+    val_features: np.ndarray
+    floor_fid: float  # FID of training against validation images: what a perfect model would get
+
+
+def load_eval_data(spec: DataSpec, opts: EvalOptions) -> EvalData:
+    """The model's own dataset and split (from its DataSpec), labels, and the cached classifier."""
+    from bigmodel.data import load_data, load_labels
+
+    data = load_data(spec.source, seed=spec.seed, val_fraction=spec.val_fraction)
+    labels = load_labels(spec.source, seed=spec.seed, val_fraction=spec.val_fraction)
+    if labels is None:
+        raise InputError(f"bigmodel eval trains its feature classifier on class labels, and {spec.source} has none "
+                         f"(labelled: mnist-5k, digits, mnist, fashion-mnist, cifar10, or a .npz with key 'y')")
+    clf = get_classifier(data.train, labels[0], data.val, labels[1], opts.cache_dir, opts.classifier)
+    val_features = clf.features(data.val)[0]
+    floor = metrics.frechet_distance(clf.features(data.train[: len(data.val) * 4])[0], val_features)
+    return EvalData(data.train, data.val, clf, val_features, floor)
+
+
+def target_spec(target: Path) -> DataSpec:
+    """The DataSpec of a bundle (its manifest) or a run folder (its config.json)."""
+    import json
+
+    from bigmodel.manifest import read_manifest
+
+    target = Path(target)
+    if (target / MANIFEST_NAME).is_file():
+        return read_manifest(target).data
+    config = target / "config.json"
+    if not config.is_file():
+        raise InputError(f"{target}: expected a bundle folder (with {MANIFEST_NAME}) or a run folder (with "
+                         f"config.json and checkpoint.pt)")
+    try:
+        return DataSpec.from_dict(json.loads(config.read_text(encoding="utf-8"))["data_spec"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{config}: cannot read its data_spec ({type(e).__name__}: {e})") from e
+
+
+def same_data(targets: list[Path]) -> DataSpec:
+    """The one DataSpec every target shares (source, split), or InputError: a comparison needs the same images."""
+    specs = [target_spec(t) for t in targets]
+    keys = {(s.source, s.seed, s.val_fraction, tuple(s.shape)) for s in specs}
+    if len(keys) > 1:
+        raise InputError(f"--compare needs models of the same dataset and split; got {sorted(keys)}")
+    return specs[0]
+
+
+def evaluate(target: str | Path, opts: EvalOptions | None = None, data: EvalData | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate a bundle folder or a run folder (exported to a temporary fp32 bundle) -> report dict."""
+    from bigmodel.runtime import load
+
+    opts = opts or EvalOptions()
+    opts.validate()
+    say = progress or (lambda _m: None)
+    target = Path(target)
+    with tempfile.TemporaryDirectory(prefix="bigmodel-eval-") as tmp:
+        bundle = resolve_bundle(target, Path(tmp), say)
+        with load(bundle, backend=opts.backend, device=opts.device, threads=opts.threads) as model:
+            m = model.manifest
+            name = {"target": str(target), "family": m.family, "arch": m.arch, "precision": m.precision,
+                    "backend": model.backend_name}
+            return evaluate_model(model, m.data, name, opts, data, say)
+
+
+def resolve_bundle(target: Path, tmp: Path, say: Callable[[str], None]) -> Path:
+    """A bundle folder as is; a run folder (checkpoint.pt) exported into `tmp` first."""
+    if (target / MANIFEST_NAME).is_file():
+        return target
+    from bigmodel.training.checkpoint import CHECKPOINT_NAME
+
+    if (target / CHECKPOINT_NAME).is_file():
+        from bigmodel.export.onnx import ExportOptions, export_bundle
+
+        say(f"exporting {target} to a temporary fp32 bundle")
+        return export_bundle(target, ExportOptions(out=tmp / "bundle")).bundle
+    raise InputError(f"{target}: expected a bundle folder (with {MANIFEST_NAME}) or a run folder (with "
+                     f"{CHECKPOINT_NAME})")
+
+
+def evaluate_model(model, spec: DataSpec, name: dict[str, Any], opts: EvalOptions, data: EvalData | None = None,
+                   say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Every metric for anything with the runtime Model's methods (family, offers, encode, decode, sample)."""
+    t0 = time.perf_counter()
+    opts.validate()
+    if data is None:
+        say("loading data and the feature classifier")
+        data = load_eval_data(spec, opts)
+    clf = data.classifier
+    report: dict[str, Any] = {
+        "model": name,
+        "data": {"source": spec.source, "split": "validation", "images": len(data.val)},
+        "classifier": {"accuracy": clf.accuracy, "cache": str(clf.path), "cached": clf.cached},
+    }
+    x = data.val
+    if "encode" in model.offers:
+        say("reconstruction")
+        report["reconstruction"] = reconstruction(model, x)
+    if model.family == "vae":
+        say(f"-ELBO and IWAE bound, K={opts.k} on {min(opts.nll_images, len(x))} images")
+        report["nll"] = nll(model, x[: opts.nll_images], opts)
+    say(f"{opts.samples} samples: FID, precision/recall, coverage")
+    samples = model.sample(opts.samples, seed=opts.seed)
+    feats, predicted = clf.features(samples)
+    n = min(len(feats), len(data.val_features))
+    precision, recall = metrics.precision_recall(data.val_features[:n], feats[:n], opts.pr_k)
+    coverage = metrics.class_coverage(predicted, clf.classes)
+    report.update({
+        "fid": metrics.frechet_distance(feats, data.val_features),
+        "fid_floor": data.floor_fid,
+        "precision": precision,
+        "recall": recall,
+        "coverage": [round(float(c), 4) for c in coverage],
+        "rare_classes": [int(i) for i in np.flatnonzero(coverage < RARE_CLASS)],
+    })
+    if opts.picture is not None:
+        write_picture(opts.picture, samples[:PICTURE_PAIRS], data.train)
+        report["picture"] = str(opts.picture)
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def reconstruction(model, x: np.ndarray) -> dict[str, float]:
+    """BCE (from the decoder's logits) and squared error of decode(encode(x)), summed per image, mean."""
+    codes = model.encode(x)
+    bce = metrics.bce_per_image(model.decode(codes, logits=True), x)
+    sse = metrics.sse_per_image(model.decode(codes), x)
+    return {"bce": float(bce.mean()), "mse": float(sse.mean())}
+
+
+def nll(model, x: np.ndarray, opts: EvalOptions) -> dict[str, float]:
+    """-ELBO and the importance-weighted NLL bound (nats per image) from the same K draws per image."""
+    rng = np.random.default_rng(opts.seed)
+    per_call = max(1, opts.codes_per_call // opts.k)
+    nelbo, iwae = [], []
+    for i in range(0, len(x), per_call):
+        xb = x[i : i + per_call]
+        mu, logvar = model.encode(xb, full=True)
+        eps = rng.standard_normal((opts.k, len(xb), mu.shape[1]))
+        w = metrics.log_weights(xb, mu, logvar, eps, lambda z: model.decode(z, logits=True))
+        a, b = metrics.nll_bounds(w)
+        nelbo.append(a)
+        iwae.append(b)
+    return {"k": opts.k, "images": len(x), "nelbo": float(np.concatenate(nelbo).mean()),
+            "iwae": float(np.concatenate(iwae).mean())}
+
+
+def write_picture(path: Path, samples: np.ndarray, train: np.ndarray) -> None:
+    """Rows of 8 samples, each row followed by their nearest training images (pixel distance)."""
+    from bigmodel.images import save_grid
+
+    idx = metrics.nearest(samples, train)
+    rows = []
+    for i in range(0, len(samples), 8):
+        rows += [samples[i : i + 8], train[idx[i : i + 8]]]
+    save_grid(path, np.concatenate(rows), ncol=8)
+
+
+NUMBERS = (("reconstruction", "bce"), ("reconstruction", "mse"), ("nll", "nelbo"), ("nll", "iwae"),
+           ("fid",), ("precision",), ("recall",))
+
+
+def lookup(report: dict[str, Any], key: tuple[str, ...]) -> float | None:
+    v: Any = report
+    for k in key:
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return float(v)
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per metric: a's value, b's value and b - a (None where one side lacks the metric)."""
+    out = {}
+    for key in NUMBERS:
+        va, vb = lookup(a, key), lookup(b, key)
+        if va is None and vb is None:
+            continue
+        out[".".join(key)] = {"this": va, "other": vb, "delta": None if va is None or vb is None else vb - va}
+    return out
