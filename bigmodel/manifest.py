@@ -93,6 +93,8 @@ class EngineSpec:
     precision: str
     profile: dict[str, int]  # min, opt, max batch
     device_name: str = ""
+    version_compatible: bool = False  # built with BuilderFlag.VERSION_COMPATIBLE (runs on later TensorRT of its major)
+    tf32: bool = False  # fp32 layers allowed to use TF32 (the default build clears it)
 
 
 @dataclass

@@ -5,6 +5,8 @@ makes, in order, are those of TensorRT's documented Python API; a real build nee
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import sys
 import types
 from pathlib import Path
 
@@ -41,18 +43,21 @@ def manifest(precision: str = "fp32") -> Manifest:
                     precision=precision)
 
 
-@pytest.mark.parametrize("version, precision, io, expect", [
-    ("10.13.0.35", "fp32", "fp32", ((), ("TF32",), False, "decoder.onnx", False)),
-    ("10.13.0.35", "fp16", "fp32", (("FP16",), (), False, "fp32/decoder.onnx", False)),
-    ("10.13.0.35", "fp16", "fp16", (("FP16",), (), False, "fp32/decoder.onnx", True)),
-    ("10.13.0.35", "int8", "fp32", (("INT8",), (), False, "decoder.onnx", False)),
-    ("11.0.0", "fp32", "fp32", ((), ("TF32",), True, "decoder.onnx", False)),
-    ("11.0.0", "fp16", "fp16", ((), (), True, "decoder.onnx", False)),
-    ("11.2.1", "int8", "fp32", ((), (), True, "decoder.onnx", False)),
+@pytest.mark.parametrize("version, precision, tf32, expect", [
+    # TensorRT 10: strongly typed by flag; 11+: always strongly typed (flag deprecated and ignored, FP16/INT8 gone)
+    ("10.13.0.35", "fp32", False, (("STRONGLY_TYPED",), (), ("TF32",))),
+    ("10.13.0.35", "fp16", False, (("STRONGLY_TYPED",), (), ("TF32",))),
+    ("10.13.0.35", "int8", False, (("STRONGLY_TYPED",), (), ("TF32",))),
+    ("10.13.0.35", "fp32", True, (("STRONGLY_TYPED",), ("TF32",), ())),
+    ("11.0.0.114", "fp32", False, ((), (), ("TF32",))),
+    ("11.0.0.114", "fp16", False, ((), (), ("TF32",))),
+    ("11.2.1.2", "int8", True, ((), ("TF32",), ())),
 ])
-def test_precision_plan_follows_the_tensorrt_version(version, precision, io, expect):
-    plan = precision_plan(version, precision, "decoder.onnx", io)
-    assert (plan.flags, plan.clear_flags, plan.strongly_typed, plan.onnx_file, plan.io_fp16) == expect
+def test_precision_plan_is_strongly_typed_from_the_bundles_own_graph(version, precision, tf32, expect):
+    plan = precision_plan(version, precision, "decoder.onnx", tf32)
+    assert (plan.network_flags, plan.flags, plan.clear_flags) == expect
+    assert plan.onnx_file == "decoder.onnx" and plan.strongly_typed
+    assert not {"FP16", "INT8"} & set(plan.flags)  # precision never comes from builder flags
 
 
 def test_precision_plan_refuses_old_tensorrt_and_unknown_precision():
@@ -117,7 +122,8 @@ class FakeTRT(types.SimpleNamespace):
     def __init__(self, version="10.13.0.35"):
         calls: list[tuple] = []
         log = calls.append
-        super().__init__(__version__=version, calls=calls, float16="float16")
+        super().__init__(__version__=version, calls=calls, float16="float16",
+                         __spec__=importlib.machinery.ModuleSpec("tensorrt", None))  # torch looks tensorrt up
 
         class Logger:
             WARNING = 2
@@ -212,24 +218,32 @@ class FakeTRT(types.SimpleNamespace):
                 log(("build",))
                 return memoryview(b"engine")
 
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, Parser
-        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
-        self.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", TF32="TF32")
+        def dims(shape):
+            assert isinstance(shape, list) and all(isinstance(d, int) for d in shape), shape
+            return tuple(shape)
+
+        self.Logger, self.Builder, self.OnnxParser, self.Dims = Logger, Builder, Parser, dims
+        # TensorRT 10: STRONGLY_TYPED = 1 (EXPLICIT_BATCH = 0); 11 renumbered it to 0 and ignores it
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1 if version.startswith("10.") else 0)
+        flags = dict(TF32="TF32") if not version.startswith("10.") else dict(FP16="FP16", INT8="INT8", TF32="TF32")
+        self.BuilderFlag = types.SimpleNamespace(**flags)  # 11 has no FP16/INT8: using them raises
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
 
 
-@pytest.mark.parametrize("version, precision, strongly, flag, source", [
-    ("10.13.0.35", "fp16", 0, ("set_flag", "FP16"), "fp32/decoder.onnx"),
-    ("11.0.0", "fp16", 1 << 5, None, "decoder.onnx"),
-    ("10.13.0.35", "fp32", 0, ("clear_flag", "TF32"), "decoder.onnx"),
+@pytest.mark.parametrize("version, precision, network_flags", [
+    ("10.13.0.35", "fp16", 1 << 1),
+    ("10.13.0.35", "int8", 1 << 1),
+    ("11.0.0.114", "fp16", 0),
+    ("10.13.0.35", "fp32", 1 << 1),
 ])
 def test_build_engines_drives_tensorrt_and_reuses_the_timing_cache(tmp_path, monkeypatch, version, precision,
-                                                                    strongly, flag, source):
+                                                                    network_flags):
     import bigmodel.export.tensorrt as trt_module
     from bigmodel.export.tensorrt import TensorRTTarget
 
     fake = FakeTRT(version)
-    monkeypatch.setattr(trt_module, "require_tensorrt", lambda: TensorRTTarget(fake, version, "9.0", "NVIDIA H200"))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trt_module, "require_tensorrt", lambda: TensorRTTarget(version, "9.0", "NVIDIA H200"))
     bundle, out = graphs(tmp_path / ".bundle.tmp"), tmp_path / "bundle"
     m = manifest(precision)
     opts = ExportOptions(precision=precision, opt_batch=32, max_batch=256)
@@ -242,29 +256,19 @@ def test_build_engines_drives_tensorrt_and_reuses_the_timing_cache(tmp_path, mon
         assert (bundle / e.file).read_bytes() == b"engine"
         assert e.file == f"engines/{e.role}.{precision}.sm90.trt{version}.engine"
         assert e.profile == {"min": 1, "opt": 32, "max": 256} and e.compute_capability == "9.0"
+        assert e.tf32 is False and e.version_compatible is False
     calls = fake.calls
-    assert ("create_network", strongly) in calls
-    assert ("parse", source) in calls
-    assert (flag in calls) if flag else not any(c[0] in ("set_flag", "clear_flag") for c in calls)
+    assert ("create_network", network_flags) in calls
+    assert ("parse", "decoder.onnx") in calls and ("parse", "encoder.onnx") in calls  # the bundle's own graphs
+    assert [c for c in calls if c[0] in ("set_flag", "clear_flag")] == [("clear_flag", "TF32")] * 2
     assert ("profile", "z", (1, 20), (32, 20), (256, 20)) in calls
     assert ("profile", "x", (1, 1, 28, 28), (32, 1, 28, 28), (256, 1, 28, 28)) in calls
     assert [c for c in calls if c[0] == "timing_cache"] == [("timing_cache", b"old"), ("timing_cache", b"old+")]
     assert cache.read_bytes() == b"old++"  # read beside the bundle, extended per role, written back
 
 
-def test_fp16_io_on_tensorrt_10_sets_network_io_to_fp16(tmp_path, monkeypatch):
-    import bigmodel.export.tensorrt as trt_module
-    from bigmodel.export.tensorrt import TensorRTTarget
-
-    fake = FakeTRT()
-    monkeypatch.setattr(trt_module, "require_tensorrt", lambda: TensorRTTarget(fake, fake.__version__, "9.0", ""))
-    build_engines(graphs(tmp_path / "b"), manifest("fp16"), ExportOptions(precision="fp16", io="fp16"), tmp_path / "o",
-                  lambda msg: None)
-    assert ("dtype", "in", "float16") in fake.calls and ("dtype", "out", "float16") in fake.calls
-
-
 def test_export_with_engine_puts_engines_in_the_bundle_and_the_cache_beside_it(trained_run, tmp_path, monkeypatch):
-    """The whole `--engine` path of export_bundle, TensorRT 10 at fp16: engines from the fp32 graphs."""
+    """The whole `--engine` path of export_bundle, TensorRT 10 at fp16: strongly typed engines from the fp16 graphs."""
     import shutil
 
     import bigmodel.export.tensorrt as trt_module
@@ -273,8 +277,8 @@ def test_export_with_engine_puts_engines_in_the_bundle_and_the_cache_beside_it(t
     from bigmodel.manifest import read_manifest
 
     fake = FakeTRT("10.13.0.35")
-    monkeypatch.setattr(trt_module, "require_tensorrt",
-                        lambda: TensorRTTarget(fake, fake.__version__, "9.0", "NVIDIA H200"))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trt_module, "require_tensorrt", lambda: TensorRTTarget(fake.__version__, "9.0", "NVIDIA H200"))
     shutil.copy(trained_run("gan", "mlp") / "checkpoint.pt", tmp_path / "checkpoint.pt")
     result = export_bundle(tmp_path, ExportOptions(precision="fp16", engine=True, probes=8, max_batch=128,
                                                    opt_batch=16))
@@ -284,7 +288,8 @@ def test_export_with_engine_puts_engines_in_the_bundle_and_the_cache_beside_it(t
     for e in m.engines:
         assert (bundle / e.file).read_bytes() == b"engine" and e.profile == {"min": 1, "opt": 16, "max": 128}
         assert e.precision == "fp16" and e.tensorrt_version == "10.13.0.35"
-    assert ("parse", "fp32/generator.onnx") in fake.calls and ("set_flag", "FP16") in fake.calls
+    assert ("parse", "generator.onnx") in fake.calls and ("create_network", 1 << 1) in fake.calls  # typed, own graph
+    assert not any(c[0] == "set_flag" for c in fake.calls)
     assert not (bundle / "fp32").exists()  # the fp32 graphs served the build and are gone
     assert timing_cache_path(bundle, "10.13.0.35", "9.0").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(

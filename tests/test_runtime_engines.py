@@ -21,6 +21,7 @@ from bigmodel.runtime.engines import (
     parse_version,
     select_engines,
     split_batches,
+    tensorrt_version_fits,
 )
 
 
@@ -64,16 +65,39 @@ def test_compute_capability_two_digit_majors_and_bad_values():
         parse_version("unknown")
 
 
-def test_engine_for_this_gpu_and_tensorrt_passes_even_across_patch_releases():
+def test_engine_runs_only_on_the_exact_tensorrt_version_that_built_it():
     check_engine_compat(engine(), "10.13.0.35", "9.0")
-    check_engine_compat(engine(), "10.13.3.9", "sm_90")
+    check_engine_compat(engine(), "10.13.0.35", "sm_90")
+    for other in ("10.13.3.9", "10.13.0.36", "10.13"):  # a patch or build apart is another TensorRT
+        with pytest.raises(BundleError, match="exact TensorRT version that built it"):
+            check_engine_compat(engine(), other, "9.0")
+
+
+@pytest.mark.parametrize("built,here,compatible,fits", [
+    ("10.13.0.35", "10.13.0.35", False, True),
+    ("10.13.0.35", "10.13.0.36", False, False),
+    ("10.13.0.35", "10.14.1.48", False, False),
+    ("10.13.0.35", "10.14.1.48", True, True),  # version-compatible: later releases of the same major
+    ("10.13.0.35", "10.13.0.35", True, True),
+    ("10.13.0.35", "10.12.0.36", True, False),  # never an older TensorRT
+    ("10.13.0.35", "11.0.0.114", True, False),  # nor another major
+    ("10.13", "10.13.0.0", False, True),
+])
+def test_tensorrt_version_rule(built, here, compatible, fits):
+    assert tensorrt_version_fits(built, here, compatible) is fits
+    spec = dataclasses.replace(engine(trt=built), version_compatible=compatible)
+    if fits:
+        check_engine_compat(spec, here, "9.0")
+    else:
+        with pytest.raises(BundleError, match=f"TensorRT {built} \\(here: {here}; "):
+            check_engine_compat(spec, here, "9.0")
 
 
 @pytest.mark.parametrize("local_trt,local_cc,parts", [
-    ("10.14.0", "9.0", ["TensorRT 10.13.0.35 (here: 10.14.0)"]),
-    ("11.0.0", "9.0", ["TensorRT 10.13.0.35 (here: 11.0.0)"]),
-    ("10.13.0", "8.6", ["compute capability 9.0 (NVIDIA H200) (here: 8.6)"]),
-    ("10.9.0", "12.0", ["TensorRT 10.13.0.35 (here: 10.9.0)", "compute capability 9.0 (NVIDIA H200) (here: 12.0)"]),
+    ("10.14.0", "9.0", ["TensorRT 10.13.0.35 (here: 10.14.0; an engine runs only on the exact"]),
+    ("11.0.0", "9.0", ["TensorRT 10.13.0.35 (here: 11.0.0;"]),
+    ("10.13.0.35", "8.6", ["compute capability 9.0 (NVIDIA H200) (here: 8.6)"]),
+    ("10.9.0", "12.0", ["TensorRT 10.13.0.35 (here: 10.9.0;", "compute capability 9.0 (NVIDIA H200) (here: 12.0)"]),
 ])
 def test_engine_for_another_gpu_or_tensorrt_is_a_bundle_error_naming_both(local_trt, local_cc, parts):
     with pytest.raises(BundleError) as e:
@@ -90,25 +114,25 @@ def test_select_engines_one_per_role_preferring_the_bundle_precision_and_this_gp
     h200 = [engine("encoder"), engine("decoder")]
     h200_fp16 = [engine("encoder", precision="fp16"), engine("decoder", precision="fp16")]
     m = manifest(a100 + h200_fp16 + h200)
-    chosen = select_engines(m, "10.13.1", "9.0")
+    chosen = select_engines(m, "10.13.0.35", "9.0")
     assert chosen == {"encoder": h200[0], "decoder": h200[1]}
-    assert select_engines(m, "10.13.1", "8.0") == {"encoder": a100[0], "decoder": a100[1]}
-    assert select_engines(m, "10.13.1", "9.0", precision="fp16") == {"encoder": h200_fp16[0],
+    assert select_engines(m, "10.13.0.35", "8.0") == {"encoder": a100[0], "decoder": a100[1]}
+    assert select_engines(m, "10.13.0.35", "9.0", precision="fp16") == {"encoder": h200_fp16[0],
                                                                      "decoder": h200_fp16[1]}
     with pytest.raises(BundleError, match="role encoder has no int8 engine; it has fp16, fp32"):
-        select_engines(m, "10.13.1", "9.0", precision="int8")
+        select_engines(m, "10.13.0.35", "9.0", precision="int8")
     only_fp16 = manifest(h200_fp16)  # an fp32 bundle whose only engines are fp16: take them
-    assert select_engines(only_fp16, "10.13", "9.0")["decoder"].precision == "fp16"
+    assert select_engines(only_fp16, "10.13.0.35", "9.0")["decoder"].precision == "fp16"
 
 
 def test_select_engines_errors():
     with pytest.raises(BundleError, match="has no TensorRT engines.*--engine"):
-        select_engines(manifest(), "10.13", "9.0")
+        select_engines(manifest(), "10.13.0.35", "9.0")
     with pytest.raises(BundleError, match="engines for decoder but none for role encoder"):
-        select_engines(manifest([engine("decoder")]), "10.13", "9.0")
+        select_engines(manifest([engine("decoder")]), "10.13.0.35", "9.0")
     two = manifest([engine("encoder", cc="8.0"), engine("encoder", cc="8.6"), engine("decoder")])
     with pytest.raises(BundleError) as e:
-        select_engines(two, "10.13", "9.0")
+        select_engines(two, "10.13.0.35", "9.0")
     assert "no engine for role encoder fits this machine" in str(e.value)
     assert "(here: 9.0)" in str(e.value) and "compute capability 8.0" in str(e.value) and "8.6" in str(e.value)
     with pytest.raises(BundleError, match=r"built for TensorRT 10.13.0.35 \(here: 10.12"):
@@ -124,7 +148,7 @@ def test_malformed_profiles_are_bundle_errors(profile):
     if isinstance(profile, dict):
         with pytest.raises(BundleError, match="profile"):
             select_engines(manifest([dataclasses.replace(engine("encoder"), profile=profile), engine()]),
-                           "10.13", "9.0")
+                           "10.13.0.35", "9.0")
 
 
 def test_profile_and_buffer_sizes():
@@ -180,13 +204,83 @@ def test_unavailable_reason_checks_cuda_python_and_the_gpu(monkeypatch):
 def test_ort_trt_provider_options_profile_precision_and_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("BIGMODEL_CACHE", str(tmp_path))
     m = manifest([engine("decoder", profile={"min": 2, "opt": 16, "max": 128})], precision="fp16")
-    dec = ort_backend.trt_provider_options(m, "decoder")
+    dec = ort_backend.trt_provider_options(m, "decoder", device_id=1)
     assert dec["trt_profile_min_shapes"] == "z:2x20"
     assert dec["trt_profile_opt_shapes"] == "z:16x20"
     assert dec["trt_profile_max_shapes"] == "z:128x20"
-    assert dec["trt_fp16_enable"] is True and dec["trt_int8_enable"] is False
+    # fp16 precision is the graph's own: trt_fp16_enable would let TensorRT lower the kept fp32 islands
+    assert dec["trt_fp16_enable"] is False and dec["trt_int8_enable"] is False and dec["device_id"] == 1
     assert dec["trt_engine_cache_enable"] is True
     assert dec["trt_engine_cache_path"].startswith(str(tmp_path / "ort-trt"))
+    assert dec["trt_engine_cache_path"].endswith("no-tf32")  # an engine built with TF32 is never reused without
+    assert ort_backend.trt_provider_options(m, "decoder", tf32=True)["trt_engine_cache_path"].endswith("/tf32")
     enc = ort_backend.trt_provider_options(m, "encoder")  # no engine for it: the export defaults
     assert enc["trt_profile_max_shapes"] == "x:1024x1x28x28" and enc["trt_profile_min_shapes"] == "x:1x1x28x28"
-    assert ort_backend.trt_provider_options(manifest(), "decoder")["trt_fp16_enable"] is False
+
+
+@pytest.mark.parametrize("form, int8", [("qdq-int8-symmetric", True), ("qdq-other", False), ("integer-ops", False),
+                                        ("matmul-nbits", False), ("float", False), (None, False)])
+def test_ort_trt_int8_only_for_signed_symmetric_qdq_graphs(form, int8):
+    assert ort_backend.trt_provider_options(manifest(precision="int8"), "decoder", form)["trt_int8_enable"] is int8
+    assert ort_backend.trt_provider_options(manifest(precision="fp32"), "decoder", form)["trt_int8_enable"] is False
+
+
+CPU_EP = ("CPUExecutionProvider", {})
+
+
+@pytest.mark.parametrize("name, tf32, strict, expect", [
+    ("ort-cpu", False, True, [CPU_EP]),
+    ("ort-cuda", False, False, [("CUDAExecutionProvider", {"device_id": 2, "use_tf32": 0}), CPU_EP]),
+    ("ort-cuda", True, False, [("CUDAExecutionProvider", {"device_id": 2, "use_tf32": 1}), CPU_EP]),
+    ("ort-cuda", False, True, [("CUDAExecutionProvider", {"device_id": 2, "use_tf32": 0})]),
+])
+def test_provider_chain_per_tf32_choice_device_and_strictness(name, tf32, strict, expect):
+    assert ort_backend.providers_for(name, manifest(), "decoder", tf32=tf32, device_id=2, strict=strict) == expect
+
+
+def test_ort_trt_chain_and_tf32_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("BIGMODEL_CACHE", str(tmp_path))
+    chain = ort_backend.providers_for("ort-trt", manifest(), "decoder", device_id=1, strict=True)
+    assert [p for p, _ in chain] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]  # strict: no CPU
+    assert chain[0][1]["device_id"] == 1 and chain[1][1] == {"device_id": 1, "use_tf32": 0}
+    env: dict[str, str] = {}
+    assert ort_backend.tf32_environment("ort-trt", False, env) is False and env == {"NVIDIA_TF32_OVERRIDE": "0"}
+    assert ort_backend.tf32_environment("ort-trt", True, env) is False  # process-wide: once off, off
+    assert ort_backend.tf32_environment("ort-cuda", True, {}) is True and ort_backend.tf32_environment("ort-cuda",
+                                                                                                   False, {}) is False
+    assert ort_backend.tf32_environment("ort-cpu", True, {}) is False
+
+
+def test_probe_graph_is_the_tiny_graph_it_claims_and_runs_on_the_cpu():
+    """The embedded probe bytes are the model onnx.helper writes, and onnxruntime computes relu(x @ w) with it."""
+    import onnx
+    import onnx.helper as h
+    import onnxruntime as ort
+
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])
+    w = h.make_tensor("w", onnx.TensorProto.FLOAT, [2, 2], [1, -2, 3, 4])
+    g = h.make_graph([h.make_node("MatMul", ["x", "w"], ["t"]), h.make_node("Relu", ["t"], ["y"])], "probe", [x], [y],
+                     [w])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], producer_name="bigmodel")
+    model.ir_version = 8
+    assert model.SerializeToString() == ort_backend.PROBE_GRAPH
+    got = ort.InferenceSession(ort_backend.PROBE_GRAPH, providers=["CPUExecutionProvider"]).run(
+        None, {"x": ort_backend.PROBE_INPUT})[0]
+    want = np.maximum(ort_backend.PROBE_INPUT @ np.array([[1, -2], [3, 4]], np.float32), 0)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(ort_backend.PROBE_OUTPUT, want)
+
+
+def test_gpu_providers_listed_but_not_loadable_are_unavailable(monkeypatch):
+    """get_available_providers() lists what the wheel was built with; the probe session decides."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    ort_backend.probe.cache_clear()
+    try:
+        reason = ort_backend.unavailable_reason("ort-cuda", 0)
+    finally:
+        ort_backend.probe.cache_clear()
+    # this CPU wheel cannot make a CUDA session: the probe says so instead of calling ort-cuda available
+    assert reason is not None and "cannot create a session" in reason or "put the probe session on" in reason

@@ -6,12 +6,13 @@ that CPU tests cover. `build_engines` is the only code that touches the `tensorr
 written against TensorRT's documented Python API (10.x and 11.x); it has not been executed on
 this project's machines, which have no TensorRT (see GPU.md).
 
-Precision by TensorRT version:
-- 10.x: weakly typed network, precision by builder flags: fp16 engines from the fp32 graph with
-  BuilderFlag.FP16 (TensorRT picks per layer), int8 from the QDQ graph with BuilderFlag.INT8.
-- 11.x: builder precision flags are gone; a strongly typed network from the bundle's own fp16
-  graph (fp32 islands and Casts already in it) or QDQ int8 graph.
-fp32 engines clear TF32 so they match the fp32 graph.
+Precision lives in the graph, on every TensorRT >= 10: a strongly typed network parsed from the
+bundle's own graph -- fp32, fp16 (the fp32 islands and Casts our fp16 pass kept are honoured, which
+a weakly typed build with BuilderFlag.FP16 may drop) or int8 QDQ. TensorRT 10 needs
+NetworkDefinitionCreationFlag.STRONGLY_TYPED (weak typing is deprecated since 10.12); TensorRT 11
+networks are always strongly typed (the flag is deprecated and ignored, and BuilderFlag.FP16/INT8
+are gone), so no flag is passed there. BuilderFlag.TF32 (on by default) is cleared unless TF32 is
+asked for, so fp32 layers match the fp32 graph.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ WORKSPACE_BYTES = 4 * 1024**3
 
 @dataclass(frozen=True)
 class PrecisionPlan:
-    """How to build one engine: builder flags to set/clear, strong typing, and which ONNX file to parse."""
+    """How to build one engine: network creation flags, builder flags to set/clear, which ONNX file to parse."""
 
-    flags: tuple[str, ...]
-    clear_flags: tuple[str, ...]
-    strongly_typed: bool
-    onnx_file: str  # relative to the bundle folder
-    io_fp16: bool = False  # weakly typed build from an fp32 graph for an fp16-I/O bundle: set I/O dtypes
+    network_flags: tuple[str, ...]  # NetworkDefinitionCreationFlag names
+    flags: tuple[str, ...]  # BuilderFlag names to set
+    clear_flags: tuple[str, ...]  # BuilderFlag names to clear
+    onnx_file: str  # relative to the bundle folder: always the bundle's own graph
+    strongly_typed: bool = True
 
 
 def trt_major(trt_version: str) -> int:
@@ -49,12 +50,12 @@ def trt_major(trt_version: str) -> int:
         raise InputError(f"cannot read a TensorRT version from {trt_version!r}; expected e.g. '10.13.0'") from e
 
 
-def precision_plan(trt_version: str, precision: str, role_file: str, io: str = "fp32",
-                   fp32_dir: str = "fp32") -> PrecisionPlan:
-    """Flags, typing and source graph for a `precision` engine of the graph `role_file` under TensorRT `trt_version`.
+def precision_plan(trt_version: str, precision: str, role_file: str, tf32: bool = False) -> PrecisionPlan:
+    """Network flags, builder flags and source graph for a `precision` engine of `role_file` under `trt_version`.
 
     >>> precision_plan("10.13.0", "fp16", "decoder.onnx")
-    PrecisionPlan(flags=('FP16',), clear_flags=(), strongly_typed=False, onnx_file='fp32/decoder.onnx', io_fp16=False)
+    PrecisionPlan(network_flags=('STRONGLY_TYPED',), flags=(), clear_flags=('TF32',), onnx_file='decoder.onnx', \
+strongly_typed=True)
     """
     major = trt_major(trt_version)
     if major < MIN_TRT:
@@ -62,13 +63,9 @@ def precision_plan(trt_version: str, precision: str, role_file: str, io: str = "
                                  f">= {MIN_TRT}; install it with: pip install 'bigmodel[tensorrt]'")
     if precision not in ("fp32", "fp16", "int8"):
         raise InputError(f"no TensorRT precision plan for {precision!r}; expected fp32, fp16 or int8")
-    if precision == "fp32":
-        return PrecisionPlan((), ("TF32",), major >= 11, role_file)
-    if major == 10:
-        if precision == "fp16":
-            return PrecisionPlan(("FP16",), (), False, f"{fp32_dir}/{role_file}", io_fp16=io == "fp16")
-        return PrecisionPlan(("INT8",), (), False, role_file)  # explicit quantization: the QDQ graph
-    return PrecisionPlan((), (), True, role_file)  # 11+: precision lives in the graph
+    network = ("STRONGLY_TYPED",) if major == 10 else ()  # 11+: always strongly typed, the flag is ignored
+    tf32_flags: tuple[tuple[str, ...], tuple[str, ...]] = (("TF32",), ()) if tf32 else ((), ("TF32",))
+    return PrecisionPlan(network, *tf32_flags, role_file)
 
 
 def profile_shapes(manifest: Manifest, role: str, opt_batch: int, max_batch: int) -> dict[str, tuple[tuple, ...]]:
@@ -99,16 +96,15 @@ def timing_cache_path(bundle: Path, trt_version: str, compute_capability: str) -
 
 
 def engine_entry(role: str, engine: Path, trt_version: str, compute_capability: str, precision: str,
-                 opt_batch: int, max_batch: int, device_name: str = "") -> EngineSpec:
+                 opt_batch: int, max_batch: int, device_name: str = "", tf32: bool = False) -> EngineSpec:
     """The manifest entry for one built engine (file relative to the bundle)."""
     return EngineSpec(role=role, file=f"{ENGINE_DIR}/{Path(engine).name}", sha256=sha256_file(engine),
                       tensorrt_version=trt_version, compute_capability=compute_capability, precision=precision,
-                      profile={"min": 1, "opt": opt_batch, "max": max_batch}, device_name=device_name)
+                      profile={"min": 1, "opt": opt_batch, "max": max_batch}, device_name=device_name, tf32=tf32)
 
 
 @dataclass(frozen=True)
 class TensorRTTarget:
-    trt: object  # the tensorrt module
     version: str
     compute_capability: str  # "9.0"
     device_name: str
@@ -129,8 +125,9 @@ def require_tensorrt(import_module: Callable = importlib.import_module, gpu: Cal
                        "they will run on")
     if missing:
         raise BackendUnavailable("--engine needs TensorRT and an NVIDIA GPU: " + "; and ".join(missing))
+    assert trt is not None and found is not None
     cc, name = found
-    return TensorRTTarget(trt, str(trt.__version__), cc, name)
+    return TensorRTTarget(str(trt.__version__), cc, name)
 
 
 def _cuda_gpu() -> tuple[str, str] | None:
@@ -146,10 +143,13 @@ def build_engines(bundle: Path, manifest: Manifest, opts, out: Path, say: Callab
     """Build one engine per role into `bundle/engines/` and add them to `manifest.engines`.
 
     `out` is where the bundle will live: the timing cache is read from and written beside it.
-    This is the only function that calls TensorRT.
+    This is the only function that calls TensorRT (the real module, so its calls are type-checked).
     """
     target = require_tensorrt()
-    trt, version, cc = target.trt, target.version, target.compute_capability
+    import tensorrt as trt
+
+    version, cc = target.version, target.compute_capability
+    tf32 = bool(getattr(opts, "tf32", False))
     logger = trt.Logger(trt.Logger.WARNING)
     cache_file = timing_cache_path(out, version, cc)
     cache_blob = cache_file.read_bytes() if cache_file.is_file() else b""
@@ -157,30 +157,25 @@ def build_engines(bundle: Path, manifest: Manifest, opts, out: Path, say: Callab
     entries = []
     for role, spec in manifest.roles.items():
         t0 = time.perf_counter()
-        plan = precision_plan(version, manifest.precision, spec.file, opts.io)
+        plan = precision_plan(version, manifest.precision, spec.file, tf32)
         builder = trt.Builder(logger)
-        flags = 0
-        if plan.strongly_typed:
-            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        network = builder.create_network(flags)
+        network_flags = 0
+        for name in plan.network_flags:
+            network_flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+        network = builder.create_network(network_flags)
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(bundle / plan.onnx_file)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise ExportError(f"TensorRT {version} cannot parse {plan.onnx_file}: {errors[:400]}")
-        if plan.io_fp16:
-            for tensor in [*(network.get_input(i) for i in range(network.num_inputs)),
-                           *(network.get_output(i) for i in range(network.num_outputs))]:
-                tensor.dtype = trt.float16
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
         for flag in plan.flags:
             config.set_flag(getattr(trt.BuilderFlag, flag))
         for flag in plan.clear_flags:
-            if hasattr(trt.BuilderFlag, flag):
-                config.clear_flag(getattr(trt.BuilderFlag, flag))
+            config.clear_flag(getattr(trt.BuilderFlag, flag))
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in profile_shapes(manifest, role, opts.opt_batch, opts.max_batch).items():
-            profile.set_shape(name, lo, opt, hi)
+            profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
         config.add_optimization_profile(profile)
         cache = config.create_timing_cache(cache_blob)
         config.set_timing_cache(cache, False)
@@ -191,9 +186,9 @@ def build_engines(bundle: Path, manifest: Manifest, opts, out: Path, say: Callab
         atomic_write_bytes(engine, bytes(serialized))
         cache_blob = bytes(config.get_timing_cache().serialize())
         entries.append(engine_entry(role, engine, version, cc, manifest.precision, opts.opt_batch, opts.max_batch,
-                                    target.device_name))
-        say(f"{role}: TensorRT {version} {manifest.precision} engine for sm{cc} "
-            f"(batch 1/{opts.opt_batch}/{opts.max_batch}) in {time.perf_counter() - t0:.1f}s")
+                                    target.device_name, tf32))
+        say(f"{role}: TensorRT {version} {manifest.precision} engine (strongly typed, TF32 {'on' if tf32 else 'off'}) "
+            f"for sm{cc} (batch 1/{opts.opt_batch}/{opts.max_batch}) in {time.perf_counter() - t0:.1f}s")
     atomic_write_bytes(cache_file, cache_blob)
     manifest.engines = entries
     return entries

@@ -48,30 +48,33 @@ def verify_files(path: str | os.PathLike, manifest: Manifest, engines: bool = Fa
                               f"got {got[:16]}... (the file changed after export; re-export the bundle)")
 
 
-def backend_status(names: tuple[str, ...] = BACKENDS) -> dict[str, str | None]:
-    """Each backend name -> None if it can run here, else the reason it cannot."""
+def backend_status(names: tuple[str, ...] = BACKENDS, device_id: int = 0) -> dict[str, str | None]:
+    """Each backend name -> None if it can run here (GPU ones: a session or device was really created on
+    GPU `device_id`), else the reason it cannot."""
     status: dict[str, str | None] = {}
     for name in names:
         if name == "tensorrt":
             from bigmodel.runtime.backends import tensorrt
 
-            status[name] = tensorrt.unavailable_reason()
+            status[name] = tensorrt.unavailable_reason(device_id)
         else:
             from bigmodel.runtime.backends import ort
 
-            status[name] = ort.unavailable_reason(name)
+            status[name] = ort.unavailable_reason(name, device_id)
     return status
 
 
-def resolve_backend(backend: str, device: str, manifest: Manifest) -> str:
+def resolve_backend(backend: str, device: str, manifest: Manifest, device_id: int | None = None) -> str:
     """A concrete backend name from (backend, device).
 
     'auto' picks the fastest available for the device: tensorrt (when the bundle has engines),
     then ort-trt, ort-cuda, and ort-cpu when the device is cpu or auto without a GPU. 'ort' means
     ort-cpu or ort-cuda by device. A cuda request nothing here can serve raises BackendUnavailable.
+    device may name a GPU: cuda:1.
     """
-    if device not in DEVICES:
-        raise InputError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    from bigmodel.runtime.backends import parse_device
+
+    device, device_id = parse_device(device, device_id)
     if backend in BACKENDS:
         if device == "cpu" and backend in GPU_BACKENDS:
             raise InputError(f"backend {backend} runs on a GPU; got device='cpu' (use backend='ort-cpu')")
@@ -80,7 +83,7 @@ def resolve_backend(backend: str, device: str, manifest: Manifest) -> str:
         return backend
     if backend == "ort":
         if device == "auto":
-            return "ort-cuda" if backend_status(("ort-cuda",))["ort-cuda"] is None else "ort-cpu"
+            return "ort-cuda" if backend_status(("ort-cuda",), device_id)["ort-cuda"] is None else "ort-cpu"
         return {"cpu": "ort-cpu", "cuda": "ort-cuda"}[device]
     if backend != "auto":
         raise InputError(f"backend must be auto, ort or one of {', '.join(BACKENDS)}; got {backend!r}")
@@ -89,7 +92,7 @@ def resolve_backend(backend: str, device: str, manifest: Manifest) -> str:
     order = ("tensorrt", "ort-trt", "ort-cuda") if manifest.engines else ("ort-trt", "ort-cuda")
     reasons = []
     for name in order:
-        reason = backend_status((name,))[name]
+        reason = backend_status((name,), device_id)[name]
         if reason is None:
             return name
         reasons.append(f"{name}: {reason}")
@@ -99,18 +102,20 @@ def resolve_backend(backend: str, device: str, manifest: Manifest) -> str:
     return "ort-cpu"
 
 
-def _make_backend(path: Path, manifest: Manifest, name: str, threads: int | None, precision: str | None):
+def _make_backend(path: Path, manifest: Manifest, name: str, threads: int | None, precision: str | None,
+                  device_id: int = 0, tf32: bool = False, strict: bool = False):
     if name == "tensorrt":
         from bigmodel.runtime.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(path, manifest, precision=precision)
+        return TensorRTBackend(path, manifest, precision=precision, device=device_id)
     from bigmodel.runtime.backends.ort import OrtBackend
 
-    return OrtBackend(path, manifest, name, threads=threads)
+    return OrtBackend(path, manifest, name, threads=threads, device_id=device_id, tf32=tf32, strict=strict)
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", threads: int | None = None,
-         fallback: bool = False, verify: bool = True, precision: str | None = None) -> Model:
+         fallback: bool = False, verify: bool = True, precision: str | None = None,
+         device_id: int | None = None, tf32: bool = False, strict: bool = False) -> Model:
     """Load a bundle folder (manifest.json + role graphs [+ engines/]) for inference.
 
     backend: auto | ort | ort-cpu | ort-cuda | ort-trt | tensorrt; device: auto | cpu | cuda.
@@ -121,6 +126,11 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     anything runs. Engines are always checked against this machine's TensorRT version and GPU
     compute capability before they are deserialised.
     precision: tensorrt only: which engine precision to use when the bundle has several.
+    device_id (or device='cuda:N'): which GPU. tf32: let onnxruntime's GPU providers use TF32 for
+    fp32 MatMul/Conv (off by default, so fp32 bundles match their fp32 graphs; TensorRT engines
+    carry the choice they were built with). strict: onnxruntime may not fall back to the CPU
+    provider for any node (a CheckFailed names the nodes); per-provider node counts land in
+    `model.backend.settings["placement"]`.
 
     >>> model = load("runs/vae/bundle", device="cpu", threads=2)
     """
@@ -130,9 +140,12 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
         raise InputError(f"threads must be a positive integer or None; got {threads!r}")
     if verify:
         verify_files(path, manifest)
+    from bigmodel.runtime.backends import parse_device
+
+    _, gpu = parse_device(device, device_id)
     name = None
     try:
-        name = resolve_backend(backend, device, manifest)
+        name = resolve_backend(backend, device, manifest, device_id)
         if name == "tensorrt":
             if not manifest.engines:
                 from bigmodel.runtime.engines import NO_ENGINES
@@ -140,7 +153,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
                 raise BundleError(NO_ENGINES.format(path=path))
             if verify:
                 verify_files(path, manifest, engines=True, roles=False)
-        impl = _make_backend(path, manifest, name, threads, precision)
+        impl = _make_backend(path, manifest, name, threads, precision, gpu, tf32, strict)
     except BackendUnavailable as e:
         if name == "ort-cpu":
             raise

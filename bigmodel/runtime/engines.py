@@ -63,17 +63,34 @@ def normalize_cc(cc) -> str:
     raise BundleError(f"cannot read a compute capability from {cc!r}; expected something like '9.0' or 'sm_90'")
 
 
+def tensorrt_version_fits(built: str, here: str, version_compatible: bool = False) -> bool:
+    """Whether an engine serialised by TensorRT `built` deserialises under TensorRT `here`.
+
+    TensorRT's rule: a plan file runs only on the TensorRT version that built it, patch and build
+    number included; one built with BuilderFlag.VERSION_COMPATIBLE also runs on later versions of
+    the same major (its lean runtime travels inside the plan).
+    """
+    b, h = parse_version(built), parse_version(here)
+    width = max(len(b), len(h))
+    b, h = b + (0,) * (width - len(b)), h + (0,) * (width - len(h))
+    if version_compatible:
+        return b[0] == h[0] and h >= b
+    return b == h
+
+
 def check_engine_compat(spec: EngineSpec, local_trt_version: str, local_cc) -> None:
     """None if `spec` can be deserialised here, else a BundleError naming what was built and what is here.
 
-    TensorRT's major.minor must match exactly and the compute capability must be the same
-    (engines are not portable across GPU architectures or TensorRT releases).
+    The TensorRT version must match exactly (see `tensorrt_version_fits`) and the compute
+    capability must be the same (engines are not portable across GPU architectures).
     """
-    built_v, here_v = parse_version(spec.tensorrt_version), parse_version(local_trt_version)
     built_cc, here_cc = normalize_cc(spec.compute_capability), normalize_cc(local_cc)
+    compatible = bool(getattr(spec, "version_compatible", False))
     problems = []
-    if built_v[:2] != here_v[:2]:
-        problems.append(f"TensorRT {spec.tensorrt_version} (here: {local_trt_version})")
+    if not tensorrt_version_fits(spec.tensorrt_version, local_trt_version, compatible):
+        rule = ("a version-compatible engine runs on the same or a later TensorRT of its major version"
+                if compatible else "an engine runs only on the exact TensorRT version that built it")
+        problems.append(f"TensorRT {spec.tensorrt_version} (here: {local_trt_version}; {rule})")
     if built_cc != here_cc:
         gpu = f" ({spec.device_name})" if spec.device_name else ""
         problems.append(f"compute capability {built_cc}{gpu} (here: {here_cc})")

@@ -8,13 +8,16 @@ on another provider than the one asked for is an error (BackendUnavailable), nev
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from bigmodel.errors import BackendUnavailable, BundleError, missing_package
+from bigmodel.errors import BackendUnavailable, BundleError, CheckFailed, missing_package
 from bigmodel.manifest import BATCH, Manifest
 
 # backend name -> onnxruntime providers, most preferred first
@@ -53,8 +56,45 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def unavailable_reason(name: str) -> str | None:
-    """None when `name` can run here, else why not (and what installs it)."""
+# A 131-byte ONNX graph (opset 17): y = Relu(x @ w), x (1, 2) float32, w = [[1, -2], [3, 4]]. Creating a
+# session on it and running it is the only proof that a provider's libraries load and its kernels run
+# (get_available_providers() lists what the wheel was built with, not what loads).
+PROBE_GRAPH = base64.b64decode(
+    "CAgSCGJpZ21vZGVsOm8KEQoBeAoBdxIBdCIGTWF0TXVsCgwKAXQSAXkiBFJlbHUSBXByb2JlKhsIAggCEAEiEAAAgD8AAADAAABAQAAAgEBCAXda"
+    "EwoBeBIOCgwIARIICgIIAQoCCAJiEwoBeRIOCgwIARIICgIIAQoCCAJCBAoAEBE=")
+PROBE_INPUT = np.array([[1.0, 1.0]], np.float32)
+PROBE_OUTPUT = np.array([[4.0, 2.0]], np.float32)  # relu([1 + 3, -2 + 4])
+TF32_ENV = "NVIDIA_TF32_OVERRIDE"  # read by cuBLAS/cuDNN/TensorRT; "0" turns TF32 off for the process
+STRICT_KEY = "session.disable_cpu_ep_fallback"  # onnxruntime: fail session creation if any node lands on CPU
+DATA_MOVEMENT = ("MemcpyFromHost", "MemcpyToHost")  # inserted by onnxruntime between providers; not compute
+
+
+def preload_cuda_libraries() -> str | None:
+    """`onnxruntime.preload_dlls()` (1.21+) once per process, so a torch-free process finds cuDNN/cuBLAS.
+
+    torch loads the same libraries when it is imported first, so nothing is done then. Returns
+    what happened (None when nothing was tried), for doctor.
+    """
+    return _preload()
+
+
+@functools.lru_cache(maxsize=1)
+def _preload() -> str | None:
+    if "torch" in sys.modules:
+        return None
+    ort = import_ort()
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return f"onnxruntime {ort.__version__} has no preload_dlls (1.21+); CUDA libraries come from the library path"
+    try:
+        preload()
+    except Exception as e:  # a missing nvidia-* package or library: the session probe reports the consequence
+        return f"onnxruntime.preload_dlls() failed: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+    return "onnxruntime.preload_dlls() done"
+
+
+def unavailable_reason(name: str, device_id: int = 0) -> str | None:
+    """None when `name` can run here (a session on a tiny graph was created and ran on it), else why not."""
     try:
         ort = import_ort()
     except BackendUnavailable as e:
@@ -64,6 +104,33 @@ def unavailable_reason(name: str) -> str | None:
     if wanted not in available:
         return (f"onnxruntime {ort.__version__} here has no {wanted} (it has {', '.join(available)}); "
                 f"install pip install 'bigmodel[{EXTRA[name]}]' on a machine with an NVIDIA GPU")
+    if name == "ort-cpu":
+        return None
+    return probe(name, device_id)
+
+
+@functools.cache
+def probe(name: str, device_id: int = 0) -> str | None:
+    """Create a session for provider `name` on PROBE_GRAPH and run it: None if it ran there, else the reason."""
+    ort = import_ort()
+    preload_cuda_libraries()
+    wanted = PROVIDERS[name][0]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry(STRICT_KEY, "1")  # a provider that cannot take the graph fails here
+    try:
+        with warnings.catch_warnings():  # onnxruntime warns before failing; the reason below says it once
+            warnings.simplefilter("ignore")
+            session = ort.InferenceSession(PROBE_GRAPH, opts, providers=[(wanted, {"device_id": str(device_id)})])
+        used = session.get_providers()
+        got = session.run(None, {"x": PROBE_INPUT})[0]
+    except Exception as e:  # onnxruntime raises its own exception types
+        text = " ".join(str(e).split())[:400] or type(e).__name__
+        return f"onnxruntime lists {wanted} but cannot create a session on it (GPU {device_id}): {text}"
+    if not used or used[0] != wanted:
+        return f"onnxruntime lists {wanted} but put the probe session on {', '.join(used)} (its libraries did not load)"
+    if not np.allclose(got, PROBE_OUTPUT):
+        return f"{wanted} ran the probe graph but returned {got.tolist()}, expected {PROBE_OUTPUT.tolist()}"
     return None
 
 
@@ -82,26 +149,114 @@ def role_profile(manifest: Manifest, role: str) -> dict[str, int]:
     return dict(DEFAULT_PROFILE)
 
 
-def trt_provider_options(manifest: Manifest, role: str) -> dict[str, object]:
-    """TensorrtExecutionProvider options for one role: engine/timing cache, precision, explicit shape profile."""
+def trt_provider_options(manifest: Manifest, role: str, int8_form: str | None = None, tf32: bool = False,
+                         device_id: int = 0) -> dict[str, object]:
+    """TensorrtExecutionProvider options for one role: engine/timing cache, precision, explicit shape profile.
+
+    Precision comes from the graph, never from a flag that widens it: fp16 bundles are not given
+    `trt_fp16_enable` (which would let TensorRT run the fp32 islands the fp16 pass kept in fp16);
+    `trt_int8_enable` only for signed symmetric QDQ graphs (`int8_form`), the only int8 TensorRT runs.
+    Engines are cached per graph and TF32 choice (TF32 is decided when the engine is built).
+    """
     spec = manifest.roles[role]
     profile = role_profile(manifest, role)
     shapes = {}
     for k in ("min", "opt", "max"):
         shapes[k] = ",".join(
             f"{t.name}:" + "x".join(str(profile[k]) if d == BATCH else str(d) for d in t.shape) for t in spec.inputs)
-    folder = cache_dir() / "ort-trt" / spec.sha256[:16]
+    folder = cache_dir() / "ort-trt" / spec.sha256[:16] / ("tf32" if tf32 else "no-tf32")
     return {
+        "device_id": device_id,
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(folder),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(folder),
-        "trt_fp16_enable": manifest.precision == "fp16",
-        "trt_int8_enable": manifest.precision == "int8",
+        "trt_fp16_enable": False,
+        "trt_int8_enable": manifest.precision == "int8" and int8_form == "qdq-int8-symmetric",
         "trt_profile_min_shapes": shapes["min"],
         "trt_profile_opt_shapes": shapes["opt"],
         "trt_profile_max_shapes": shapes["max"],
     }
+
+
+def cuda_provider_options(tf32: bool = False, device_id: int = 0) -> dict[str, object]:
+    """CUDAExecutionProvider options: the GPU, and TF32 off unless asked for (onnxruntime's default is on)."""
+    return {"device_id": device_id, "use_tf32": int(bool(tf32))}
+
+
+def providers_for(name: str, manifest: Manifest, role: str, *, tf32: bool = False, device_id: int = 0,
+                  strict: bool = False, int8_form: str | None = None) -> list[tuple[str, dict[str, object]]]:
+    """The (provider, options) list for one role's session. Strict: no CPU provider to fall back to."""
+    chain: list[tuple[str, dict[str, object]]] = []
+    for p in PROVIDERS[name]:
+        if p == "TensorrtExecutionProvider":
+            chain.append((p, trt_provider_options(manifest, role, int8_form, tf32, device_id)))
+        elif p == "CUDAExecutionProvider":
+            chain.append((p, cuda_provider_options(tf32, device_id)))
+        elif name == "ort-cpu" or not strict:
+            chain.append((p, {}))
+    return chain
+
+
+def tf32_environment(name: str, tf32: bool, environ=os.environ) -> bool:
+    """Set NVIDIA_TF32_OVERRIDE=0 for ort-trt without TF32 (its only switch), before any session exists.
+
+    Returns whether TF32 may be used by the sessions created next (the variable is process-wide).
+    """
+    if name == "ort-trt" and not tf32:
+        environ[TF32_ENV] = "0"
+    if name == "ort-cpu":
+        return False
+    if environ.get(TF32_ENV) == "0":
+        return False
+    return bool(tf32)
+
+
+def placement(events: list[dict]) -> dict[str, int]:
+    """Nodes per provider from an onnxruntime profile (each node counted once, whatever the runs)."""
+    seen: dict[str, str] = {}
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("cat") == "Node" and "provider" in args:
+            seen[str(e.get("name", "")).removesuffix("_kernel_time")] = (args["provider"], args.get("op_name", ""))
+    counts: dict[str, int] = {}
+    for provider, _op in seen.values():
+        counts[provider] = counts.get(provider, 0) + 1
+    return counts
+
+
+def misplaced_nodes(events: list[dict], allowed: tuple[str, ...]) -> list[str]:
+    """'op on provider' for every compute node outside `allowed` (data-movement nodes excepted)."""
+    out = []
+    seen = set()
+    for e in events:
+        args = e.get("args") or {}
+        name = str(e.get("name", "")).removesuffix("_kernel_time")
+        if e.get("cat") != "Node" or "provider" not in args or name in seen:
+            continue
+        seen.add(name)
+        if args["provider"] not in allowed and args.get("op_name") not in DATA_MOVEMENT:
+            out.append(f"{args.get('op_name', name)} on {args['provider']}")
+    return out
+
+
+def profile_once(ort, path: str, opts, providers, feeds: dict[str, np.ndarray]) -> list[dict]:
+    """Run one profiled call on a fresh session and return onnxruntime's profile events (file removed)."""
+    import json
+    import tempfile
+
+    prof = ort.SessionOptions()
+    prof.graph_optimization_level = opts.graph_optimization_level
+    prof.log_severity_level = 3
+    if all(p != "CPUExecutionProvider" for p, _ in providers):
+        prof.add_session_config_entry(STRICT_KEY, "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        prof.enable_profiling = True
+        prof.profile_file_prefix = os.path.join(tmp, "placement")
+        session = ort.InferenceSession(path, prof, providers=providers)
+        session.run(None, feeds)
+        with open(session.end_profiling(), encoding="utf-8") as f:
+            return json.load(f)
 
 
 def _fast_run(session, outputs: list[str]):
@@ -133,45 +288,76 @@ def session_options(ort, threads: int | None):
 
 
 class OrtBackend:
-    """Sessions for every role of a bundle; `run` is thread-safe (onnxruntime sessions are)."""
+    """Sessions for every role of a bundle; `run` is thread-safe (onnxruntime sessions are).
+
+    device_id: the GPU for the CUDA and TensorRT providers. tf32: let fp32 MatMul/Conv use TF32
+    (off by default: onnxruntime's CUDA provider turns it on unless told, TensorRT too).
+    strict: no CPU provider to fall back to (`session.disable_cpu_ep_fallback`), and one profiled run
+    per role counts the nodes placed on each provider; any compute node off the asked-for provider
+    is a CheckFailed. `settings` says what was used (reported by bench and parity).
+    """
 
     def __init__(self, bundle: Path, manifest: Manifest, name: str = "ort-cpu", threads: int | None = None,
-                 provider_options: dict | None = None):
+                 provider_options: dict | None = None, device_id: int = 0, tf32: bool = False, strict: bool = False):
         if name not in PROVIDERS:
             raise BackendUnavailable(f"unknown onnxruntime backend {name!r}; expected one of {', '.join(PROVIDERS)}")
         ort = import_ort()
-        reason = unavailable_reason(name)
+        reason = unavailable_reason(name, device_id)
         if reason is not None:
             raise BackendUnavailable(f"backend {name}: {reason}")
         self.name = name
         self.threads = threads or physical_cores()
+        tf32_used = tf32_environment(name, tf32)  # before the first session: TensorRT reads it at build time
         opts = session_options(ort, self.threads)
+        if strict and name != "ort-cpu":
+            opts.add_session_config_entry(STRICT_KEY, "1")
         self.sessions = {}
         self._run: dict[str, object] = {}
         self._outputs: dict[str, list[str]] = {}
         self._profiles: dict[str, tuple[int, int]] = {}
+        self.placement: dict[str, dict[str, int]] = {}
         misplaced = []
         for role, spec in manifest.roles.items():
-            options = {p: dict((provider_options or {}).get(p, {})) for p in PROVIDERS[name]}
+            path = bundle / spec.file
+            form = None
+            if name == "ort-trt" and manifest.precision == "int8":
+                from bigmodel.runtime.backends.graph_form import graph_form
+
+                form = graph_form(path)
+            chain = providers_for(name, manifest, role, tf32=tf32, device_id=device_id, strict=strict,
+                                  int8_form=form)
+            extra = provider_options or {}
+            chain = [(p, {**o, **dict(extra.get(p, {}))}) for p, o in chain]
             if name == "ort-trt":
-                trt_options = trt_provider_options(manifest, role)
+                trt_options = chain[0][1]
                 try:
-                    Path(trt_options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+                    Path(str(trt_options["trt_engine_cache_path"])).mkdir(parents=True, exist_ok=True)
                 except OSError:  # no writable cache folder: build engines at every load instead
                     for key in ("trt_engine_cache_enable", "trt_timing_cache_enable"):
                         trt_options[key] = False
-                options["TensorrtExecutionProvider"] = {**trt_options, **options["TensorrtExecutionProvider"]}
                 p = role_profile(manifest, role)
                 self._profiles[role] = (p["min"], p["max"])
             try:
-                session = ort.InferenceSession(str(bundle / spec.file), opts,
-                                               providers=[(p, options[p]) for p in PROVIDERS[name]])
+                session = ort.InferenceSession(str(path), opts, providers=chain)
             except Exception as e:  # onnxruntime raises its own exception types
                 first = str(e).splitlines()[0][:300]
-                raise BundleError(f"onnxruntime cannot load {bundle / spec.file}: {first}") from e
+                if strict and name != "ort-cpu":
+                    raise CheckFailed(f"strict: {name} cannot hold every node of {role} without the CPU provider: "
+                                      f"{first}") from e
+                raise BundleError(f"onnxruntime cannot load {path}: {first}") from e
             used = session.get_providers()[0]
             if used != PROVIDERS[name][0]:
                 misplaced.append(f"{role} on {used}")
+            if strict:
+                lo = self._profiles.get(role, (1, 1))[0]
+                feeds = {t.name: np.zeros([lo if d == BATCH else int(d) for d in t.shape], t.dtype)
+                         for t in spec.inputs}
+                events = profile_once(ort, str(path), opts, chain, feeds)
+                self.placement[role] = placement(events)
+                off = misplaced_nodes(events, (PROVIDERS[name][0],))
+                if off:
+                    raise CheckFailed(f"strict: {name} placed {len(off)} node(s) of {role} off "
+                                      f"{PROVIDERS[name][0]}: {', '.join(off[:8])} (placement {self.placement[role]})")
             if hasattr(session, "disable_fallback"):
                 session.disable_fallback()  # never let onnxruntime retry a failed GPU run on the CPU silently
             self.sessions[role] = session
@@ -180,6 +366,11 @@ class OrtBackend:
         if misplaced:
             raise BackendUnavailable(f"backend {name}: onnxruntime put {', '.join(misplaced)}, not on "
                                      f"{PROVIDERS[name][0]} (its libraries could not be loaded)")
+        self.settings = {
+            "device_id": device_id if name != "ort-cpu" else None, "tf32": tf32_used, "strict": strict,
+            "tf32_env": os.environ.get(TF32_ENV), "placement": self.placement or None,
+            "int8_enable": (bool(chain[0][1].get("trt_int8_enable")) if name == "ort-trt" else None),
+        }
 
     def run(self, role: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self._run[role](feeds)
