@@ -262,6 +262,11 @@ def parity(
         None, help="Hold the bundle to this precision's tolerances (fp32, fp16, int8); default: its own precision."
     ),
     threads: int | None = typer.Option(None, help="CPU threads for the ort backends (default: physical cores)."),
+    device: str = typer.Option("auto", help="GPU of the GPU backends: cuda or cuda:N."),
+    strict: bool = typer.Option(False, "--strict", help="onnxruntime GPU backends: fail if any node falls back to "
+                                "the CPU provider; report the nodes placed on each provider."),
+    tf32: bool = typer.Option(False, "--tf32", help="Let fp32 MatMul/Conv use TF32 on the GPU (held to the tf32 "
+                              "tolerances); off by default."),
     save_inputs: Path | None = typer.Option(
         None, "--save-inputs", help="Also write each role's inputs to DIR/ROLE.json (for polygraphy --load-inputs)."
     ),
@@ -284,13 +289,16 @@ def parity(
     console = _console()
     with _parity_progress(console) as progress:
         report = run_parity(bundle, checkpoint=checkpoint, backends=backend, samples=samples, seed=seed, data=data,
-                            atol=atol, rtol=rtol, tolerances=tolerances, threads=threads, progress=progress)
+                            atol=atol, rtol=rtol, tolerances=tolerances, threads=threads, progress=progress,
+                            device=device, strict=strict, tf32=tf32)
     wide = console if console.is_terminal else _console_wide()
     for b in report.ran:
         wide.print(_parity_table(report, b))
     for b in report.backends:
         if b.status == "skipped":
             console.print(f"skipped {b.backend}: {b.reason}", soft_wrap=True, markup=False)
+        elif b.settings.get("placement"):
+            console.print(f"{b.backend} nodes per provider: {b.settings['placement']}", soft_wrap=True, markup=False)
     if save_inputs:
         files = write_inputs(bundle, save_inputs, samples=samples, seed=seed, data=data)
         console.print(f"inputs for polygraphy --load-inputs: {', '.join(str(f) for f in files)}", soft_wrap=True)
@@ -395,7 +403,7 @@ class _parity_progress:
 # ------------------------------------------------------------------------------------------- runtime
 # sample / encode / decode / info run on bigmodel.runtime (numpy + onnxruntime or TensorRT), never torch.
 _BACKEND_HELP = "auto, ort, ort-cpu, ort-cuda, ort-trt or tensorrt."
-_DEVICE_HELP = "auto, cpu or cuda."
+_DEVICE_HELP = "auto, cpu, cuda or cuda:N."
 
 
 def _runtime_model(bundle: Path, backend: str, device: str, threads: int | None, fallback: bool):
@@ -565,6 +573,7 @@ def info_cmd(
     console.print("versions: " + "  ".join(f"{k} {v}" for k, v in m["versions"].items()))
     console.print("backends here: " + "  ".join(
         f"{k} [green]yes[/green]" if v is None else f"{k} [dim]no[/dim]" for k, v in d["backends"].items()))
+    console.print("TF32 on the GPU: " + "; ".join(f"{k} {v}" for k, v in d.get("tf32", {}).items()), markup=False)
 
 
 def _check_cell(check: str) -> str:
@@ -575,7 +584,7 @@ def _check_cell(check: str) -> str:
 @app.command()
 def bench(
     bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs) from `bigmodel export`."),
-    device: str = typer.Option("cpu", help="cpu or cuda (torch runs there too)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (torch runs there too)."),
     backends: str | None = typer.Option(
         None, help="Comma-separated, from torch,torch-cudagraph,ort-cpu,ort-cuda,ort-trt,tensorrt "
                    "(default: torch,ort-cpu on cpu; all of them on cuda). Unavailable ones are listed as skipped."),
@@ -592,6 +601,10 @@ def bench(
     checkpoint: Path | None = typer.Option(None, help="Checkpoint for the torch baseline (default: "
                                                       "BUNDLE/../checkpoint.pt)."),
     seed: int = typer.Option(0, help="Seed of the random inputs."),
+    tf32: bool = typer.Option(False, "--tf32", help="CUDA: let fp32 MatMul/Conv use TF32 (torch, onnxruntime, "
+                              "TensorRT alike); off by default."),
+    strict: bool = typer.Option(False, "--strict", help="onnxruntime GPU backends: no node may fall back to the CPU "
+                                "provider (the backend is skipped with the reason otherwise)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON to this file."),
     plot: Path | None = typer.Option(None, "--plot", help="Write latency and throughput against batch size "
                                                           "to this PNG."),
@@ -608,7 +621,7 @@ def bench(
     settings = BenchSettings(
         device=device, backends=parse_list(backends, str, "--backends"), roles=parse_list(roles, str, "--roles"),
         batch_sizes=parse_list(batch_sizes, int, "--batch-sizes") or (), warmup=warmup, iters=iters,
-        duration=duration, threads=threads, copies=copies, checkpoint=checkpoint, seed=seed)
+        duration=duration, threads=threads, copies=copies, checkpoint=checkpoint, seed=seed, tf32=tf32, strict=strict)
     console = _console_for_tables()
     with _bench_progress(console) as report_progress:
         report = run_bench(bundle, settings, progress=report_progress)
@@ -659,7 +672,7 @@ def _bench_table(console, report) -> None:
     from bigmodel.bench import NOISY_CV, TABLE_COLUMNS, table_rows
 
     s, m = report["settings"], report["machine"]
-    where = m.get("gpu", {}).get("name") if s["device"] == "cuda" and m.get("gpu") else m.get("cpu")
+    where = m.get("gpu", {}).get("name") if s["device"].startswith("cuda") and m.get("gpu") else m.get("cpu")
     table = Table(*TABLE_COLUMNS, box=None, title=f"{s['family']}/{s['arch']} {s['precision']} on {s['device']} "
                   f"({where}; {s['threads']} threads)", title_justify="left")
     for col in table.columns[2:]:
@@ -681,8 +694,11 @@ def _bench_table(console, report) -> None:
     if load is not None and load > m.get("logical_cpus", 1):
         console.print(f"[yellow]warning[/yellow]: load average {load:.1f} on {m['logical_cpus']} CPUs while "
                       "benchmarking: other processes compete for the cores, so these figures understate both sides")
-    if s["device"] == "cuda":
+    if s["device"].startswith("cuda"):
         console.print(f"copies: {escape(s['copies_note'])}")
+        for name, used in report.get("backend_settings", {}).items():
+            if used:
+                console.print(f"[dim]{name}: {escape(', '.join(f'{k}={v}' for k, v in used.items()))}[/dim]")
     for sk in report["skipped"]:
         where = f" {sk['role']} batch {sk['batch']}" if "role" in sk else ""
         console.print(f"[dim]skipped {sk['backend']}{where}: {escape(sk['reason'])}[/dim]")

@@ -24,7 +24,8 @@ BACKEND_EXTRAS = {
     "ort-cpu": "pip install 'bigmodel[runtime]' (onnxruntime)",
     "ort-cuda": "pip install 'bigmodel[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU",
     "ort-trt": "pip install 'bigmodel[gpu]' plus TensorRT's libraries (libnvinfer) on the library path",
-    "tensorrt": "pip install 'bigmodel[tensorrt]' (tensorrt, cuda-python) on a machine with an NVIDIA GPU",
+    "tensorrt": "pip install 'bigmodel[tensorrt]' (TensorRT + cuda-python for CUDA 13, driver >= 580) or "
+                "'bigmodel[tensorrt-cu12]' (CUDA 12) on a machine with an NVIDIA GPU",
 }
 
 
@@ -98,7 +99,13 @@ def gather() -> dict[str, Any]:
         with contextlib.suppress(Exception):
             providers = list(ort.get_available_providers())
         dist = next((d for d in ("onnxruntime-gpu", "onnxruntime") if _version(d)), "onnxruntime")
-        packages.append(_item("onnxruntime", ort.__version__, f"{dist}; providers: {', '.join(providers) or 'none'}"))
+        detail = f"{dist}; providers built in: {', '.join(providers) or 'none'}"
+        if "CUDAExecutionProvider" in providers:
+            from bigmodel.runtime.backends.ort import preload_cuda_libraries
+
+            with contextlib.suppress(Exception):
+                detail += f"; {preload_cuda_libraries() or 'CUDA libraries from torch (imported first)'}"
+        packages.append(_item("onnxruntime", ort.__version__, detail))
     else:
         packages.append(_item("onnxruntime", None, why or "not installed"))
 
@@ -115,6 +122,13 @@ def gather() -> dict[str, Any]:
         if mod is None:
             mod, why = _import("cuda.cudart")
         detail = "imports" if mod is not None else why
+        if mod is not None:
+            from bigmodel.runtime.backends.tensorrt import cuda_device_reason
+
+            try:
+                detail = f"imports; {cuda_device_reason(mod) or 'CUDA runtime reaches GPU 0'}"
+            except Exception as e:  # a broken binding: say so, never crash doctor
+                detail = f"imports, but cudaGetDeviceCount failed: {type(e).__name__}: {e}"
     packages.append(_item("cuda-python", cuda_python, detail, ok=cuda_python is not None))
 
     gpu["nvinfer"] = nvinfer

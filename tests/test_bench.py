@@ -96,7 +96,8 @@ def test_role_inputs_follow_the_manifest(bundle):
 
 # ------------------------------------------------------------------------------------------ the harness
 def test_report_shape_and_speedups(report):
-    assert set(report) == {"machine", "settings", "results", "skipped"}
+    assert set(report) == {"machine", "settings", "backend_settings", "results", "skipped"}
+    assert report["backend_settings"]["ort-cpu"]["tf32"] is False and report["settings"]["tf32"] is False
     assert report["settings"]["threads"] == 1 and report["settings"]["batch_sizes"] == [1, 3]
     assert report["machine"]["physical_cores"] >= 1 and report["machine"]["onnxruntime"]
     cells = {(r["backend"], r["role"], r["batch"]) for r in report["results"]}
@@ -104,7 +105,7 @@ def test_report_shape_and_speedups(report):
     p50 = {(r["backend"], r["role"], r["batch"]): r["warm"]["p50"] for r in report["results"]}
     for r in report["results"]:
         assert {"backend", "role", "batch", "cold", "warm", "throughput", "speedup_vs_torch"} <= set(r)
-        assert set(r["cold"]) == {"load_s", "first_run_s"} and r["cold"]["load_s"] > 0
+        assert set(r["cold"]) == {"load_s", "prepare_s", "first_run_s"} and r["cold"]["load_s"] > 0
         assert STAT_KEYS <= set(r["warm"]) and r["warm"]["n"] == 5
         w = r["warm"]
         assert 0 < w["min"] <= w["p50"] <= w["p90"] <= w["p99"] <= w["max"]

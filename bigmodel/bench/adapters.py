@@ -44,14 +44,26 @@ Runner = Callable[[], Any]
 
 
 class TorchAdapter:
-    """The checkpoint's PyTorch model, eager (or replayed as CUDA graphs), eval mode, inference_mode."""
+    """The checkpoint's PyTorch model, eager (or replayed as CUDA graphs), eval mode, inference_mode.
+
+    On CUDA with copies, a run is timed exactly like the runtime's TensorRT backend: numpy in
+    (pageable), copied into a pinned staging tensor allocated once, then host->device
+    (non-blocking), compute, device->pinned (non-blocking), synchronise, numpy copy out.
+    TF32 follows the bench's choice (off by default), as on the onnxruntime and TensorRT backends.
+    """
 
     def __init__(self, name: str, bundle: Path, manifest: Manifest, settings: BenchSettings):
         self.name = name
         self.device = "cuda" if name == "torch-cudagraph" else settings.device
+        self.device_id = settings.device_id
         self.copies = settings.copies
+        self.tf32 = settings.tf32
         self.checkpoint = Path(settings.checkpoint) if settings.checkpoint else bundle.parent / "checkpoint.pt"
         self.manifest = manifest
+
+    @property
+    def where(self) -> str:
+        return "cpu" if self.device == "cpu" else f"cuda:{self.device_id}"
 
     def preflight(self) -> None:
         """Untimed checks: the checkpoint exists and is the one the bundle was exported from."""
@@ -72,36 +84,55 @@ class TorchAdapter:
         from bigmodel.training.checkpoint import load_checkpoint, model_from_checkpoint
 
         self.torch = torch
-        self.model = model_from_checkpoint(load_checkpoint(self.checkpoint)).to(self.device).eval()
+        if self.device != "cpu":
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.tf32
+        self.model = model_from_checkpoint(load_checkpoint(self.checkpoint)).to(self.where).eval()
+
+    def settings(self) -> dict[str, Any]:
+        if self.device == "cpu":
+            return {}
+        return {"device_id": self.device_id, "tf32": self.tf32, "pinned_host_buffers": self.copies}
 
     def runner(self, role: str, feeds: dict[str, np.ndarray]) -> Runner:
         torch = self.torch
         module = self.model.role_module(role).eval()
         names = [t.name for t in self.manifest.roles[role].inputs]
-        host = [torch.from_numpy(np.asarray(feeds[n], dtype=np.float32)) for n in names]
+        arrays = [np.asarray(feeds[n], dtype=np.float32) for n in names]
         if self.device == "cpu":
+            host = [torch.from_numpy(a) for a in arrays]
+
             def run_cpu():
                 with torch.inference_mode():
                     return module(*host)
             return run_cpu
-        if self.copies:
-            host = [h.pin_memory() for h in host]
-        resident = [h.to(self.device) for h in host]
+        with torch.inference_mode():
+            resident = [torch.from_numpy(a).to(self.where) for a in arrays]
+            staging = [torch.empty(a.shape, dtype=torch.float32).pin_memory() for a in arrays]
+            sample = module(*resident)  # output shapes, for the pinned output buffers
+        outs = list(sample) if isinstance(sample, (tuple, list)) else [sample]
+        out_staging = [torch.empty(tuple(o.shape), dtype=o.dtype).pin_memory() for o in outs]
+        copy = _HostCopies(torch, arrays, staging, resident, out_staging) if self.copies else None
         if self.name == "torch-cudagraph":
-            return self._graph_runner(module, host, resident)
+            return self._graph_runner(module, resident, copy)
         sync = torch.cuda.synchronize
 
         def run_cuda():
             with torch.inference_mode():
-                out = module(*([h.to(self.device, non_blocking=True) for h in host] if self.copies else resident))
-                if self.copies:
-                    return _to_host(out)
+                if copy is not None:
+                    copy.inputs()
+                out = module(*resident)
+                if copy is not None:
+                    return copy.outputs(out)
                 sync()
                 return out
         return run_cuda
 
-    def _graph_runner(self, module, host, static_in) -> Runner:
-        """Capture one CUDA graph for this (role, batch); a run copies inputs in, replays, copies out."""
+    def _graph_runner(self, module, static_in, copy: _HostCopies | None) -> Runner:
+        """Capture one CUDA graph for this (role, batch); a run copies inputs in, replays, copies out.
+
+        Capture happens here, in `runner()`, which the harness times as `prepare_s`, not as the first run.
+        """
         torch = self.torch
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -112,15 +143,15 @@ class TorchAdapter:
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
             static_out = module(*static_in)
+        torch.cuda.synchronize()
         sync = torch.cuda.synchronize
 
         def replay():
-            if self.copies:
-                for dst, src in zip(static_in, host, strict=True):
-                    dst.copy_(src, non_blocking=True)
+            if copy is not None:
+                copy.inputs()
             graph.replay()
-            if self.copies:
-                return _to_host(static_out)
+            if copy is not None:
+                return copy.outputs(static_out)
             sync()
             return static_out
         return replay
@@ -129,10 +160,25 @@ class TorchAdapter:
         self.model = None
 
 
-def _to_host(out):
-    if isinstance(out, (tuple, list)):
-        return [o.cpu() for o in out]  # .cpu() synchronises
-    return out.cpu()
+class _HostCopies:
+    """numpy -> pinned -> device before a run, device -> pinned -> numpy after it (the runtime's own path)."""
+
+    def __init__(self, torch, arrays, staging, device_in, out_staging):
+        self.torch, self.arrays, self.staging, self.device_in = torch, arrays, staging, device_in
+        self.out_staging = out_staging
+        self.host = [torch.from_numpy(a) for a in arrays]  # views of the (pageable) numpy feeds
+
+    def inputs(self) -> None:
+        for src, pin, dst in zip(self.host, self.staging, self.device_in, strict=True):
+            pin.copy_(src)
+            dst.copy_(pin, non_blocking=True)
+
+    def outputs(self, out):
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        for o, pin in zip(outs, self.out_staging, strict=True):
+            pin.copy_(o, non_blocking=True)
+        self.torch.cuda.synchronize()
+        return [pin.numpy().copy() for pin in self.out_staging]
 
 
 class RuntimeAdapter:
@@ -145,8 +191,9 @@ class RuntimeAdapter:
     def __init__(self, name: str, bundle: Path, manifest: Manifest, settings: BenchSettings):
         self.name = name
         self.bundle = bundle
-        self.settings = settings
+        self.settings_ = settings
         self.device = "cpu" if name == "ort-cpu" else "cuda"
+        self.device_id = settings.device_id
         self.copies = True
 
     def preflight(self) -> None:
@@ -155,9 +202,15 @@ class RuntimeAdapter:
     def open(self) -> None:
         from bigmodel.runtime import load
 
-        self.model = load(self.bundle, backend=self.name, device=self.device, threads=self.settings.threads)
+        s = self.settings_
+        device = "cpu" if self.device == "cpu" else f"cuda:{self.device_id}"
+        self.model = load(self.bundle, backend=self.name, device=device, threads=s.threads, tf32=s.tf32,
+                          strict=s.strict)
         sessions = getattr(self.model.backend, "sessions", None)
-        self.copies = not (self.device == "cuda" and not self.settings.copies and sessions is not None)
+        self.copies = not (self.device == "cuda" and not s.copies and sessions is not None)
+
+    def settings(self) -> dict[str, Any]:
+        return dict(getattr(self.model.backend, "settings", {}) or {})
 
     def runner(self, role: str, feeds: dict[str, np.ndarray]) -> Runner:
         if self.copies:
@@ -175,9 +228,9 @@ class RuntimeAdapter:
         binding = session.io_binding()
         for t in manifest.roles[role].inputs:
             x = prepare(t, feeds[t.name], manifest.data, f"{role} input {t.name!r}")
-            binding.bind_ortvalue_input(t.name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+            binding.bind_ortvalue_input(t.name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.device_id))
         for t in manifest.roles[role].outputs:
-            binding.bind_output(t.name, "cuda", 0)
+            binding.bind_output(t.name, "cuda", self.device_id)
 
         def run_bound():
             session.run_with_iobinding(binding)
@@ -188,35 +241,34 @@ class RuntimeAdapter:
         self.model = None
 
 
-def gpu_presence() -> dict[str, str]:
-    """What was looked for to find a GPU, each -> what was found (one phrase)."""
+def gpu_presence(device_id: int = 0) -> dict[str, str]:
+    """What was looked for to find a GPU, each -> what was found (one phrase). Finding means using:
+    torch's CUDA, an onnxruntime CUDA session created and run, or cuda-python seeing the device."""
     found = {}
     try:
         import torch
 
-        found["torch.cuda"] = (f"available ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available()
-                               else f"torch {torch.__version__}: torch.cuda.is_available() is False")
+        found["torch.cuda"] = (f"available ({torch.cuda.get_device_name(device_id)})"
+                               if torch.cuda.is_available() and device_id < torch.cuda.device_count()
+                               else f"torch {torch.__version__}: no CUDA GPU {device_id} (torch.cuda.is_available() "
+                                    f"is {torch.cuda.is_available()})")
     except ImportError:
         found["torch.cuda"] = "torch is not installed"
-    try:
-        import onnxruntime
+    from bigmodel.runtime.backends import ort as ort_backend
 
-        providers = onnxruntime.get_available_providers()
-        found["onnxruntime providers"] = ", ".join(providers)
-    except ImportError:
-        found["onnxruntime providers"] = "onnxruntime is not installed"
-    try:
-        import tensorrt
+    reason = ort_backend.unavailable_reason("ort-cuda", device_id)
+    found["onnxruntime providers"] = "available (a CUDAExecutionProvider session ran)" if reason is None else reason
+    from bigmodel.runtime.backends import tensorrt as trt_backend
 
-        found["TensorRT"] = f"tensorrt {tensorrt.__version__}"
-    except ImportError:
-        found["TensorRT"] = "the tensorrt package is not installed"
+    reason = trt_backend.unavailable_reason(device_id)
+    found["TensorRT"] = "available (tensorrt imports, cuda-python sees the GPU)" if reason is None else reason
     return found
 
 
 def has_gpu(found: dict[str, str]) -> bool:
-    return (found["torch.cuda"].startswith("available") or "CUDAExecutionProvider" in found["onnxruntime providers"]
-            or found["TensorRT"].startswith("tensorrt "))
+    """A GPU was really reached by at least one of the ways `gpu_presence` looks (an importable
+    `tensorrt` alone is not a GPU)."""
+    return any(v.startswith("available") for v in found.values())
 
 
 def unavailable(name: str, device: str, status: dict[str, str | None]) -> str | None:

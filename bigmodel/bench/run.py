@@ -35,7 +35,7 @@ DEFAULT_BACKENDS = {"cpu": ("torch", "ort-cpu"), "cuda": ALL_BACKENDS}
 class BenchSettings:
     """What `bigmodel bench` was asked; None picks the default (all roles, backends for the device)."""
 
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda or cuda:N
     backends: tuple[str, ...] | None = None
     roles: tuple[str, ...] | None = None
     batch_sizes: tuple[int, ...] = (1, 16, 256, 1024)
@@ -47,6 +47,9 @@ class BenchSettings:
     copies: bool = True  # CUDA: include host->device input and device->host output copies in each run
     checkpoint: Path | None = None  # torch baseline (default: BUNDLE/../checkpoint.pt)
     seed: int = 0
+    tf32: bool = False  # CUDA: let fp32 MatMul/Conv use TF32 (torch, onnxruntime, TensorRT alike)
+    strict: bool = False  # onnxruntime GPU backends: no node may fall back to the CPU provider
+    device_id: int = 0  # set from device="cuda:N"
 
 
 @dataclass
@@ -60,7 +63,7 @@ class BenchEvent:
 
 def _validate(settings: BenchSettings, manifest: Manifest) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if settings.device not in DEFAULT_BACKENDS:
-        raise InputError(f"--device must be cpu or cuda; got {settings.device!r}")
+        raise InputError(f"--device must be cpu, cuda or cuda:N; got {settings.device!r}")
     backends = tuple(settings.backends or DEFAULT_BACKENDS[settings.device])
     unknown = [b for b in backends if b not in ALL_BACKENDS]
     if unknown or not backends:
@@ -93,12 +96,19 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
     backend in turn, so all backends see the same machine state. A backend that cannot run here,
     or fails to load or run, is listed in "skipped" with the reason.
     """
+    from bigmodel.runtime.backends import parse_device
+
     settings = settings or BenchSettings()
+    try:
+        kind, gpu = parse_device(settings.device)
+    except InputError as e:
+        raise InputError(f"--device must be cpu, cuda or cuda:N; got {settings.device!r}") from e
+    settings = BenchSettings(**{**settings.__dict__, "device": kind, "device_id": gpu})
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     backends, roles = _validate(settings, manifest)
     if settings.device == "cuda":
-        found = gpu_presence()
+        found = gpu_presence(gpu)
         if not has_gpu(found):
             looked = "; ".join(f"{k}: {v}" for k, v in found.items())
             raise BackendUnavailable(f"--device cuda asked for, but no GPU was found. Looked for {looked}")
@@ -108,12 +118,13 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
     threads = settings.threads or physical_cores()
     settings = BenchSettings(**{**settings.__dict__, "threads": threads})
     duration = settings.duration if settings.duration is not None or settings.iters is not None else 1.0
-    status = backend_status() if any(b in RUNTIME_BACKENDS for b in backends) else {}
+    status = backend_status(device_id=gpu) if any(b in RUNTIME_BACKENDS for b in backends) else {}
     say = progress or (lambda _e: None)
 
     skipped: list[dict[str, Any]] = []
     adapters: dict[str, Any] = {}
     cold_load: dict[str, float] = {}
+    used: dict[str, dict[str, Any]] = {}
     total = len(backends) * len(roles) * len(settings.batch_sizes)
     done = 0
     with _torch_threads(threads, backends):
@@ -131,6 +142,7 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                 t0 = time.perf_counter_ns()
                 adapter.open()
                 cold_load[name] = (time.perf_counter_ns() - t0) / 1e9
+                used[name] = adapter.settings()
             except Exception as e:  # onnxruntime/TensorRT raise their own types: report, go on
                 skipped.append({"backend": name, "reason": _one_line(e)})
                 total -= len(roles) * len(settings.batch_sizes)
@@ -145,8 +157,8 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                     for name, adapter in adapters.items():
                         say(BenchEvent(done, total, f"{name} {role} batch {batch}"))
                         try:
-                            cold, times = measure(adapter, role, feeds, settings.warmup, settings.iters, duration,
-                                                  settings.min_iters)
+                            prepare, cold, times = measure(adapter, role, feeds, settings.warmup, settings.iters,
+                                                           duration, settings.min_iters)
                         except Exception as e:  # a backend failing one cell (memory, profile) does not stop the rest
                             skipped.append({"backend": name, "role": role, "batch": batch, "reason": _one_line(e)})
                             done += 1
@@ -154,7 +166,7 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                         warm = summarize(times)
                         results.append({
                             "backend": name, "role": role, "batch": batch,
-                            "cold": {"load_s": cold_load[name], "first_run_s": cold},
+                            "cold": {"load_s": cold_load[name], "prepare_s": prepare, "first_run_s": cold},
                             "warm": warm,
                             "throughput": batch / warm["p50"] if warm["p50"] > 0 else None,
                             "speedup_vs_torch": None,
@@ -167,17 +179,23 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                 adapter.close()
     add_speedups(results)
     say(BenchEvent(total, total, "done"))
-    return {"machine": machine_info(settings.device), "settings": _settings_record(bundle, manifest, settings,
-                                                                                    backends, roles, duration),
-            "results": results, "skipped": skipped}
+    return {"machine": machine_info(settings.device, gpu), "settings": _settings_record(bundle, manifest, settings,
+                                                                                         backends, roles, duration),
+            "backend_settings": used, "results": results, "skipped": skipped}
 
 
 def measure(adapter, role: str, feeds: dict[str, np.ndarray], warmup: int, iters: int | None,
-            duration: float | None, min_iters: int = 5) -> tuple[float, list[float]]:
-    """(first-call seconds, warm per-run seconds) for one backend, role and batch."""
+            duration: float | None, min_iters: int = 5) -> tuple[float, float, list[float]]:
+    """(prepare seconds, first-call seconds, warm per-run seconds) for one backend, role and batch.
+
+    prepare: making the runner (torch: staging buffers; torch-cudagraph: the graph capture), kept
+    out of the first call so a capture never reads as a slow first inference.
+    """
     clock = time.perf_counter_ns
     t0 = clock()
     run = adapter.runner(role, feeds)
+    prepare = (clock() - t0) / 1e9
+    t0 = clock()
     run()
     first = (clock() - t0) / 1e9
     for _ in range(warmup):
@@ -188,13 +206,13 @@ def measure(adapter, role: str, feeds: dict[str, np.ndarray], warmup: int, iters
             t = clock()
             run()
             times.append((clock() - t) / 1e9)
-        return first, times
+        return prepare, first, times
     deadline = clock() + int(duration * 1e9)
     while len(times) < min_iters or clock() < deadline:
         t = clock()
         run()
         times.append((clock() - t) / 1e9)
-    return first, times
+    return prepare, first, times
 
 
 @contextlib.contextmanager
@@ -225,7 +243,8 @@ def _one_line(e: BaseException) -> str:
 def _settings_record(bundle: Path, manifest: Manifest, s: BenchSettings, backends, roles, duration) -> dict:
     return {
         "bundle": str(bundle), "family": manifest.family, "arch": manifest.arch, "precision": manifest.precision,
-        "device": s.device, "backends": list(backends), "roles": list(roles), "batch_sizes": list(s.batch_sizes),
+        "device": s.device if s.device == "cpu" else f"cuda:{s.device_id}", "tf32": s.tf32, "strict": s.strict,
+        "backends": list(backends), "roles": list(roles), "batch_sizes": list(s.batch_sizes),
         "warmup": s.warmup, "iters": s.iters, "duration_s": None if s.iters is not None else duration,
         "min_iters": s.min_iters, "threads": s.threads, "copies": s.copies,
         "copies_note": (
@@ -241,7 +260,7 @@ def _settings_record(bundle: Path, manifest: Manifest, s: BenchSettings, backend
     }
 
 
-def machine_info(device: str = "cpu") -> dict[str, Any]:
+def machine_info(device: str = "cpu", device_id: int = 0) -> dict[str, Any]:
     """Where the numbers come from: CPU, cores, library versions, GPU when asked for."""
     from bigmodel.runtime.backends.ort import physical_cores
 
@@ -260,7 +279,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
             import torch
 
             if torch.cuda.is_available():
-                p = torch.cuda.get_device_properties(0)
+                p = torch.cuda.get_device_properties(device_id)
                 info["gpu"] = {"name": p.name, "compute_capability": f"{p.major}.{p.minor}",
                                "memory_gib": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda}
     return info

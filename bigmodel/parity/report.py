@@ -32,6 +32,7 @@ class BackendRun:
     reason: str | None = None
     seconds: float = 0.0
     cases: list[Case] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # GPU backends: device, TF32, node placement
 
     @property
     def passed(self) -> bool:

@@ -22,14 +22,17 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
                backends: str | Sequence[str] = "all", samples: int = DEFAULT_SAMPLES, seed: int = 0,
                data: str | Path | None = None, atol: float | None = None, rtol: float | None = None,
-               tolerances: str | None = None, threads: int | None = None,
+               tolerances: str | None = None, threads: int | None = None, device: str = "auto",
+               tf32: bool = False, strict: bool = False,
                progress: Progress | None = None) -> ParityReport:
     """Compare each backend with the PyTorch reference, role by role and chain by chain.
 
     backends: "all" (each of `bigmodel.runtime.BACKENDS`; those unavailable here are reported as
     skipped), or names; a named backend that cannot run is `BackendUnavailable`. checkpoint: the
     run's checkpoint.pt (default: beside the bundle); its sha256 must match the manifest's.
-    tolerances: which precision's row of `TOLERANCES` to apply (default: the bundle's precision).
+    tolerances: which precision's row of `TOLERANCES` to apply (default: the bundle's precision;
+    "tf32" for an fp32 bundle run with tf32=True). device: "cuda:N" picks the GPU of the GPU backends.
+    strict: the onnxruntime GPU backends may not place any node on the CPU provider (CheckFailed).
     """
     from bigmodel.runtime import BACKENDS, backend_status, load, verify_files
 
@@ -40,10 +43,13 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
     names, explicit = _backend_names(backends, BACKENDS)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 3 or samples % 2 == 0:
         raise InputError(f"--samples must be an odd integer >= 3 (checks run at batch 1 and batch N); got {samples!r}")
-    precision = tolerances or manifest.precision
+    precision = tolerances or ("tf32" if tf32 and manifest.precision == "fp32" else manifest.precision)
     tol = tolerances_for(precision, atol, rtol)
     ckpt_path, ckpt_sha = _checkpoint(bundle, manifest, checkpoint)
-    status = backend_status()
+    from bigmodel.runtime.backends import parse_device
+
+    _, gpu = parse_device(device)
+    status = backend_status(device_id=gpu)
     if not manifest.engines and status.get("tensorrt") is None:
         status["tensorrt"] = "the bundle has no TensorRT engines (export with --engine on a GPU machine)"
     for name in names if explicit else ():
@@ -59,7 +65,8 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
         reason = status.get(name)
         if reason is None:
             try:
-                model = load(bundle, backend=name, threads=threads, verify=False)
+                model = load(bundle, backend=name, threads=threads, verify=False, device_id=gpu, tf32=tf32,
+                             strict=strict)
             except BackendUnavailable as e:
                 if explicit:
                     raise
@@ -68,6 +75,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
             runs.append(BackendRun(name, "skipped", reason))
             continue
         runs.append(_run_backend(name, model, manifest, reference, targets, feeds, tol, progress))
+        runs[-1].settings = dict(getattr(model.backend, "settings", {}) or {})
     if not any(r.status == "ran" for r in runs):
         reasons = "; ".join(f"{r.backend}: {r.reason}" for r in runs)
         raise BackendUnavailable(f"no backend can run here, so nothing was checked ({reasons})")

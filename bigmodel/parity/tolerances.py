@@ -86,12 +86,15 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
     },
 }
 PRECISIONS = tuple(TOLERANCES)
+# "tf32": an fp32 bundle run with TF32 allowed (load(..., tf32=True)): MatMul/Conv inputs rounded to
+# fp16's 10-bit mantissa, sums kept in fp32, so errors of fp16's order on the GPU: fp16's rules.
+SAME_RULES = {"tf32": "fp16"}
 
 
 def tolerances_for(precision: str, atol: float | None = None, rtol: float | None = None) -> dict[str, Tolerance]:
     """The table row for `precision`, with atol/rtol overridden for every kind when given."""
-    if precision not in TOLERANCES:
-        raise InputError(f"--tolerances must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision not in TOLERANCES and precision not in SAME_RULES:
+        raise InputError(f"--tolerances must be one of {', '.join((*PRECISIONS, *SAME_RULES))}; got {precision!r}")
     for name, v in (("atol", atol), ("rtol", rtol)):
         if v is not None and not (v >= 0 and math.isfinite(v)):
             raise InputError(f"--{name} must be a finite number >= 0; got {v!r}")
@@ -100,7 +103,7 @@ def tolerances_for(precision: str, atol: float | None = None, rtol: float | None
     def apply(t: Tolerance) -> Tolerance:
         return replace(t, **over, stress=apply(t.stress) if t.stress else None)
 
-    return {kind: apply(t) for kind, t in TOLERANCES[precision].items()}
+    return {kind: apply(t) for kind, t in TOLERANCES[SAME_RULES.get(precision, precision)].items()}
 
 
 def rule(tolerances: dict[str, Tolerance], kind: str, probe: str) -> Tolerance:

@@ -212,6 +212,17 @@ def tf32_environment(name: str, tf32: bool, environ=os.environ) -> bool:
     return bool(tf32)
 
 
+def tf32_policy(manifest: Manifest, tf32: bool = False) -> dict[str, str]:
+    """What each GPU backend does about TF32 for this bundle (shown by `bigmodel info`, recorded by bench)."""
+    state = "on (asked for)" if tf32 else "off"
+    engines = sorted({"on (built with BuilderFlag.TF32)" if e.tf32 else "off (BuilderFlag.TF32 cleared at build)"
+                      for e in manifest.engines})
+    return {"ort-cuda": f"{state}: CUDAExecutionProvider use_tf32={int(tf32)}",
+            "ort-trt": f"{state}: " + ("NVIDIA_TF32_OVERRIDE left alone" if tf32
+                                        else "NVIDIA_TF32_OVERRIDE=0 set before the first session"),
+            "tensorrt": "; ".join(engines) if engines else "no engines"}
+
+
 def placement(events: list[dict]) -> dict[str, int]:
     """Nodes per provider from an onnxruntime profile (each node counted once, whatever the runs)."""
     seen: dict[str, str] = {}
