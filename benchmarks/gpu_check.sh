@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# The project's one GPU check (see GPU.md). Run from anywhere on a machine with an NVIDIA GPU:
+# The project's one GPU check. Run from anywhere on a machine with an NVIDIA GPU:
 #
 #     bash benchmarks/gpu_check.sh OUT_DIR [BUNDLE]
 #
-# OUT_DIR receives: gpu_check.log (everything printed), doctor.json, pytest_gpu.txt,
-# bench_cuda.json + bench_cuda.png (copies included), bench_cuda_nocopies.json.
-# BUNDLE (default runs/gpu/bundle) is a bundle trained and exported on a CPU machine and carried
-# along, with its run's checkpoint.pt beside it (BUNDLE/../checkpoint.pt) for the torch baseline:
+# BUNDLE (default runs/gpu/bundle) is an fp32 bundle trained and exported on a CPU machine and carried
+# along, with its run's checkpoint.pt beside it (BUNDLE/../checkpoint.pt) for the torch reference:
 #
 #     bigmodel train vae --epochs 5 --out runs/gpu && bigmodel export runs/gpu
 #
-# The GPU image has torch, so the project is installed without dependencies; whatever else
-# bigmodel imports and is missing comes from a wheels/ folder carried along when there is one
-# (pip install --no-index --find-links wheels ...), else from the package index if reachable.
-# An onnxruntime_gpu wheel in wheels/ replaces the CPU onnxruntime. Exit status: non-zero when
-# the GPU tests or the bench failed; missing optional pieces are reported, not fatal.
+# Steps, each a row of the table printed at the end (PASS / FAIL / SKIP with the reason):
+#   install      bigmodel without dependencies (the GPU image has torch); missing modules from a
+#                wheels/ folder carried along (an onnxruntime_gpu wheel there replaces onnxruntime)
+#   doctor       bigmodel doctor --json (informational)
+#   pytest-gpu   pytest -m gpu with BIGMODEL_REQUIRE_GPU=1: every GPU test that skips FAILS
+#   engine       bigmodel export --engine (only where `import tensorrt` works): strongly typed engines
+#   parity       bigmodel parity --backend all --strict: fp32 with TF32 off, no CPU fallback; ort-cuda
+#                (and ort-trt, tensorrt where TensorRT exists) must run, a skip of one is a failure
+#   bench        bigmodel bench --device cuda --strict, copies included, every backend present
+#   polygraphy   our TensorRT runner == Polygraphy's TrtRunner on the same engines (where TensorRT exists)
+# OUT_DIR receives gpu_check.log (everything printed), doctor.json, pytest_gpu.txt, parity.json,
+# bench_cuda.json + .png, polygraphy.txt, summary.txt. Exit status: 1 when any step failed.
 set -u
 
 if [ $# -lt 1 ]; then
@@ -26,11 +31,18 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUNDLE=${2:-runs/gpu/bundle}
 case "$BUNDLE" in /*) ;; *) BUNDLE="$PWD/$BUNDLE" ;; esac
 PY=${PYTHON:-python3}
+export BIGMODEL_REQUIRE_GPU=1
 cd "$ROOT" || exit 2
 exec > >(tee "$OUT/gpu_check.log") 2>&1
-status=0
 
+rows=()
+failed=0
 section() { printf '\n==== %s\n' "$*"; }
+record() {  # record STEP STATUS DETAIL
+    rows+=("$(printf '%-11s %-5s %s' "$1" "$2" "$3")")
+    [ "$2" = FAIL ] && failed=1
+    return 0
+}
 
 section "nvidia-smi"
 nvidia-smi || echo "nvidia-smi failed or is absent"
@@ -39,7 +51,9 @@ section "ldconfig -p | grep nvinfer"
 ldconfig -p 2>/dev/null | grep nvinfer || echo "no libnvinfer in the linker cache"
 
 section "python -c 'import tensorrt'"
-"$PY" -c "import tensorrt; print('tensorrt', tensorrt.__version__)" || echo "import tensorrt failed"
+HAVE_TRT=0
+if "$PY" -c "import tensorrt; print('tensorrt', tensorrt.__version__)"; then HAVE_TRT=1; else
+    echo "import tensorrt failed: the engine, tensorrt and polygraphy steps are skipped"; fi
 
 section "install bigmodel (no dependencies: the image has torch)"
 FIND=()
@@ -49,11 +63,9 @@ if [ -d "$ROOT/wheels" ]; then
 fi
 "$PY" -m pip install --no-deps --no-build-isolation -e "$ROOT" \
     || { echo "could not install bigmodel in editable mode; running from the source tree"; export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"; }
-
-# module to import -> package that brings it
-need=()
+need=()  # module to import -> package that brings it
 for spec in numpy:numpy typer:typer rich:rich onnx:onnx onnxscript:onnxscript onnxslim:onnxslim \
-            onnxruntime:onnxruntime mlxtend:mlxtend PIL:pillow matplotlib:matplotlib pytest:pytest; do
+            onnxruntime:onnxruntime mlxtend:mlxtend PIL:pillow matplotlib:matplotlib pytest:pytest polygraphy:polygraphy; do
     mod=${spec%%:*}
     pkg=${spec##*:}
     "$PY" -c "import $mod" 2>/dev/null || need+=("$pkg")
@@ -69,44 +81,82 @@ fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "missing, installing: ${need[*]}"
     if [ ${#FIND[@]} -gt 0 ]; then
-        "$PY" -m pip install --no-index "${FIND[@]}" "${need[@]}" \
-            || "$PY" -m pip install "${need[@]}" || echo "could not install all of: ${need[*]}"
+        "$PY" -m pip install --no-index "${FIND[@]}" "${need[@]}" || "$PY" -m pip install "${need[@]}" \
+            || echo "could not install all of: ${need[*]}"
     else
         "$PY" -m pip install "${need[@]}" || echo "could not install all of: ${need[*]}"
     fi
-else
-    echo "numpy, typer, rich, onnx, onnxscript, onnxslim, onnxruntime, mlxtend, pillow, matplotlib, pytest: present"
 fi
+if "$PY" -c "import bigmodel.cli, onnxruntime, torch"; then record install PASS "bigmodel, onnxruntime, torch import"
+else record install FAIL "bigmodel, onnxruntime or torch does not import"; fi
 
 section "bigmodel doctor"
 "$PY" -m bigmodel doctor || true
 "$PY" -m bigmodel doctor --json > "$OUT/doctor.json" || true
+ask() { "$PY" "$ROOT/benchmarks/gpu_check_json.py" "$@" 2>/dev/null; }
+record doctor INFO "$(ask doctor "$OUT/doctor.json")"
 
-section "pytest -m gpu"
+section "pytest -m gpu (BIGMODEL_REQUIRE_GPU=1: a skipped GPU test fails)"
 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.txt"
 rc=${PIPESTATUS[0]}
 case $rc in
-    0) echo "GPU tests passed" ;;
-    5) echo "no GPU test was collected" ;;
-    *) echo "GPU tests FAILED (pytest exit $rc)"; status=1 ;;
+    0) record pytest-gpu PASS "$(tail -n 1 "$OUT/pytest_gpu.txt")" ;;
+    *) record pytest-gpu FAIL "pytest exit $rc: $(tail -n 1 "$OUT/pytest_gpu.txt")" ;;
 esac
 
-section "bigmodel bench --device cuda"
-BACKENDS=$("$PY" -c 'import json, sys
-d = json.load(open(sys.argv[1]))
-print(",".join(b["name"] for b in d.get("backends", []) if b["ok"]))' "$OUT/doctor.json" 2>/dev/null)
-BACKENDS=${BACKENDS:-torch,torch-cudagraph,ort-cuda,ort-trt,tensorrt}
-echo "backends present: $BACKENDS"
+PARITY_BUNDLE=$BUNDLE
 if [ ! -f "$BUNDLE/manifest.json" ]; then
-    echo "no bundle at $BUNDLE (pass one as the second argument; train and export it on a CPU machine first)"
-    status=1
+    record bundle FAIL "no bundle at $BUNDLE (train and export one on a CPU machine, pass it as the second argument)"
 else
-    "$PY" -m bigmodel bench "$BUNDLE" --device cuda --backends "$BACKENDS" \
-        --json "$OUT/bench_cuda.json" --plot "$OUT/bench_cuda.png" || { echo "bench FAILED"; status=1; }
-    "$PY" -m bigmodel bench "$BUNDLE" --device cuda --backends "$BACKENDS" --no-copies --duration 0.5 \
-        --json "$OUT/bench_cuda_nocopies.json" || { echo "bench --no-copies FAILED"; status=1; }
+    section "bigmodel export --engine"
+    if [ $HAVE_TRT = 1 ]; then
+        if "$PY" -m bigmodel export "$BUNDLE/.." --engine --out "$OUT/bundle_engine" --force --max-batch 1024; then
+            PARITY_BUNDLE=$OUT/bundle_engine
+            record engine PASS "strongly typed engines in $PARITY_BUNDLE/engines"
+        else
+            record engine FAIL "export --engine failed (see the log)"
+        fi
+    else
+        record engine SKIP "import tensorrt failed here"
+    fi
+
+    section "bigmodel parity --backend all --strict"
+    "$PY" -m bigmodel parity "$PARITY_BUNDLE" --backend all --strict --json "$OUT/parity.json"
+    rc=$?
+    required="ort-cuda"
+    [ $HAVE_TRT = 1 ] && required="ort-cuda,ort-trt,tensorrt"
+    skipped=$(ask parity-skips "$OUT/parity.json" "$required")
+    if [ $rc -ne 0 ]; then record parity FAIL "exit $rc (see the log and parity.json)"
+    elif [ -n "$skipped" ]; then record parity FAIL "required GPU backend skipped: $skipped"
+    else record parity PASS "$(ask parity-ran "$OUT/parity.json")"
+    fi
+
+    section "bigmodel bench --device cuda --strict"
+    if "$PY" -m bigmodel bench "$PARITY_BUNDLE" --device cuda --strict --batch-sizes 1,64,1024 \
+            --json "$OUT/bench_cuda.json" --plot "$OUT/bench_cuda.png"; then
+        bench_skips=$(ask bench-skips "$OUT/bench_cuda.json" "$required,torch,torch-cudagraph")
+        if [ -n "$bench_skips" ]; then record bench FAIL "required backend skipped: $bench_skips"
+        else record bench PASS "bench_cuda.json, bench_cuda.png"; fi
+    else
+        record bench FAIL "bench exited non-zero"
+    fi
+
+    section "our TensorRT runner vs Polygraphy's TrtRunner"
+    if [ $HAVE_TRT = 1 ] && [ "$PARITY_BUNDLE" != "$BUNDLE" ]; then
+        if "$PY" benchmarks/trt_vs_polygraphy.py "$PARITY_BUNDLE" | tee "$OUT/polygraphy.txt"; then
+            record polygraphy PASS "$(tail -n 1 "$OUT/polygraphy.txt")"
+        else
+            record polygraphy FAIL "$(tail -n 1 "$OUT/polygraphy.txt")"
+        fi
+    else
+        record polygraphy SKIP "no TensorRT engines here"
+    fi
 fi
 
-section "done (status $status); files in $OUT"
-ls -l "$OUT"
-exit $status
+section "summary"
+{
+    printf '%-11s %-5s %s\n' step result detail
+    for row in "${rows[@]}"; do printf '%s\n' "$row"; done
+} | tee "$OUT/summary.txt"
+echo "files in $OUT"
+exit $failed

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from gpu_policy import pytest_runtest_makereport  # noqa: F401  (BIGMODEL_REQUIRE_GPU=1: GPU skips fail)
+
+pytest_plugins = ["pytester"]
 
 # Tiny models gain nothing from intra-op threads, and on a small shared CI box (2 vCPUs) OpenMP's
 # spinning barriers make them many times slower whenever a vCPU is busy elsewhere. Set before torch

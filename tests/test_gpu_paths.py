@@ -174,3 +174,23 @@ def test_strict_ort_cpu_backend_reports_its_placement(trained_run, tmp_path):
     assert set(placed) == {"generator", "discriminator"}
     assert all(set(p) == {"CPUExecutionProvider"} and sum(p.values()) > 0 for p in placed.values())
     assert model.backend.settings["tf32"] is False
+
+
+# ------------------------------------------------------------------------ BIGMODEL_REQUIRE_GPU
+def test_require_gpu_turns_a_skipped_gpu_test_into_a_failure(pytester, monkeypatch):
+    from pathlib import Path
+
+    pytester.syspathinsert(Path(__file__).parent)
+    pytester.makeconftest("from gpu_policy import pytest_runtest_makereport  # noqa: F401\n")
+    pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a GPU\n")
+    pytester.makepyfile(
+        "import pytest\n"
+        "@pytest.mark.gpu\n"
+        "def test_needs_gpu():\n    pytest.skip('no CUDA here')\n"
+        "def test_plain():\n    pytest.skip('not a GPU test')\n")
+    monkeypatch.delenv("BIGMODEL_REQUIRE_GPU", raising=False)
+    pytester.runpytest().assert_outcomes(skipped=2)
+    monkeypatch.setenv("BIGMODEL_REQUIRE_GPU", "1")
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*BIGMODEL_REQUIRE_GPU=1 and this GPU test skipped*no CUDA here*"])

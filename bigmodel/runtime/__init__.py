@@ -118,7 +118,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
          device_id: int | None = None, tf32: bool = False, strict: bool = False) -> Model:
     """Load a bundle folder (manifest.json + role graphs [+ engines/]) for inference.
 
-    backend: auto | ort | ort-cpu | ort-cuda | ort-trt | tensorrt; device: auto | cpu | cuda.
+    backend: auto | ort | ort-cpu | ort-cuda | ort-trt | tensorrt; device: auto | cpu | cuda | cuda:N.
     threads: onnxruntime intra-op threads (default: the physical cores).
     fallback: a GPU request that cannot be served raises BackendUnavailable, or with
     fallback=True warns once and runs on ort-cpu; never a silent fallback.
