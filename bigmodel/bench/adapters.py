@@ -147,13 +147,14 @@ class TorchAdapter:
         sync = torch.cuda.synchronize
 
         def replay():
-            if copy is not None:
-                copy.inputs()
-            graph.replay()
-            if copy is not None:
-                return copy.outputs(static_out)
-            sync()
-            return static_out
+            with torch.inference_mode():  # the static tensors are inference tensors: updated in this mode only
+                if copy is not None:
+                    copy.inputs()
+                graph.replay()
+                if copy is not None:
+                    return copy.outputs(static_out)
+                sync()
+                return static_out
         return replay
 
     def close(self) -> None:
