@@ -174,22 +174,31 @@ def export(
         None, "--external-data/--no-external-data", help="Weights beside each graph (default: only over 2 GiB)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle (and Triton repository)."),
+    allow_failing: bool = typer.Option(
+        False, "--allow-failing", help="fp16/int8: write the bundle even when its checks fail, with the failures "
+        "recorded in its manifest (bigmodel info shows them)."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the export report as JSON to this file."),
 ) -> None:
     """Export a trained run: one ONNX graph per role + manifest.json, verified against PyTorch.
 
     Every graph has a dynamic batch axis, no random operators, passes onnx.checker (full check) and
     matches PyTorch within 1e-5 at fp32 on validation images, prior samples and ±4σ latents, or the
-    export fails and nothing is written. fp16/int8 bundles report their error against fp32.
+    export fails and nothing is written. fp16/int8 graphs then pass `bigmodel parity`'s checks
+    (same inputs, statistics and tolerances) against the fp32 graphs, or the export exits 1 and
+    writes nothing; int8 first tries other calibration methods and keeps the most sensitive nodes
+    in float. The report gives each role's error against fp32.
 
     Example: bigmodel export runs/vae --precision fp16 --triton models/
     """
+    from rich.markup import escape
+
     from bigmodel.export import ExportOptions, export_bundle
 
     console = _console()
     opts = ExportOptions(out=out, opset=opset, precision=precision, io=io, int8_mode=int8_mode,
                          calibration=calibration, max_batch=max_batch, opt_batch=opt_batch, engine=engine,
-                         triton=triton, force=force, external_data=external_data)
+                         triton=triton, force=force, external_data=external_data, allow_failing=allow_failing)
     result = export_bundle(run_dir, opts, progress=lambda msg: console.print(f"  {msg}", markup=False))
     m = result.manifest
     total = sum(r.bytes for r in result.roles)
@@ -197,16 +206,20 @@ def export(
     console.print(f"[green]exported[/green] {m.family}/{m.arch} {m.precision} -> {result.bundle} "
                   f"({len(result.roles)} roles, {total / 1e6:.2f} MB, opset {m.opset}, {result.seconds:.1f}s)")
     for r in result.roles:
-        q = result.quality.get(r.role)
-        cost = ""
-        if q:
-            cost = f"  {m.precision} vs fp32: max {q['max_abs']:.2e} mean {q['mean_abs']:.2e}"
-            cost += f" PSNR {q['psnr_db']:.1f} dB" if "psnr_db" in q else ""
-            cost += f" (noise/±4σ max {q['max_abs_stress']:.2e})"
         console.print(f"  {m.roles[r.role].file:<22} {r.bytes / 1e6:9.2f} MB  fp32 |onnx - torch| "
-                      f"{_checked_err(r):.1e}{cost}")
+                      f"{_checked_err(r):.1e}{_quality_cell(m.precision, result.quality.get(r.role))}",
+                      markup=False)
     console.print(f"fp32 check: max |onnx - torch| = {worst:.2e} (allowed 1e-05) on validation images, "
                   "prior samples and ±4σ latents: [green]pass[/green]")
+    if m.precision != "fp32":
+        verdict = "[red]FAILED[/red]" if result.failures else "[green]pass[/green]"
+        console.print(f"{m.precision} check against the fp32 graphs (bigmodel parity's checks and "
+                      f"{m.precision} tolerances): {verdict}")
+        for line in result.failures[:_PARITY_SHOWN]:
+            console.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
+        if result.failures:
+            console.print(f"[red]{len(result.failures)} failed check(s) recorded in {result.bundle}/manifest.json "
+                          "(--allow-failing)[/red]")
     for e in m.engines:
         console.print(f"engine {e.file}: TensorRT {e.tensorrt_version}, sm{e.compute_capability}, {e.precision}, "
                       f"batch {e.profile['min']}/{e.profile['opt']}/{e.profile['max']}")
@@ -215,6 +228,26 @@ def export(
     if json_out:
         _write_json(json_out, _export_report(result))
     console.print(f"next: bigmodel parity {result.bundle}")
+
+
+def _quality_cell(precision: str, q: dict | None) -> str:
+    """One role's cost of fp16/int8: errors against the fp32 graphs, tolerance used, int8 choices."""
+    if not q:
+        return ""
+
+    def num(key: str, fmt: str) -> str:
+        v = q.get(key)
+        return format(v, fmt) if isinstance(v, float) else str(v)
+
+    cell = f"  {precision} vs fp32: max {num('max_abs', '.2e')} mean {num('mean_abs', '.2e')}"
+    cell += f" PSNR {num('psnr_db', '.1f')} dB" if "psnr_db" in q else ""
+    cell += f" (noise/±4σ max {num('max_abs_stress', '.2e')})" if "max_abs_stress" in q else ""
+    cell += f", {num('tolerance_used', '.0%')} of tolerance"
+    if q.get("calibration"):
+        cell += f", calibration {q['calibration']}"
+    if q.get("kept_float"):
+        cell += f", kept in float: {', '.join(q['kept_float'])}"
+    return cell
 
 
 def _checked_err(report) -> float:
@@ -228,7 +261,8 @@ def _export_report(result) -> dict:
     from dataclasses import asdict
 
     return {"bundle": str(result.bundle), "seconds": result.seconds, "roles": [asdict(r) for r in result.roles],
-            "quality": result.quality, "triton": str(result.triton) if result.triton else None,
+            "quality": result.quality, "failures": result.failures,
+            "triton": str(result.triton) if result.triton else None,
             "manifest": result.manifest.to_dict()}
 
 
@@ -350,6 +384,11 @@ def _parity_table(report, run):
         table.caption = ("* stress inputs (±4σ codes, noise images) lie outside the calibrated range and are held "
                          f"to the {tol} stress rule (see TOLERANCES)")
         table.caption_justify = "left"
+    as_p = report.tolerances.get("logit") is not None and report.tolerances["logit"].probability
+    if as_p:
+        table.caption = (table.caption + "\n" if table.caption else "") + (
+            "(p): discriminator logits compared as probabilities, sigmoid(logit)")
+        table.caption_justify = "left"
     last = None
     for c in run.cases:
         for o in c.outputs:
@@ -364,7 +403,8 @@ def _parity_table(report, run):
                 f.statistic for f in o.failures) + "[/red]"
             cos = s.get("cosine")
             inputs = f"{c.probe} x{c.batch}" + ("*" if relaxed and c.stress else "")
-            table.add_row(c.target if c.target != last else "", o.output, inputs, e(s.get("max_abs")),
+            name = f"{o.output} (p)" if as_p and o.kind == "logit" else o.output
+            table.add_row(c.target if c.target != last else "", name, inputs, e(s.get("max_abs")),
                           e(s.get("mean_abs")), e(s.get("max_rel")), e(None if cos is None else 1 - cos), extra,
                           verdict)
             last = c.target
@@ -570,10 +610,30 @@ def info_cmd(
         console.print(eng)
     else:
         console.print("TensorRT engines: none (build them on the target GPU with `bigmodel export RUN_DIR --engine`)")
+    _print_verification(console, m)
     console.print("versions: " + "  ".join(f"{k} {v}" for k, v in m["versions"].items()))
     console.print("backends here: " + "  ".join(
         f"{k} [green]yes[/green]" if v is None else f"{k} [dim]no[/dim]" for k, v in d["backends"].items()))
     console.print("TF32 on the GPU: " + "; ".join(f"{k} {v}" for k, v in d.get("tf32", {}).items()), markup=False)
+
+
+def _print_verification(console, m: dict) -> None:
+    """fp16/int8 bundles: export's check against the fp32 graphs, per role's cost, and any failures."""
+    from rich.markup import escape
+
+    v, quality = m["extra"].get("verification"), m["extra"].get("quality", {})
+    if not v:
+        return
+    verdict = "[green]passed[/green]" if v.get("passed") else "[red]FAILED (written with --allow-failing)[/red]"
+    console.print(f"{m['precision']} check at export against the fp32 graphs ({v.get('tolerances')} tolerances): "
+                  f"{verdict}")
+    for role, q in quality.items():
+        console.print(f"  {role}: {escape(_quality_cell(m['precision'], q).strip())}", soft_wrap=True)
+    failures = v.get("failures") or []
+    for line in failures[:_PARITY_SHOWN]:
+        console.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
+    if len(failures) > _PARITY_SHOWN:
+        console.print(f"... and {len(failures) - _PARITY_SHOWN} more (all in manifest.json, extra.verification)")
 
 
 def _check_cell(check: str) -> str:

@@ -21,11 +21,14 @@ import pytest
 import bigmodel
 from bigmodel.errors import ExportError
 from bigmodel.export import ExportOptions, export_bundle
+from bigmodel.export.int8 import to_int8_file
 from bigmodel.export.onnx import RANDOM_OPS, check_graph
-from bigmodel.export.precision import compare_graphs, to_fp16, to_fp16_file, to_int8_file
+from bigmodel.export.precision import to_fp16, to_fp16_file
+from bigmodel.export.verify import Verifier, with_files
 from bigmodel.manifest import BATCH, read_manifest
 from bigmodel.models.probes import EXTREME_SIGMA, role_probes
 from bigmodel.models.registry import family_class, list_models
+from bigmodel.parity.check import error_summary, failure_lines
 
 MODELS = [(m.family, m.arch) for m in list_models()]
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -138,11 +141,12 @@ def test_a_random_operator_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------------- fp16
 @pytest.mark.parametrize("family, arch", [("vae", "mlp"), ("aae", "conv")], ids=["vae-mlp", "aae-conv"])
 @pytest.mark.parametrize("io", ["fp32", "fp16"])
-def test_fp16_graphs_load_in_onnxruntime_and_stay_finite_at_4_sigma(fp32_bundle, tmp_path, family, arch, io):
+def test_fp16_graphs_load_in_onnxruntime_and_stay_finite_at_4_sigma(fp32_bundle, mnist5k, tmp_path, family, arch,
+                                                                    io):
     _, bundle = fp32_bundle(family, arch)
     m = read_manifest(bundle)
     want = "tensor(float16)" if io == "fp16" else "tensor(float)"
-    for role, spec in m.roles.items():
+    for _role, spec in m.roles.items():
         src, dst = bundle / spec.file, tmp_path / spec.file
         to_fp16_file(src, dst, io)
         check_graph(dst)
@@ -150,12 +154,16 @@ def test_fp16_graphs_load_in_onnxruntime_and_stay_finite_at_4_sigma(fp32_bundle,
         assert {t.type for t in [*sess.get_inputs(), *sess.get_outputs()]} == {want}
         weights = [i.data_type for i in onnx.load(str(dst)).graph.initializer if i.data_type in (1, 10)]
         assert weights and all(t == onnx.TensorProto.FLOAT16 for t in weights)
-        kind = spec.inputs[0].kind
-        probes = role_probes(kind, m.latent.dim, np.random.default_rng(0).random((8, 1, 28, 28), np.float32), 8, 0)
-        if kind == "latent":
-            assert np.abs(probes["extreme"]).max() == EXTREME_SIGMA
-        q = compare_graphs(src, dst, probes, spec, m, role, "fp16")  # raises on any non-finite output
-        assert q["max_abs"] < 0.05 and q["max_abs_stress"] < 0.05, q
+    assert np.abs(role_probes("latent", m.latent.dim, mnist5k.val, 8, 0)["extreme"]).max() == EXTREME_SIGMA
+    # parity's checks (±4σ codes included) against the fp32 graphs, with fp16 tolerances
+    fp16 = with_files(m, {r: str(tmp_path / s.file) for r, s in m.roles.items()},
+                      "float16" if io == "fp16" else None)
+    cases = Verifier(bundle, m, mnist5k.val, "fp16", samples=9).check(fp16)
+    assert {c.probe for c in cases} >= {"val", "generated", "noise", "prior", "extreme"}
+    assert all(c.passed for c in cases), failure_lines(cases)
+    assert not any(o.stats["nonfinite"] for c in cases for o in c.outputs)
+    q = error_summary(cases)
+    assert q["max_abs"] < 0.05 and q["max_abs_stress"] < 0.05, q
 
 
 def test_fp16_keeps_exp_in_fp32_and_onnxruntime_accepts_the_mixed_graph():
@@ -209,7 +217,7 @@ def test_cli_fp16_with_fp16_io_replaces_a_bundle_with_force(fp32_bundle, tmp_pat
 def test_int8_graphs_run_and_report_their_error(fp32_bundle, mnist5k, tmp_path, family, arch, mode):
     _, bundle = fp32_bundle(family, arch)
     m = read_manifest(bundle)
-    for role, spec in m.roles.items():
+    for _role, spec in m.roles.items():
         src, dst = bundle / spec.file, tmp_path / spec.file
         calib = None
         if mode == "static":
@@ -217,17 +225,30 @@ def test_int8_graphs_run_and_report_their_error(fp32_bundle, mnist5k, tmp_path, 
                 (64, m.latent.dim)).astype(np.float32)
         to_int8_file(src, dst, mode, calib)
         check_graph(dst)
-        ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+        graph = onnx.load(str(dst)).graph
+        ops = {n.op_type for n in graph.node}
         want = {"static": {"QuantizeLinear", "DequantizeLinear"}, "weights": {"MatMulNBits"},
                 "dynamic": {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}}[mode]
         assert ops & want, ops
         assert mode == "static" or "Gemm" not in ops, ops  # every Linear layer quantized
         assert dst.stat().st_size < 0.9 * src.stat().st_size  # int8 weights (dynamic mode leaves ConvTranspose)
-        probes = role_probes(spec.inputs[0].kind, m.latent.dim, mnist5k.val, 16, 0)
-        q = compare_graphs(src, dst, probes, spec, m, role, "int8")
-        assert 0 < q["max_abs"] < 1.0 and q["mean_abs"] <= q["max_abs"]
-        if any(t.kind == "image" for t in spec.outputs):
-            assert q["psnr_db"] > 20
+        if mode == "static":  # the form TensorRT consumes: signed int8, zero points 0, on activations and weights
+            inits = {i.name: i for i in graph.initializer}
+            activations = zero_points(graph, inits, "QuantizeLinear")  # weights are stored int8, only dequantized
+            assert activations and all(z.data_type == onnx.TensorProto.INT8 for z in activations)
+            weights = [z for z in zero_points(graph, inits, "DequantizeLinear")
+                       if z.data_type != onnx.TensorProto.INT32]  # int32 ones are biases
+            assert weights and all(z.data_type == onnx.TensorProto.INT8 for z in weights)
+            assert all(not onnx.numpy_helper.to_array(z).any() for z in activations + weights)
+    int8 = with_files(m, {r: str(tmp_path / s.file) for r, s in m.roles.items()})
+    q = error_summary(Verifier(bundle, m, mnist5k.val, "int8", samples=9).check(int8))
+    assert 0 < q["max_abs"] < 1.0 and q["mean_abs"] <= q["max_abs"]
+    if "psnr_db" in q:
+        assert q["psnr_db"] > 20
+
+
+def zero_points(graph, inits: dict, op: str) -> list:
+    return [inits[n.input[2]] for n in graph.node if n.op_type == op and len(n.input) > 2]
 
 
 def test_cli_int8_static_states_quality_and_writes_triton(fp32_bundle, tmp_path, capsys):
@@ -335,14 +356,13 @@ def test_a_failure_mid_export_leaves_the_old_bundle_and_no_temporary_folder(fp32
     before = {p.name: p.read_bytes() for p in (work / "bundle").iterdir()}
     real = export_onnx.check_against_reference
 
-    def broken(path, ref):
-        errors = real(path, ref)
+    def broken(path, ref, spec, value_range):
         if path.name == "discriminator.onnx":  # the second role: the first is already written
-            errors = {k: 1.0 for k in errors}
-        return errors
+            ref.outputs = {k: [w + 1.0 for w in v] for k, v in ref.outputs.items()}
+        return real(path, ref, spec, value_range)
 
     monkeypatch.setattr(export_onnx, "check_against_reference", broken)
-    with pytest.raises(ExportError, match="discriminator: exported graph differs from PyTorch by 1"):
+    with pytest.raises(ExportError, match=r"discriminator: exported graph differs from PyTorch .*abs_error"):
         export_bundle(work, ExportOptions(force=True, probes=8))
     assert sorted(p.name for p in work.iterdir()) == ["bundle", "checkpoint.pt"]
     assert {p.name: p.read_bytes() for p in (work / "bundle").iterdir()} == before

@@ -1,4 +1,4 @@
-"""fp16 and int8 role graphs from the checked fp32 ones, and what the conversion cost in quality.
+"""fp16 and int8 role graphs from the checked fp32 ones, each verified before it enters a bundle.
 
 fp16: our own small pass over the graph (not onnxconverter-common, whose output onnxruntime
 refused on an MLP VAE): weights and compute in fp16, graph inputs/outputs float32 unless
@@ -7,48 +7,37 @@ normalisations, reductions) kept in fp32 between Casts. Operator schemas decide 
 may change type, and onnx's node-level type inference gives every output's new type, so the
 pass stays correct for operators it was not written against.
 
-int8: onnxruntime.quantization. `static` (QDQ, per-channel weights, activations calibrated on
-real validation images for image-input roles and prior samples for latent-input roles) or
-`dynamic` (int8 weights, activations quantized per call; Gemm is first rewritten as MatMul + Add
-because onnxruntime's dynamic quantizer does not quantize Gemm), or `weights` (int8 weight-only
-MatMulNBits from onnxruntime, blocks of 128 with one scale each, int8 compute: the fastest at
-batch 1 on big MLPs, where reading the weights is the cost; an onnxruntime contrib operator that
-other runtimes lack, and MatMul/Gemm only, convolutions stay fp32).
+int8: onnxruntime.quantization (`int8.py`): static (signed symmetric per-channel QDQ), dynamic,
+or weight-only; a role that fails its checks gets other calibration methods, then its most
+sensitive nodes kept in float.
 
-Every converted graph passes the same onnx.checker as the fp32 one, loads in onnxruntime, and is
-compared with the fp32 graph on validation images, prior samples and ±4σ latents: max and mean
-abs error, PSNR for image outputs. Non-finite outputs fail the export.
+Every converted graph passes the same onnx.checker as the fp32 one and `bigmodel parity`'s role
+and chain checks against the fp32 graphs (`verify.py`). What it measured goes into the manifest
+(`extra.quality` per role, `extra.verification`); failures are returned for the caller to refuse.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import shutil
-import tempfile
-import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from bigmodel.errors import ExportError
-from bigmodel.export.onnx import (
-    EXTERNAL_DATA_BYTES,
-    FP32_DIR,
-    ExportOptions,
-    _file_bytes,
-    _import,
-    check_graph,
-    ort_session,
-    save_onnx,
+from bigmodel.export.int8 import (
+    CALIBRATION_METHODS,
+    WEIGHT_BLOCK,
+    calibration_inputs,
+    quantized_nodes,
+    search,
+    to_int8_file,
 )
+from bigmodel.export.onnx import EXTERNAL_DATA_BYTES, FP32_DIR, ExportOptions, _file_bytes, check_graph, save_onnx
+from bigmodel.export.verify import VERIFY_SEED, Verifier, runtime_model, with_files
 from bigmodel.fileio import sha256_file
-from bigmodel.manifest import Manifest, RoleSpec
-from bigmodel.models.probes import role_probes
-from bigmodel.runtime.priors import draw as draw_prior
+from bigmodel.manifest import Manifest
+from bigmodel.parity.check import error_summary, failure_lines, tolerance_used
+from bigmodel.parity.inputs import DEFAULT_SAMPLES
 
 # Operators that run in fp32 inside an fp16 graph: exp(logvar) and friends overflow or lose all
 # precision in fp16 at ±4σ latents; Casts around them are cheap next to a Gemm or a Conv.
@@ -58,60 +47,100 @@ FP16_KEEP_FP32 = frozenset({
     "BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
 })
 FP16_MAX = 65504.0
-CALIBRATION_BATCH = 64
-WEIGHT_BLOCK = 128  # int8 weight-only: weights per scale (fewer when a layer has fewer inputs)
-IN_DISTRIBUTION = ("val", "prior")  # probe sets that PSNR is computed on (not noise, not ±4σ)
 
 
 def convert_bundle(folder: Path, manifest: Manifest, opts: ExportOptions, val: np.ndarray,
-                   say: Callable[[str], None]) -> dict[str, dict[str, float]]:
-    """Replace each fp32 `<role>.onnx` in `folder` by its fp16/int8 version; returns quality per role.
+                   say: Callable[[str], None]) -> tuple[dict[str, dict], list[str]]:
+    """Replace each fp32 `<role>.onnx` in `folder` by its fp16/int8 version, verified; (quality, failures).
 
-    The fp32 graphs move to `folder/fp32/` (TensorRT 10 builds fp16 engines from them) and the
-    caller removes that folder before the bundle is renamed into place.
+    quality: per role, the error figures of its checks (and for int8 the calibration method and the
+    nodes kept in float); failures: one line per failed check, empty when every check passed.
+    The fp32 graphs move to `folder/fp32/` (the reference; TensorRT 10 builds fp16 engines from
+    them) and the caller removes that folder before the bundle is renamed into place.
     """
     fp32_dir = folder / FP32_DIR
     fp32_dir.mkdir(exist_ok=True)
-    quality: dict[str, dict[str, float]] = {}
-    for role, spec in list(manifest.roles.items()):
-        src = fp32_dir / spec.file
+    for spec in manifest.roles.values():
         for f in (folder / spec.file, (folder / spec.file).with_suffix(".onnx.data")):
             if f.exists():
                 f.rename(fp32_dir / f.name)  # the graph names its data file relative to itself: move both
-        dst = folder / spec.file
-        external = _keep_external(src, opts)
+    fp32 = with_files(manifest, {r: f"{FP32_DIR}/{s.file}" for r, s in manifest.roles.items()})
+    verifier = Verifier(folder, fp32, val, opts.precision)
+    io_dtype = "float16" if opts.precision == "fp16" and opts.io == "fp16" else "float32"
+    current = fp32  # roles converted so far, the rest still fp32: chains into a role use the converted ones
+    quality: dict[str, dict] = {}
+    for role, spec in list(manifest.roles.items()):
+        src, dst = fp32_dir / spec.file, folder / spec.file
+        current = with_files(current, {role: spec.file}, io_dtype)
+        record: dict = {}
         if opts.precision == "fp16":
-            to_fp16_file(src, dst, opts.io, external)
+            to_fp16_file(src, dst, opts.io, _keep_external(src, opts))
         else:
-            inputs = (_calibration_inputs(spec, manifest, val, opts.calibration, fp32_dir)
-                      if opts.int8_mode == "static" else None)
-            to_int8_file(src, dst, opts.int8_mode, inputs, trt_friendly=opts.engine, external=external)
+            record = _int8_role(role, src, dst, fp32, current, verifier, val, opts)
         check_graph(dst)
-        probes = role_probes(spec.inputs[0].kind, manifest.latent.dim, val, opts.probes, seed=0)
-        quality[role] = compare_graphs(src, dst, probes, spec, manifest, role, opts.precision)
-        io_dtype = "float16" if opts.precision == "fp16" and opts.io == "fp16" else "float32"
-        manifest.roles[role] = RoleSpec(
-            file=spec.file, sha256=sha256_file(dst),
-            inputs=[replace(t, dtype=io_dtype) for t in spec.inputs],
-            outputs=[replace(t, dtype=io_dtype) for t in spec.outputs],
-        )
-        say(f"{role}: {opts.precision} {dst.name} ({_file_bytes(dst) / 1e6:.2f} MB), vs fp32: "
-            + ", ".join(f"{k} {v:.3g}" for k, v in quality[role].items()))
+        manifest.roles[role] = current.roles[role] = _with_sha(current.roles[role], dst)
+        quality[role] = record
+    cases = verifier.check(current)  # every role and chain on the final graphs: what the bundle holds
+    failures = failure_lines(cases, prefix=f"{opts.precision} ")
+    for role, spec in manifest.roles.items():
+        mine = [c for c in cases if c.target.split("->")[-1] == role]  # the role, and chains into it
+        quality[role] = {**error_summary(mine), **quality[role]}
+        kept = quality[role].get("kept_float")
+        say(f"{role}: {opts.precision} {spec.file} ({_file_bytes(folder / spec.file) / 1e6:.2f} MB) vs fp32 graphs: "
+            f"{'pass' if all(c.passed for c in mine) else 'FAIL'}, {tolerance_used(mine):.0%} of tolerance used"
+            + (f", {len(kept)} node(s) kept in float" if kept else ""))
     manifest.precision = opts.precision
     manifest.extra["precision"] = precision_note(opts)
     manifest.extra["quality"] = quality
-    return quality
+    manifest.extra["verification"] = {
+        "checks": "bigmodel parity's role and chain checks (bigmodel.parity.check), ort-cpu",
+        "reference": "the fp32 ONNX graphs, checked against PyTorch at export",
+        "tolerances": opts.precision, "samples": DEFAULT_SAMPLES, "seed": VERIFY_SEED,
+        "passed": not failures, "failures": failures}
+    return quality, failures
+
+
+def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifest, verifier: Verifier,
+               val: np.ndarray, opts: ExportOptions) -> dict:
+    """Quantize one role, searching calibration methods and nodes kept in float until its checks pass."""
+    calib = None
+    if opts.int8_mode == "static":
+        reference = runtime_model(verifier.folder, fp32)
+
+        def run_first(roles: tuple[str, ...], x: np.ndarray) -> np.ndarray | None:
+            for r in roles:
+                if r in fp32.roles:
+                    spec = fp32.roles[r]
+                    return reference.run(r, {spec.inputs[0].name: x})[spec.outputs[0].name]
+            return None
+
+        calib = calibration_inputs(fp32.roles[role].inputs[0].kind, fp32.latent, val, opts.calibration, run_first)
+    external = _keep_external(src, opts)
+    methods = CALIBRATION_METHODS if opts.int8_mode == "static" else (None,)
+    result = search(
+        build=lambda method, exclude, only: to_int8_file(src, dst, opts.int8_mode, calib, method or "MinMax",
+                                                         exclude, only, external),
+        evaluate=lambda: tolerance_used(verifier.check(current, role)),
+        candidates=lambda: quantized_nodes(src, dst, opts.int8_mode),
+        methods=methods)
+    return {"calibration": result.method, "kept_float": result.kept_float, "attempts": len(result.attempts)}
+
+
+def _with_sha(spec, path: Path):
+    from dataclasses import replace
+
+    return replace(spec, sha256=sha256_file(path))
 
 
 def precision_note(opts: ExportOptions) -> dict:
-    """What the conversion did, for manifest.extra."""
+    """What the conversion did, for manifest.extra (per-role choices are in extra.quality)."""
     if opts.precision == "fp16":
         return {"precision": "fp16", "io": opts.io, "converter": "bigmodel.export.precision.to_fp16",
                 "fp32_ops": sorted(FP16_KEEP_FP32)}
     note = {"precision": "int8", "mode": opts.int8_mode, "tool": "onnxruntime.quantization", "weights": "int8"}
     if opts.int8_mode == "static":
-        act, sym = ("int8", True) if opts.engine else ("uint8", False)
-        note.update(format="QDQ", per_channel=True, activations=act, symmetric=sym, calibrate="MinMax",
+        note.update(format="QDQ", per_channel=True, activations="int8", symmetric=True,
+                    calibrate=f"first of {', '.join(CALIBRATION_METHODS)} that passes (per role)",
                     calibration=f"{opts.calibration} validation images + generated images (image inputs); "
                                 f"{opts.calibration} prior samples + encoder codes (latent inputs)")
     elif opts.int8_mode == "dynamic":
@@ -267,184 +296,8 @@ def _infer_types(node, schema, types: dict[str, int]) -> None:
     raise ExportError(f"fp16: cannot tell the output types of {node.op_type} {node.name!r}")
 
 
-# ------------------------------------------------------------------------------------------- int8
-def to_int8_file(src: Path, dst: Path, mode: str, calibration: np.ndarray | None, trt_friendly: bool = False,
-                 external: bool = False) -> None:
-    """Quantize the fp32 graph at `src` into `dst` with onnxruntime.quantization."""
-    import onnx
-
-    _import("onnxruntime", "int8 quantization")
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
-    work = Path(tempfile.mkdtemp(prefix=".quant.", dir=dst.parent))
-    try:
-        dst.with_suffix(".onnx.data").unlink(missing_ok=True)
-        with _quiet_quantizer():
-            if mode == "dynamic":
-                prep = work / "prep.onnx"
-                save_onnx(gemm_to_matmul(onnx.load(str(src))), prep, external)
-                quantize_dynamic(prep, dst, weight_type=QuantType.QInt8, use_external_data_format=external)
-            elif mode == "weights":
-                from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-                model = gemm_to_matmul(onnx.load(str(src)))
-                quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=weight_block(model), is_symmetric=True,
-                                                 accuracy_level=4)
-                quantizer.process()
-                quantizer.model.save_model_to_file(str(dst), external)
-            else:
-                name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-
-                class Feeds(CalibrationDataReader):
-                    def __init__(self):
-                        self.batches = iter(np.array_split(calibration, max(1, len(calibration) // CALIBRATION_BATCH)))
-
-                    def get_next(self):
-                        batch = next(self.batches, None)
-                        return None if batch is None else {name: np.ascontiguousarray(batch)}
-
-                act = QuantType.QInt8 if trt_friendly else QuantType.QUInt8
-                extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if trt_friendly else {}
-                quantize_static(src, dst, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=act, weight_type=QuantType.QInt8, use_external_data_format=external,
-                                extra_options=extra)
-    except ExportError:
-        raise
-    except Exception as e:
-        raise ExportError(f"int8 {mode} quantization of {src.name} failed: {type(e).__name__}: "
-                          f"{str(e).strip()[:300]}") from e
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def weight_block(model) -> int:
-    """Weights per int8 scale: WEIGHT_BLOCK, or less when a MatMul's K is smaller (blocks pad K up to their size)."""
-    inits = {i.name: i for i in model.graph.initializer}
-    ks = [inits[n.input[1]].dims[0] for n in model.graph.node
-          if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
-    small = min(ks, default=WEIGHT_BLOCK)
-    return WEIGHT_BLOCK if small >= WEIGHT_BLOCK else max(16, 1 << (int(small).bit_length() - 1))
-
-
-def gemm_to_matmul(model):
-    """Gemm(A, W, b) with a weight initializer -> MatMul(A, Wᵀ) + Add(b): what the dynamic quantizer handles."""
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
-            nodes.append(node)
-            continue
-        w = inits[node.input[1]]
-        if attrs.get("transB", 0):
-            import torch  # its blocked transpose is several times faster than numpy's on big weights
-
-            with warnings.catch_warnings():  # a read-only view of the proto's bytes: only read here
-                warnings.simplefilter("ignore", UserWarning)
-                arr = torch.from_numpy(numpy_helper.to_array(w)).t().contiguous().numpy()
-            w.CopyFrom(numpy_helper.from_array(arr, w.name))
-            del arr
-        has_bias = len(node.input) > 2 and node.input[2]
-        mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [mm_out], name=f"{node.name}_MatMul"))
-        if has_bias:
-            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_Add"))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    del model.graph.value_info[:]
-    return model
-
-
-@contextlib.contextmanager
-def _quiet_quantizer():
-    buffer = io.StringIO()
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def _calibration_inputs(spec: RoleSpec, manifest: Manifest, val: np.ndarray, n: int, fp32_dir: Path) -> np.ndarray:
-    """What the role really sees, so int8 ranges cover it.
-
-    Image inputs: validation images, plus the generator's/decoder's images of prior samples (a GAN
-    discriminator judges both; calibrated on real images alone its int8 output was constant on
-    generated ones). Latent inputs: prior samples, plus the encoder's codes of validation images
-    (an AE's codes are not N(0, I)). The other role's fp32 graph is already in `fp32_dir` because
-    roles are converted in order (encoder before decoder, generator before discriminator).
-    """
-    real = np.ascontiguousarray(val[: min(n, len(val))], dtype=np.float32)
-    prior = draw_prior(manifest.latent, n, seed=1)  # the runtime's own sampler: one definition of the prior
-    if spec.inputs[0].kind == "image":
-        made = _run_fp32(fp32_dir, manifest, ("generator", "decoder"), prior)
-        return real if made is None else np.concatenate([real, made])
-    codes = _run_fp32(fp32_dir, manifest, ("encoder",), real)
-    return prior if codes is None else np.concatenate([prior, codes])
-
-
-def _run_fp32(fp32_dir: Path, manifest: Manifest, roles: tuple[str, ...], x: np.ndarray) -> np.ndarray | None:
-    """First output of the first of `roles` whose fp32 graph is in `fp32_dir`, on `x`; None if none is."""
-    import onnxruntime as ort
-
-    for role in roles:
-        if role in manifest.roles and (fp32_dir / manifest.roles[role].file).exists():
-            graph = fp32_dir / manifest.roles[role].file
-            session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-            return session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
-    return None
-
-
-# ---------------------------------------------------------------------------------------- quality
-def compare_graphs(ref: Path, new: Path, probes: dict[str, np.ndarray], spec: RoleSpec, manifest: Manifest,
-                   role: str, precision: str) -> dict[str, float]:
-    """The converted graph against the fp32 one, both in onnxruntime.
-
-    `max_abs`, `mean_abs` and, for image outputs, `psnr_db` (over the data range) on in-distribution
-    inputs (validation images, prior samples); `max_abs_stress` on noise images and ±4σ latents,
-    where calibrated int8 ranges clip. Non-finite outputs anywhere raise ExportError.
-    """
-    s_ref, s_new = ort_session(ref), ort_session(new)
-    name = s_ref.get_inputs()[0].name
-    in_dtype = np.float16 if s_new.get_inputs()[0].type == "tensor(float16)" else np.float32
-    lo, hi = manifest.data.value_range
-    worst, stress, total, count, sq, sq_count = 0.0, 0.0, 0.0, 0, 0.0, 0
-    for probe, x in probes.items():
-        want = s_ref.run(None, {name: x})
-        got = s_new.run(None, {name: x.astype(in_dtype)})
-        for out, w, g in zip(spec.outputs, want, got, strict=True):
-            g = g.astype(np.float64)
-            if not np.all(np.isfinite(g)):
-                raise ExportError(f"{role}: the {precision} graph gives non-finite {out.name} on {probe} inputs "
-                                  f"(fp32 gives finite values); the bundle was not written")
-            diff = np.abs(g - w)
-            if probe not in IN_DISTRIBUTION:
-                stress = max(stress, float(diff.max()))
-                continue
-            worst, total, count = max(worst, float(diff.max())), total + float(diff.sum()), count + diff.size
-            if out.kind == "image":
-                sq, sq_count = sq + float(np.sum(diff**2)), sq_count + diff.size
-    quality = {"max_abs": worst, "mean_abs": total / max(count, 1)}
-    if sq_count:
-        mse = sq / sq_count
-        quality["psnr_db"] = float("inf") if mse == 0 else float(10 * np.log10((hi - lo) ** 2 / mse))
-    quality["max_abs_stress"] = stress
-    return quality
-
-
 def _keep_external(src: Path, opts: ExportOptions) -> bool:
+    """External data for a converted graph: as asked, else when the fp32 one passes 2 GiB."""
     if opts.external_data is not None:
         return opts.external_data
     return _file_bytes(src) >= EXTERNAL_DATA_BYTES

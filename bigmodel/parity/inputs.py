@@ -1,18 +1,22 @@
-"""What parity feeds each role and chain: validation images, noise, prior samples, ±4σ latents.
+"""What parity feeds each role and chain: real, generated and noise images, prior samples, ±4σ latents.
 
 The probe sets come from `bigmodel.models.probes` (export's built-in check draws from there too),
-seeded, float32, at batch 1 and at an odd batch N. `save_inputs` writes them in the JSON form
-`polygraphy run --load-inputs` reads, so a peer tool can be run on exactly the same inputs.
+plus, for image inputs, the images the bundle's decoder/generator makes from prior samples (as
+`Model.sample` does; drawn by the reference), seeded, float32, at batch 1 and at an odd batch N.
+`save_inputs` writes them in the JSON form `polygraphy run --load-inputs` reads, so a peer tool
+runs on exactly the same inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from bigmodel.errors import DataError
+from bigmodel.errors import CheckpointError, DataError
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.parity.report import ProbeInput
 
@@ -56,30 +60,47 @@ def target_name(target: tuple[str, ...]) -> str:
 _SOURCES = {
     "val": "validation images of {data}, a seeded pick",
     "noise": "uniform noise images in [0, 1)",
+    "generated": "images the reference's {maker} makes from the bundle's prior samples",
     "prior": "standard normal codes",
     "extreme": "codes out to ±4σ (half: normal x4 clipped to ±4; half: exactly ±4)",
     "mixture": "codes from the bundle's mixture prior",
 }
 
 
-def probe_inputs(manifest, targets, val, data_name, samples, seed):
-    """Input sets per target, from `bigmodel.models.probes` (as export's check), float32."""
+IMAGE_MAKERS = ("generator", "decoder")  # the role whose outputs are the bundle's generated images
+
+Generate = Callable[[str, np.ndarray], np.ndarray]  # (role, latents) -> the role's first output
+
+
+def probe_inputs(manifest, targets, val, data_name, samples, seed, generate: Generate | None = None):
+    """Input sets per target, from `bigmodel.models.probes` (as export's check), float32.
+
+    generate: the reference's image maker; when given, image inputs also get "generated" images
+    (its outputs on the bundle's prior samples, what a discriminator or encoder meets in use).
+    """
     from bigmodel.models.probes import role_probes
     from bigmodel.runtime import priors
 
     inputs, feeds = [], {}
+    maker = next((r for r in IMAGE_MAKERS if r in manifest.roles), None)
+    made = None
     for target in targets:
         spec = manifest.roles[target[0]].inputs[0]
         sets = role_probes(spec.kind, manifest.latent.dim, val, samples, seed)
         if spec.kind == "latent" and manifest.latent.prior != "normal":
             sets["mixture"] = priors.draw(manifest.latent, samples, seed)
+        if spec.kind == "image" and generate is not None and maker is not None:
+            if made is None:
+                made = generate(maker, priors.draw(manifest.latent, samples, seed))
+            sets["generated"] = made
         name = target_name(target)
         for probe, x in sets.items():
             x = np.ascontiguousarray(x, dtype=np.float32)
             n = len(x) if len(x) % 2 else len(x) - 1
             batches = [1] + ([n] if n > 1 else [])
             feeds[name, probe] = [x[:b] for b in batches]
-            inputs.append(ProbeInput(name, probe, _SOURCES[probe].format(data=data_name), seed, tuple(x.shape),
+            inputs.append(ProbeInput(name, probe, _SOURCES[probe].format(data=data_name, maker=maker), seed,
+                                     tuple(x.shape),
                                      hashlib.sha256(x.tobytes()).hexdigest()))
     return inputs, feeds
 
@@ -110,13 +131,18 @@ def save_inputs(bundle: str | Path, folder: str | Path, samples: int = DEFAULT_S
 
     Each file lists every probe set at batch 1 then batch N, in the graph's input dtype.
     """
+    from bigmodel.parity.run import _checkpoint, _Reference  # run imports this module: import at call time
+
     manifest = read_manifest(Path(bundle))
     val, name = validation_images(manifest, data)
+    generate = None
+    with contextlib.suppress(CheckpointError):  # no checkpoint beside the bundle: no generated images
+        generate = _Reference(_checkpoint(Path(bundle), manifest, None)[0]).generate
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for role, spec in manifest.roles.items():
-        _, feeds = probe_inputs(manifest, [(role,)], val, name, samples, seed)
+        _, feeds = probe_inputs(manifest, [(role,)], val, name, samples, seed, generate)
         t = spec.inputs[0]
         rows = [{t.name: x.astype(t.dtype)} for batches in feeds.values() for x in batches]
         written.append(save_polygraphy_inputs(folder / f"{role}.json", rows))

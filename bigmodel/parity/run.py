@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from bigmodel.errors import BackendUnavailable, CheckpointError, InputError
 from bigmodel.manifest import Manifest, read_manifest
-from bigmodel.parity.inputs import DEFAULT_SAMPLES, probe_inputs, target_name, targets_of, validation_images
-from bigmodel.parity.report import BackendRun, Case, ParityReport
-from bigmodel.parity.stats import compare
-from bigmodel.parity.tolerances import STRESS_PROBES, rule, tolerances_for
-
-Progress = Callable[[str, int, int], None]  # (what, done, total)
+from bigmodel.parity.check import Progress, check_targets
+from bigmodel.parity.inputs import DEFAULT_SAMPLES, probe_inputs, targets_of, validation_images
+from bigmodel.parity.report import BackendRun, ParityReport
+from bigmodel.parity.tolerances import tolerances_for
 
 
 def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
@@ -58,7 +56,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
     val, data_name = validation_images(manifest, data)
     reference = _Reference(ckpt_path)
     targets = targets_of(manifest)
-    inputs, feeds = probe_inputs(manifest, targets, val, data_name, samples, seed)
+    inputs, feeds = probe_inputs(manifest, targets, val, data_name, samples, seed, reference.generate)
 
     runs = []
     for name in names:
@@ -148,40 +146,19 @@ class _Reference:
             self.cache[target, key] = [o.detach().cpu().numpy() for o in outs]
         return self.cache[target, key]
 
+    def generate(self, role: str, z: np.ndarray) -> np.ndarray:
+        """The role's first output on latents `z`: the reference's generated images."""
+        return self((role,), ("_generated", len(z)), z)[0]
+
 
 def _run_backend(name, model, manifest, reference, targets, feeds, tol, progress) -> BackendRun:
     t0 = time.perf_counter()
     run = BackendRun(name, "ran")
-    total = sum(len(v) for v in feeds.values())
-    for target in targets:
-        tname = target_name(target)
-        last = manifest.roles[target[-1]]
-        for (fname, probe), batches in feeds.items():
-            if fname != tname:
-                continue
-            for x in batches:
-                if progress:
-                    progress(f"{name} {tname} {probe} batch {len(x)}", len(run.cases), total)
-                got = _run_runtime(model, manifest, target, x)
-                want = reference(target, (probe, len(x)), x)
-                outs = [compare(got[t.name], w, t.kind, rule(tol, t.kind, probe), manifest.data.value_range, t.name)
-                        for t, w in zip(last.outputs, want, strict=True)]
-                run.cases.append(Case(tname, probe, len(x), outs, stress=probe in STRESS_PROBES))
+    run.cases = check_targets(model, reference, manifest, targets, feeds, tol, progress, label=name)
     if progress:
-        progress(f"{name} done", total, total)
+        progress(f"{name} done", len(run.cases), len(run.cases))
     run.seconds = time.perf_counter() - t0
     return run
-
-
-def _run_runtime(model, manifest, target, x) -> dict[str, np.ndarray]:
-    """The target through `Model.run`, role by role (a chain feeds the first output on)."""
-    out: dict[str, np.ndarray] = {}
-    value = x
-    for role in target:
-        spec = manifest.roles[role]
-        out = model.run(role, {spec.inputs[0].name: value})
-        value = out[spec.outputs[0].name]
-    return out
 
 
 def _versions(manifest: Manifest) -> dict[str, str]:

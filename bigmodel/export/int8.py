@@ -1,0 +1,254 @@
+"""int8 role graphs with onnxruntime.quantization, and the search that makes them pass their checks.
+
+Modes: `static` (QDQ, the form TensorRT consumes: signed symmetric int8 activations and
+per-channel symmetric int8 weights, activations calibrated on what the role really sees),
+`dynamic` (int8 weights, activations quantized per call; Gemm is first rewritten as MatMul + Add
+because onnxruntime's dynamic quantizer does not quantize Gemm) and `weights` (int8 weight-only
+MatMulNBits, blocks of <= 128 weights with one scale each; an onnxruntime contrib operator, and
+MatMul/Gemm only, convolutions stay fp32).
+
+When a role's graph fails its checks, `search` tries onnxruntime's calibration methods (static
+only: MinMax, Entropy, Percentile) and then keeps the most sensitive nodes in float, as
+Polygraphy's `debug precision` does: each quantized node's error measured alone, then the
+smallest number of the most sensitive ones kept in float that passes, found by bisection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bigmodel.errors import ExportError
+from bigmodel.export.onnx import _import, save_onnx
+
+CALIBRATION_BATCH = 64
+WEIGHT_BLOCK = 128  # int8 weight-only: weights per scale (fewer when a layer has fewer inputs)
+CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")  # onnxruntime.quantization.CalibrationMethod names
+WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})  # what dynamic/weights modes quantize
+
+
+def to_int8_file(src: Path, dst: Path, mode: str, calibration: np.ndarray | None, method: str = "MinMax",
+                 exclude: Sequence[str] = (), only: Sequence[str] | None = None, external: bool = False) -> None:
+    """Quantize the fp32 graph at `src` into `dst` with onnxruntime.quantization.
+
+    method: the calibration method (static only); exclude: node names kept in float; only: when
+    given, quantize just these nodes (the sensitivity search measures one node at a time).
+    """
+    import onnx
+
+    _import("onnxruntime", "int8 quantization")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    work = Path(tempfile.mkdtemp(prefix=".quant.", dir=dst.parent))
+    exclude, only = list(exclude), (list(only) if only is not None else None)
+    try:
+        dst.with_suffix(".onnx.data").unlink(missing_ok=True)
+        with _quiet_quantizer():
+            if mode == "dynamic":
+                prep = work / "prep.onnx"
+                save_onnx(gemm_to_matmul(onnx.load(str(src))), prep, external)
+                quantize_dynamic(prep, dst, weight_type=QuantType.QInt8, use_external_data_format=external,
+                                 nodes_to_exclude=exclude, nodes_to_quantize=only)
+            elif mode == "weights":
+                from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+                model = gemm_to_matmul(onnx.load(str(src)))
+                quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=weight_block(model), is_symmetric=True,
+                                                 accuracy_level=4, nodes_to_exclude=exclude, nodes_to_include=only)
+                quantizer.process()
+                quantizer.model.save_model_to_file(str(dst), external)
+            else:
+                name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+
+                class Feeds(CalibrationDataReader):
+                    def __init__(self):
+                        self.batches = iter(np.array_split(calibration, max(1, len(calibration) // CALIBRATION_BATCH)))
+
+                    def get_next(self):
+                        batch = next(self.batches, None)
+                        return None if batch is None else {name: np.ascontiguousarray(batch)}
+
+                # Signed symmetric int8 on both sides (zero points 0): what TensorRT builds int8 engines from.
+                quantize_static(src, dst, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod[method], nodes_to_exclude=exclude,
+                                nodes_to_quantize=only, use_external_data_format=external,
+                                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"int8 {mode} quantization of {src.name} failed: {type(e).__name__}: "
+                          f"{str(e).strip()[:300]}") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def quantized_nodes(src: Path, dst: Path, mode: str) -> list[tuple[str, str]]:
+    """(name, op type) of the nodes the quantizer may change, in graph order: the candidates to keep in float.
+
+    static (QDQ keeps node names): the nodes of `dst` that read a DequantizeLinear output. dynamic
+    and weights: the weight-bearing nodes of the graph these modes quantize (after Gemm -> MatMul).
+    """
+    import onnx
+
+    if mode == "static":
+        out = onnx.load(str(dst), load_external_data=False).graph
+        dq = {o for n in out.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return [(n.name, n.op_type) for n in out.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                and any(i in dq for i in n.input)]
+    return [(n.name, n.op_type) for n in gemm_to_matmul(onnx.load(str(src))).graph.node if n.op_type in WEIGHT_OPS]
+
+
+@dataclass
+class SearchResult:
+    """What the int8 search settled on for one role, and every attempt it measured."""
+
+    method: str | None  # calibration method (static), None for dynamic/weights
+    kept_float: list[str]  # nodes excluded from quantization
+    passed: bool
+    tolerance_used: float
+    attempts: list[dict] = field(default_factory=list)  # {"method", "kept_float" | "only", "tolerance_used"}
+
+
+def search(build: Callable[[str | None, Sequence[str], Sequence[str] | None], None], evaluate: Callable[[], float],
+           candidates: Callable[[], list[tuple[str, str]]], methods: Sequence[str | None]) -> SearchResult:
+    """The int8 graph that passes: first each calibration method, then nodes kept in float by sensitivity.
+
+    build(method, exclude, only) writes a graph; evaluate() checks it -> share of tolerance used
+    (<= 1 passes); candidates() names (and types) the nodes the last full build quantized. At least
+    one weight-bearing node (the least sensitive) stays int8: a graph with none is no int8 graph, and
+    a role that passes only so fails. The graph the result describes is the last one written.
+    """
+    attempts: list[dict] = []
+
+    def attempt(method, exclude=(), only=None) -> float:
+        build(method, exclude, only)
+        used = evaluate()
+        attempts.append({"method": method, ("only" if only is not None else "kept_float"): list(only or exclude),
+                         "tolerance_used": used})
+        return used
+
+    scores = {}
+    for method in methods:
+        scores[method] = attempt(method)
+        if scores[method] <= 1.0:
+            return SearchResult(method, [], True, scores[method], attempts)
+    best = min(scores, key=lambda m: scores[m])
+    if len(methods) > 1:
+        build(best, (), None)
+    nodes = candidates()
+    # sensitivity: each node quantized alone, the rest in float (Polygraphy `debug precision` marks layers so)
+    alone = {name: attempt(best, only=[name]) for name, _ in nodes}
+    order = sorted((name for name, _ in nodes), key=lambda n: -alone[n])
+    weights = [name for name in order if dict(nodes)[name] in WEIGHT_OPS]
+    if weights:
+        order.remove(weights[-1])  # the least sensitive weight-bearing node stays int8
+    # bisect the number of most sensitive nodes kept in float
+    lo, hi, found = 1, len(order), None
+    while lo <= hi:
+        k = (lo + hi) // 2
+        used = attempt(best, exclude=order[:k])
+        if used <= 1.0:
+            found, hi = (k, used), k - 1
+        else:
+            lo = k + 1
+    if found is None:
+        attempt(best)  # nothing passes: leave the plain graph; the caller reports its failures
+        return SearchResult(best, [], False, scores[best], attempts)
+    k, used = found
+    if attempts[-1].get("kept_float") != order[:k]:
+        attempt(best, exclude=order[:k])
+    return SearchResult(best, order[:k], True, used, attempts)
+
+
+def weight_block(model) -> int:
+    """Weights per int8 scale: WEIGHT_BLOCK, or less when a MatMul's K is smaller (blocks pad K up to their size)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    ks = [inits[n.input[1]].dims[0] for n in model.graph.node
+          if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+    small = min(ks, default=WEIGHT_BLOCK)
+    return WEIGHT_BLOCK if small >= WEIGHT_BLOCK else max(16, 1 << (int(small).bit_length() - 1))
+
+
+def gemm_to_matmul(model):
+    """Gemm(A, W, b) with a weight initializer -> MatMul(A, Wᵀ) + Add(b): what the dynamic quantizer handles."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        w = inits[node.input[1]]
+        if attrs.get("transB", 0):
+            import torch  # its blocked transpose is several times faster than numpy's on big weights
+
+            with warnings.catch_warnings():  # a read-only view of the proto's bytes: only read here
+                warnings.simplefilter("ignore", UserWarning)
+                arr = torch.from_numpy(numpy_helper.to_array(w)).t().contiguous().numpy()
+            w.CopyFrom(numpy_helper.from_array(arr, w.name))
+            del arr
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [mm_out], name=f"{node.name}_MatMul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_Add"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.value_info[:]
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+
+
+def calibration_inputs(kind: str, latent, val: np.ndarray, n: int,
+                       run_first: Callable[[tuple[str, ...], np.ndarray], np.ndarray | None]) -> np.ndarray:
+    """What the role really sees, so int8 ranges cover it.
+
+    Image inputs: validation images, plus the generator's/decoder's images of prior samples (a GAN
+    discriminator judges both; calibrated on real images alone its int8 output was constant on
+    generated ones). Latent inputs: prior samples, plus the encoder's codes of validation images
+    (an AE's codes are not N(0, I)). run_first(roles, x): the first of `roles` in the bundle, in
+    fp32, on x -> its first output, or None when the bundle has none of them.
+    """
+    from bigmodel.runtime.priors import draw
+
+    real = np.ascontiguousarray(val[: min(n, len(val))], dtype=np.float32)
+    prior = draw(latent, n, seed=1)  # the runtime's own sampler: one definition of the prior
+    if kind == "image":
+        made = run_first(("generator", "decoder"), prior)
+        return real if made is None else np.concatenate([real, made.astype(np.float32)])
+    codes = run_first(("encoder",), real)
+    return prior if codes is None else np.concatenate([prior, codes.astype(np.float32)])

@@ -1,0 +1,113 @@
+"""fp16/int8 bundles keep their promise: export verifies them with parity's checks, or refuses.
+
+`bigmodel export --precision P && bigmodel parity BUNDLE --backend ort-cpu` exits 0 for every
+precision and int8 mode, or the export itself exits 1 naming the failure and leaves nothing
+behind; never a bundle that fails parity. The default suite runs conftest's 1-epoch MLP runs;
+the slow test trains every family x arch for 3 epochs as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli as cli
+
+from bigmodel.manifest import read_manifest
+from bigmodel.models.registry import list_models
+from bigmodel.parity.tolerances import TOLERANCES, Tolerance
+
+PRECISIONS = [("fp16", "static"), ("int8", "static"), ("int8", "dynamic"), ("int8", "weights")]
+
+
+def export_then_parity(capsys, run: Path, precision: str, mode: str, *extra: str) -> str:
+    """`bigmodel export` then `bigmodel parity --backend ort-cpu`: both pass, or export exits 1 and writes nothing."""
+    out = run / f"bundle-{precision}-{mode}"
+    code, text = cli(capsys, "export", str(run), "--out", str(out), "--precision", precision, "--int8-mode", mode,
+                     *extra)
+    if code == 1:  # refused: the message names the failure, and nothing is left at (or beside) the final path
+        assert "no bundle was written" in text and "inputs, batch" in text and "got " in text, text
+        assert not out.exists() and not list(run.glob(f".{out.name}*")), text
+        return "refused"
+    assert code == 0, text
+    assert "check against the fp32 graphs" in text and "pass" in text, text
+    code, text = cli(capsys, "parity", str(out), "--backend", "ort-cpu")
+    assert code == 0, text
+    assert f"({precision} tolerances)" in text
+    return "pass"
+
+
+def run_copy(src: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    shutil.copy(src / "checkpoint.pt", dest / "checkpoint.pt")
+    return dest
+
+
+MLP = [m.family for m in list_models() if m.arch == "mlp"]
+
+
+@pytest.mark.parametrize("family", MLP)
+def test_int8_static_bundles_pass_parity_or_export_refuses(trained_run, tmp_path, capsys, family):
+    run = run_copy(trained_run(family, "mlp"), tmp_path / "run")
+    export_then_parity(capsys, run, "int8", "static", "--calibration", "64")
+    if (run / "bundle-int8-static").exists():
+        quality = read_manifest(run / "bundle-int8-static").extra["quality"]
+        for q in quality.values():  # the manifest says per role what the search settled on and what it cost
+            assert q["calibration"] in ("MinMax", "Entropy", "Percentile") and isinstance(q["kept_float"], list)
+            assert 0 <= q["tolerance_used"] <= 1 and q["max_abs"] >= 0
+
+
+@pytest.mark.parametrize("precision, mode", [p for p in PRECISIONS if p != ("int8", "static")])
+def test_other_precisions_pass_parity_or_export_refuses(trained_run, tmp_path, capsys, precision, mode):
+    run = run_copy(trained_run("vae", "mlp"), tmp_path / "run")
+    export_then_parity(capsys, run, precision, mode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, arch", [(m.family, m.arch) for m in list_models()],
+                         ids=[f"{m.family}-{m.arch}" for m in list_models()])
+def test_every_model_trained_3_epochs_every_precision(tmp_path, capsys, family, arch):
+    run = tmp_path / "run"
+    code, text = cli(capsys, "train", family, "--arch", arch, "--epochs", "3", "--out", str(run))
+    assert code == 0, text
+    verdicts = {f"{p} {m}": export_then_parity(capsys, run, p, m) for p, m in PRECISIONS}
+    assert set(verdicts.values()) <= {"pass", "refused"}
+
+
+IMPOSSIBLE = Tolerance(atol=1e-6, rtol=0.0, min_cosine=0.999999, min_psnr=100.0)  # far below int8's step
+
+
+def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_run, tmp_path, capsys, monkeypatch):
+    """A graph/tolerance pair where int8 must fail: the MLP VAE held to 1e-6, while one int8 step of a [0, 1]
+    image is 1/254. The search (calibration methods, nodes kept in float) keeps at least one weight layer
+    int8, so no graph it can make passes."""
+    monkeypatch.setitem(TOLERANCES, "int8", {k: IMPOSSIBLE for k in TOLERANCES["int8"]})
+    run = run_copy(trained_run("vae", "mlp"), tmp_path / "run")
+    out = run / "bundle"
+    code, text = cli(capsys, "export", str(run), "--out", str(out), "--precision", "int8", "--int8-mode", "dynamic")
+    assert code == 1, text
+    text = " ".join(text.split())
+    assert "int8 graphs fail" in text and "no bundle was written" in text
+    # the message names role, inputs, statistic and both values
+    assert "int8 encoder output" in text and "inputs, batch" in text and "got " in text and "want " in text
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
+
+    code, text = cli(capsys, "export", str(run), "--out", str(out), "--precision", "int8", "--int8-mode", "dynamic",
+                     "--allow-failing")
+    assert code == 0, text
+    assert "FAIL int8 " in text and "recorded in" in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    verification = manifest["extra"]["verification"]
+    assert verification["passed"] is False and verification["failures"]
+    assert verification["failures"][0].startswith("int8 encoder")
+    for q in manifest["extra"]["quality"].values():
+        assert q["tolerance_used"] > 1 and q["kept_float"] == [] and q["attempts"] > 1  # searched, then gave up
+    code, text = cli(capsys, "info", str(out))
+    assert code == 0, text
+    text = " ".join(text.split())
+    assert "FAILED (written with --allow-failing)" in text and "FAIL int8 encoder" in text
+    # parity, with the same table, gives the same verdict
+    code, text = cli(capsys, "parity", str(out), "--backend", "ort-cpu")
+    assert code == 1 and "parity failed" in text
