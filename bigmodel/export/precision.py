@@ -33,7 +33,7 @@ from bigmodel.export.int8 import (
     to_int8_file,
 )
 from bigmodel.export.onnx import EXTERNAL_DATA_BYTES, FP32_DIR, ExportOptions, _file_bytes, check_graph, save_onnx
-from bigmodel.export.verify import VERIFY_SEED, Verifier, runtime_model, with_files
+from bigmodel.export.verify import VERIFY_SEED, Verifier, with_files
 from bigmodel.fileio import sha256_file
 from bigmodel.manifest import Manifest
 from bigmodel.parity.check import error_summary, failure_lines, tolerance_used
@@ -105,14 +105,8 @@ def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifes
     """Quantize one role, searching calibration methods and nodes kept in float until its checks pass."""
     calib = None
     if opts.int8_mode == "static":
-        reference = runtime_model(verifier.folder, fp32)
-
         def run_first(roles: tuple[str, ...], x: np.ndarray) -> np.ndarray | None:
-            for r in roles:
-                if r in fp32.roles:
-                    spec = fp32.roles[r]
-                    return reference.run(r, {spec.inputs[0].name: x})[spec.outputs[0].name]
-            return None
+            return next((verifier.generate(r, x) for r in roles if r in fp32.roles), None)
 
         calib = calibration_inputs(fp32.roles[role].inputs[0].kind, fp32.latent, val, opts.calibration, run_first)
     external = _keep_external(src, opts)

@@ -50,15 +50,16 @@ class Verifier:
                  samples: int = DEFAULT_SAMPLES, seed: int = VERIFY_SEED):
         self.folder = Path(folder)
         self.tolerances = tolerances_for(precision)
-        fp32 = runtime_model(self.folder, reference)
-        self.reference = model_reference(fp32, reference)
+        self.fp32 = runtime_model(self.folder, reference)
+        self.reference = model_reference(self.fp32, reference)
         self.targets = targets_of(reference)
+        _, self.feeds = probe_inputs(reference, self.targets, val, reference.data.source, samples, seed,
+                                     self.generate)
 
-        def generate(role: str, z: np.ndarray) -> np.ndarray:
-            spec = reference.roles[role]
-            return fp32.run(role, {spec.inputs[0].name: z})[spec.outputs[0].name]
-
-        _, self.feeds = probe_inputs(reference, self.targets, val, reference.data.source, samples, seed, generate)
+    def generate(self, role: str, x: np.ndarray) -> np.ndarray | None:
+        """The fp32 graph of `role` on `x` -> its first output; None when the bundle has no such role."""
+        spec = self.fp32.manifest.roles.get(role)
+        return None if spec is None else self.fp32.run(role, {spec.inputs[0].name: x})[spec.outputs[0].name]
 
     def check(self, manifest: Manifest, role: str | None = None) -> list[Case]:
         """The targets that hold `role` (the role and the chains through it; all when None), on `manifest`'s graphs.
