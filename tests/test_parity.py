@@ -143,6 +143,35 @@ def test_compare_logit_sign_agreement_and_nonfinite_outputs():
     assert not shape.passed and "got (2, 3), want (2, 4)" in shape.failures[0].describe()
 
 
+def test_reduced_precision_logits_are_compared_as_probabilities():
+    tol = TOLERANCES["int8"]["logit"]
+    assert tol.probability and tol.stress.probability and not TOLERANCES["fp32"]["logit"].probability
+    # fp32 -44 against int8 -4.6 (a noise image): both say p(real) ~ 0 -- the same answer
+    want = np.array([[-44.0], [-30.0], [3.0], [-2.0]])
+    got = np.array([[-4.6], [-5.0], [3.05], [-2.02]])
+    check = compare(got, want, "logit", tol)
+    assert check.passed, [f.describe() for f in check.failures]
+    assert check.stats["max_abs"] == pytest.approx(1 / (1 + np.exp(4.6)), rel=1e-6)  # in probability units
+    # 0.3 against -0.7 near the boundary changes the answer (p 0.57 vs 0.33): a failure, named in probabilities
+    flip = compare(np.array([[0.3], [3.0]]), np.array([[-0.7], [3.0]]), "logit", tol)
+    assert not flip.passed and {f.statistic for f in flip.failures} >= {"abs_error", "sign_agreement"}
+    assert "(as probability)" in flip.failures[0].describe()
+    assert flip.used > 1 and check.used <= 1
+
+
+def test_codes_are_held_to_relative_error_per_sample():
+    tol = TOLERANCES["int8"]["latent"]
+    want = np.array([[1.0, -2.0, 0.5, 2.0], [0.1, 0.1, -0.1, 0.1]])
+    near = want * 1.05
+    assert compare(near, want, "latent", tol).passed
+    # the second code is small and comes back 30% longer: same direction (cosine 1), 0.03 per element
+    # (inside atol), but 30% off as a code
+    off = want * np.array([[1.0], [1.3]])
+    check = compare(off, want, "latent", tol)
+    assert check.stats["rel_norm"] == pytest.approx(0.3, rel=1e-4)
+    assert [f.statistic for f in check.failures] == ["rel_norm"] and check.failures[0].index[0] == 1
+
+
 # --------------------------------------------------------------------------------- real bundles
 MODELS = [pytest.param(m.family, m.arch, id=f"{m.family}-{m.arch}",
                        marks=() if m.arch in FAST_ARCHS else pytest.mark.slow) for m in list_models()]
