@@ -348,3 +348,85 @@ def test_a_blocking_stream_or_wrong_gpu_is_refused(fakes, tmp_path):
     with pytest.raises(BigmodelError, match="GPU 2 was asked for, but this process sees 2 GPU"):
         load(vae_bundle(tmp_path / "b"), backend="tensorrt", device="cuda:2")
     assert fakes.cudaStreamCreateWithFlags(0)[1] is None  # the stand-in refuses a blocking stream
+
+
+# ------------------------------------------------------- bench's onnxruntime I/O-binding runner (CUDA, no copies)
+class FakeValue:
+    def __init__(self, array, device, device_id):
+        self.array, self.device, self.device_id = array, device, device_id
+
+
+class FakeBinding:
+    """onnxruntime's IOBinding contract: every input and output bound on the GPU asked for, outputs readable
+    only after synchronize_outputs()."""
+
+    def __init__(self, session, device_id):
+        self.session, self.device_id, self.inputs, self.outputs = session, device_id, {}, set()
+        self.pending = self.ready = None
+
+    def bind_ortvalue_input(self, name, value):
+        assert (value.device, value.device_id) == ("cuda", self.device_id), "input bound on another device"
+        self.inputs[name] = value.array
+
+    def bind_output(self, name, device_type, device_id):
+        assert (device_type, device_id) == ("cuda", self.device_id), "output bound on another device"
+        self.outputs.add(name)
+
+    def run(self):
+        names = [i.name for i in self.session.get_inputs()]
+        assert sorted(self.inputs) == sorted(names), f"unbound inputs: {set(names) - set(self.inputs)}"
+        assert self.outputs == {o.name for o in self.session.get_outputs()}, "unbound outputs"
+        self.pending = dict(zip(sorted(self.outputs), self.session.run(sorted(self.outputs), self.inputs),
+                                strict=True))
+        self.ready = None
+
+    def synchronize_outputs(self):
+        self.ready, self.pending = self.pending, None
+
+    def copy_outputs_to_cpu(self):
+        assert self.ready is not None, "outputs read before synchronize_outputs()"
+        return self.ready
+
+
+class FakeSession:
+    def __init__(self, real, device_id):
+        self.real, self.binding = real, FakeBinding(real, device_id)
+
+    def io_binding(self):
+        return self.binding
+
+    def run_with_iobinding(self, binding):
+        binding.run()
+
+
+def test_bench_bound_runner_binds_everything_on_the_asked_gpu_and_synchronises(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    import onnxruntime as ort
+
+    from bigmodel.bench.adapters import RuntimeAdapter
+    from bigmodel.bench.run import BenchSettings
+    from bigmodel.export import ExportOptions, export_bundle
+    from bigmodel.runtime import load
+
+    shutil.copy(trained_run("gan", "mlp") / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    bundle = export_bundle(tmp_path, ExportOptions(probes=4)).bundle
+    model = load(bundle, backend="ort-cpu", threads=1)
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(lambda x, dev, i: FakeValue(x, dev, i)))
+    adapter = RuntimeAdapter("ort-cuda", bundle, model.manifest, BenchSettings(device="cuda", device_id=1,
+                                                                               copies=False))
+    adapter.model, adapter.copies = model, False
+    z = RNG.standard_normal((3, model.latent_dim)).astype(np.float32)
+    sessions = model.backend.sessions
+    fake = FakeSession(sessions["generator"], 1)
+    sessions["generator"] = fake
+    run = adapter.runner("generator", {"z": z})
+    run()
+    got = fake.binding.copy_outputs_to_cpu()
+    want = load(bundle, backend="ort-cpu", threads=1).run("generator", {"z": z})
+    for name, value in got.items():
+        np.testing.assert_array_equal(value, want[name])
+    fake.binding.synchronize_outputs = lambda: None  # a runner that forgot to synchronise is caught
+    run()
+    with pytest.raises(AssertionError, match="before synchronize_outputs"):
+        fake.binding.copy_outputs_to_cpu()
