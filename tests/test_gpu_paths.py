@@ -194,3 +194,14 @@ def test_require_gpu_turns_a_skipped_gpu_test_into_a_failure(pytester, monkeypat
     result = pytester.runpytest()
     result.assert_outcomes(failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*BIGMODEL_REQUIRE_GPU=1 and this GPU test skipped*no CUDA here*"])
+
+
+def test_has_gpu_needs_a_gpu_reached_not_an_importable_tensorrt():
+    from bigmodel.bench import has_gpu
+
+    nothing = {"torch.cuda": "torch 2.13.0+cpu: no CUDA GPU 0 (torch.cuda.is_available() is False)",
+               "onnxruntime providers": "onnxruntime 1.32.0 here has no CUDAExecutionProvider",
+               "TensorRT": "CUDA cannot start: cudaErrorInsufficientDriver: CUDA driver version is insufficient"}
+    assert not has_gpu(nothing)  # tensorrt imported, cuda-python present, but no driver: no GPU
+    assert has_gpu({**nothing, "onnxruntime providers": "available (a CUDAExecutionProvider session ran)"})
+    assert has_gpu({**nothing, "torch.cuda": "available (NVIDIA H200)"})
