@@ -81,6 +81,16 @@ def test_one_nonzero_zero_point_makes_a_qdq_graph_asymmetric(graphs, tmp_path):
     assert graph_form(tmp_path / "shifted.onnx") == "qdq-other"
 
 
+def test_zero_points_held_in_constant_nodes_are_read_too(graphs, tmp_path):
+    """Some tools fold initializers into Constant nodes; the zero points are found there as well."""
+    model = onnx.load(graphs / "qdq_sym.onnx")
+    for init in [i for i in model.graph.initializer if "zero_point" in i.name]:
+        model.graph.initializer.remove(init)
+        model.graph.node.insert(0, h.make_node("Constant", [], [init.name], value=init))
+    onnx.save(model, tmp_path / "constants.onnx")
+    assert graph_form(tmp_path / "constants.onnx") == "qdq-int8-symmetric"
+
+
 # ---------------------------------------------------------------------------------- devices
 @pytest.mark.parametrize("device, device_id, want", [
     ("cuda:1", None, ("cuda", 1)), ("cuda", 3, ("cuda", 3)), ("auto", None, ("auto", 0)),

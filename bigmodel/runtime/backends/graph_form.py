@@ -98,15 +98,21 @@ def graph_form(path: str | Path) -> str:
     inits: dict[str, _Tensor] = {}
     for field, wire, v in _fields(graph) if graph is not None else ():
         if field == 1 and wire == 2:  # NodeProto
-            inputs, op = [], ""
+            inputs, outputs, op, value = [], [], "", None
             for f, _w, x in _fields(v):  # type: ignore[arg-type]
                 if f == 1:
                     inputs.append(_text(x))
+                elif f == 2:
+                    outputs.append(_text(x))
                 elif f == 4:
                     op = _text(x)
+                elif f == 5:  # AttributeProto: a Constant's tensor is field 5 ("t")
+                    value = next((t for g, _, t in _fields(x) if g == 5), value)  # type: ignore[arg-type]
             ops[op] += 1
             if op in QDQ_OPS:
                 zero_points.append(inputs[2] if len(inputs) > 2 else "")
+            elif op == "Constant" and value is not None and outputs:
+                inits[outputs[0]] = _tensor(value)[1]  # type: ignore[arg-type]
         elif field == 5 and wire == 2:  # initializer
             name, t = _tensor(v)  # type: ignore[arg-type]
             inits[name] = t
