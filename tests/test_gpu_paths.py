@@ -215,3 +215,26 @@ def test_has_gpu_needs_a_gpu_reached_not_an_importable_tensorrt():
     assert not has_gpu(nothing)  # tensorrt imported, cuda-python present, but no driver: no GPU
     assert has_gpu({**nothing, "onnxruntime providers": "available (a CUDAExecutionProvider session ran)"})
     assert has_gpu({**nothing, "torch.cuda": "available (NVIDIA H200)"})
+
+
+@pytest.mark.parametrize("mode, form, int8_enable", [("static", "qdq-int8-symmetric", True),
+                                                     ("dynamic", "integer-ops", False),
+                                                     ("weights", "matmul-nbits", False)])
+def test_our_own_int8_exports_get_the_ort_trt_flags_their_form_allows(trained_run, tmp_path, mode, form, int8_enable):
+    """bigmodel's int8 modes, as export writes them, read back as the form that decides trt_int8_enable."""
+    import shutil
+
+    from bigmodel.export import ExportOptions, export_bundle
+    from bigmodel.export.int8 import to_int8_file
+    from bigmodel.manifest import read_manifest
+
+    shutil.copy(trained_run("gan", "mlp") / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    bundle = export_bundle(tmp_path, ExportOptions(probes=4)).bundle
+    m = read_manifest(bundle)
+    spec = m.roles["generator"]
+    calib = np.random.default_rng(0).standard_normal((64, m.latent.dim)).astype(np.float32)
+    dst = tmp_path / f"generator.{mode}.onnx"
+    to_int8_file(bundle / spec.file, dst, mode, calib if mode == "static" else None)
+    assert graph_form(dst) == form
+    m.precision = "int8"
+    assert ort_backend.trt_provider_options(m, "generator", graph_form(dst))["trt_int8_enable"] is int8_enable

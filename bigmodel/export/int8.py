@@ -89,7 +89,8 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: np.ndarray | None
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod[method], nodes_to_exclude=exclude,
                                 nodes_to_quantize=only, use_external_data_format=external,
-                                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                               "QuantizeBias": False})  # TensorRT dequantizes int8 only, no int32 bias
     except ExportError:
         raise
     except Exception as e:
