@@ -23,9 +23,35 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from bigmodel import __version__
+
+        typer.echo(f"bigmodel {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     _state["debug"] = debug
+
+
+def _check_outputs(force: bool, *outputs: tuple[Path | None, str, tuple[str, ...], str]) -> None:
+    """Each (path, what, suffixes, flag) output file usable before any work starts; no two the same file."""
+    from bigmodel.errors import InputError
+    from bigmodel.fileio import check_output_file
+
+    seen: dict[Path, str] = {}
+    for path, what, suffixes, flag in outputs:
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise InputError(f"{flag} and {seen[key]} name the same file {path}; expected different files")
+        seen[key] = flag
+        check_output_file(path, force, what, suffixes, flag)
 
 
 def _console():
@@ -38,9 +64,9 @@ def _console():
 @app.command()
 def train(
     family: str = typer.Argument(..., help="Model family: ae, vae, gan or aae (see `bigmodel models`)."),
-    arch: str = typer.Option("mlp", help="Architecture: mlp or conv."),
-    dataset: str = typer.Option(
-        "mnist-5k", help="mnist-5k | digits | PATH.npz | PATH.npy | IMAGE_DIR | mnist | fashion-mnist | cifar10."
+    arch: str | None = typer.Option(None, help="Architecture: mlp or conv (default mlp)."),
+    dataset: str | None = typer.Option(
+        None, help="mnist-5k (default) | digits | PATH.npz | PATH.npy | IMAGE_DIR | mnist | fashion-mnist | cifar10."
     ),
     epochs: int | None = typer.Option(
         None, help="Total epochs, with --resume the epoch to end at (default: 20; GAN 30)."
@@ -52,10 +78,17 @@ def train(
     ),
     beta: float | None = typer.Option(None, help="VAE: weight of the KL term (default 1)."),
     prior: str | None = typer.Option(None, help="AAE: prior on codes, normal or mixture (default normal)."),
-    seed: int = typer.Option(0, help="Seed for weights, data split, shuffling and noise."),
+    seed: int | None = typer.Option(None, help="Seed for weights, data split, shuffling and noise (default 0)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    out: Path | None = typer.Option(None, help="Run directory (default runs/FAMILY)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    out: Path | None = typer.Option(None, help="Run directory (default runs/FAMILY): new, empty, or holding a run "
+                                               "(then --resume or --force)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint. May change on resume: --epochs "
+        "(the epoch to end at) and --device; any other flag must match the run's settings or be left out."),
+    force: bool = typer.Option(
+        False, "--force", help="Start over in an --out that holds a run: its checkpoint, metrics and pictures are "
+        "replaced and a bundle exported from it is removed. A folder holding other files is never written."),
+    max_train: int | None = typer.Option(None, help="Train on only the first N training images (smoke runs)."),
 ) -> None:
     """Train a model on a dataset; writes checkpoint.pt, config.json, metrics.jsonl and PNGs to the run dir.
 
@@ -69,7 +102,8 @@ def train(
     model_cfg = {k: v for k, v in {"lr": lr, "latent_dim": latent_dim, "beta": beta, "prior": prior}.items()
                  if v is not None}
     settings = TrainSettings(family=family, arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size,
-                             seed=seed, device=device, out=str(out) if out else None, resume=resume, model=model_cfg)
+                             seed=seed, device=device, out=str(out) if out else None, resume=resume, model=model_cfg,
+                             force=force, max_train=max_train)
     console = _console()
     with _train_progress(console) as report:
         result = run_training(settings, progress=report)
@@ -173,7 +207,8 @@ def export(
     external_data: bool | None = typer.Option(
         None, "--external-data/--no-external-data", help="Weights beside each graph (default: only over 2 GiB)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle (and Triton repository)."),
+    force: bool = typer.Option(False, "--force", help="Replace a bundle (and Triton repository, --json file) that "
+                               "bigmodel wrote before; a folder holding anything else is never replaced."),
     allow_failing: bool = typer.Option(
         False, "--allow-failing", help="fp16/int8: write the bundle even when its checks fail, with the failures "
         "recorded in its manifest (bigmodel info shows them)."
@@ -195,6 +230,7 @@ def export(
 
     from bigmodel.export import ExportOptions, export_bundle
 
+    _check_outputs(force, (json_out, "export report", (), "--json"))
     console = _console()
     opts = ExportOptions(out=out, opset=opset, precision=precision, io=io, int8_mode=int8_mode,
                          calibration=calibration, max_batch=max_batch, opt_batch=opt_batch, engine=engine,
@@ -305,6 +341,7 @@ def parity(
         None, "--save-inputs", help="Also write each role's inputs to DIR/ROLE.json (for polygraphy --load-inputs)."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the whole report as JSON to this file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file or --save-inputs files."),
 ) -> None:
     """Check every backend against the PyTorch model, per role and chain; exit 1 if any output is out of tolerance.
 
@@ -320,6 +357,9 @@ def parity(
     from bigmodel.parity import run_parity
     from bigmodel.parity import save_inputs as write_inputs
 
+    _check_outputs(force, (json_out, "parity report", (), "--json"))
+    if save_inputs:
+        _check_inputs_folder(bundle, save_inputs, force)
     console = _console()
     with _parity_progress(console) as progress:
         report = run_parity(bundle, checkpoint=checkpoint, backends=backend, samples=samples, seed=seed, data=data,
@@ -357,6 +397,19 @@ def parity(
 
 
 _PARITY_SHOWN = 12  # failure lines printed; --json has every one
+
+
+def _check_inputs_folder(bundle: Path, folder: Path, force: bool) -> None:
+    """--save-inputs DIR: a folder (new or existing) where ROLE.json files may be written."""
+    from bigmodel.errors import InputError
+    from bigmodel.fileio import check_writable
+    from bigmodel.manifest import read_manifest
+
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--save-inputs {folder} is a file; expected a folder for the ROLE.json input files")
+    for role in read_manifest(bundle).roles:
+        _check_outputs(force, (folder / f"{role}.json", f"{role} inputs", (), "--save-inputs"))
+    check_writable(folder)
 
 
 def _console_wide():
@@ -457,6 +510,8 @@ def _read_npy(path: Path):
 
     from bigmodel.errors import InputError
 
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; expected a .npy file")
     if not path.is_file():
         raise InputError(f"{path}: expected a .npy file; it does not exist")
     try:
@@ -485,6 +540,9 @@ def _save_images(path: Path, images, manifest, ncol: int = 8) -> None:
     save_grid(path, (images - lo) / (hi - lo) if (lo, hi) != (0.0, 1.0) else images, ncol=ncol)
 
 
+SAMPLE_MAX = 10_000  # images in one PNG grid
+
+
 @app.command("sample")
 def sample_cmd(
     bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs)."),
@@ -498,15 +556,26 @@ def sample_cmd(
     device: str = typer.Option("auto", help=_DEVICE_HELP),
     threads: int | None = typer.Option(None, help="CPU threads (default: the physical cores)."),
     fallback: bool = typer.Option(False, "--fallback", help="Run on the CPU (with a warning) if the GPU can't."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
 ) -> None:
     """Draw n images from the bundle's prior and save them as a PNG grid (no torch needed).
 
     Example: bigmodel sample runs/vae/bundle -n 64 --seed 0 --out grid.png
     """
     from bigmodel.errors import InputError
+    from bigmodel.runtime.checks import SEED_MAX
 
     if ncol < 1:
         raise InputError(f"--ncol must be >= 1; got {ncol}")
+    if n < 1:
+        raise InputError(f"-n must be a positive integer; got {n}")
+    if n > SAMPLE_MAX:
+        raise InputError(f"-n must be at most {SAMPLE_MAX:,} (one PNG grid); got {n:,} (draw more with the Python "
+                         "API: bigmodel.runtime.load(BUNDLE).sample(n))")
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise InputError(f"--seed must be an integer from 0 to 2**63-1; got {seed}")
+    _check_outputs(force, (out, "sample grid", (".png",), "--out"), (npy, "images", (".npy",), "--npy"),
+                   (latents, "latent codes", (".npy",), "--latents"))
     model = _runtime_model(bundle, backend, device, threads, fallback)
     z = model.sample_latent(n, seed=seed)
     images = model.decode(z)
@@ -529,11 +598,13 @@ def encode_cmd(
     device: str = typer.Option("auto", help=_DEVICE_HELP),
     threads: int | None = typer.Option(None, help="CPU threads (default: the physical cores)."),
     fallback: bool = typer.Option(False, "--fallback", help="Run on the CPU (with a warning) if the GPU can't."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
     """Encode images to latent codes (a VAE gives the mean of q(z|x)); .npy in, .npy out.
 
     Example: bigmodel encode runs/vae/bundle images.npy --out z.npy
     """
+    _check_outputs(force, (out, "codes", (".npy",), "--out"))
     model = _runtime_model(bundle, backend, device, threads, fallback)
     codes = model.encode(_read_npy(images))
     _write_npy(out, codes)
@@ -550,11 +621,13 @@ def decode_cmd(
     device: str = typer.Option("auto", help=_DEVICE_HELP),
     threads: int | None = typer.Option(None, help="CPU threads (default: the physical cores)."),
     fallback: bool = typer.Option(False, "--fallback", help="Run on the CPU (with a warning) if the GPU can't."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
 ) -> None:
     """Decode latent codes to images in the data range; .npy in, .npy (and optionally PNG) out.
 
     Example: bigmodel decode runs/vae/bundle z.npy --out x.npy --png x.png
     """
+    _check_outputs(force, (out, "images", (".npy",), "--out"), (png, "image grid", (".png",), "--png"))
     model = _runtime_model(bundle, backend, device, threads, fallback)
     images = model.decode(_read_npy(codes))
     _write_npy(out, images)
@@ -580,6 +653,7 @@ def info_cmd(
     d = describe(bundle)
     if json_out:
         typer.echo(json.dumps(d, indent=2, default=str))
+        _info_verdict(bundle, d)
         return
     from rich.table import Table
 
@@ -615,6 +689,7 @@ def info_cmd(
     console.print("backends here: " + "  ".join(
         f"{k} [green]yes[/green]" if v is None else f"{k} [dim]no[/dim]" for k, v in d["backends"].items()))
     console.print("TF32 on the GPU: " + "; ".join(f"{k} {v}" for k, v in d.get("tf32", {}).items()), markup=False)
+    _info_verdict(bundle, d)
 
 
 def _print_verification(console, m: dict) -> None:
@@ -634,6 +709,16 @@ def _print_verification(console, m: dict) -> None:
         console.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
     if len(failures) > _PARITY_SHOWN:
         console.print(f"... and {len(failures) - _PARITY_SHOWN} more (all in manifest.json, extra.verification)")
+
+
+def _info_verdict(bundle: Path, d: dict) -> None:
+    """Exit 1 (after the table) when a file the manifest names is missing, altered or outside the bundle."""
+    from bigmodel.errors import CheckFailed
+
+    bad = [f"role {k}: {r['file']} {r['check']}" for k, r in d["roles"].items() if r["check"] != "ok"]
+    bad += [f"engine of {e['role']}: {e['file']} {e['check']}" for e in d["engines"] if e["check"] != "ok"]
+    if bad:
+        raise CheckFailed(f"bundle {bundle} is damaged: {'; '.join(bad)} (re-export it)")
 
 
 def _check_cell(check: str) -> str:
@@ -668,6 +753,7 @@ def bench(
     json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON to this file."),
     plot: Path | None = typer.Option(None, "--plot", help="Write latency and throughput against batch size "
                                                           "to this PNG."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing --json / --plot files."),
 ) -> None:
     """Latency and throughput of every backend side by side, against PyTorch eager in the same run.
 
@@ -678,6 +764,7 @@ def bench(
     """
     from bigmodel.bench import BenchSettings, parse_list, run_bench, write_plot
 
+    _check_outputs(force, (json_out, "bench report", (), "--json"), (plot, "plot", (".png",), "--plot"))
     settings = BenchSettings(
         device=device, backends=parse_list(backends, str, "--backends"), roles=parse_list(roles, str, "--roles"),
         batch_sizes=parse_list(batch_sizes, int, "--batch-sizes") or (), warmup=warmup, iters=iters,
@@ -881,6 +968,7 @@ def quickstart(
     bench_duration: float = typer.Option(1.0, help="Seconds of timed runs per backend and batch."),
     threads: int | None = typer.Option(None, help="CPU threads for torch and onnxruntime (default: physical "
                                                   "cores)."),
+    force: bool = typer.Option(False, "--force", help="Start over in an --out that holds an earlier run."),
 ) -> None:
     """Everything on the bundled digits in about two minutes on a laptop CPU: train, export to ONNX, check
     parity against PyTorch, bench torch against onnxruntime, and draw samples with the runtime.
@@ -909,7 +997,7 @@ def quickstart(
 
     try:
         summary = run_quickstart(family=family, out=out, epochs=epochs, max_train=max_train,
-                                 bench_duration=bench_duration, threads=threads, stage=on_stage,
+                                 bench_duration=bench_duration, threads=threads, stage=on_stage, force=force,
                                  train_progress=lambda p: state["report"] and state["report"](p))
     finally:
         close_bar()
@@ -947,6 +1035,11 @@ def _quickstart_summary(console, s) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- main
+# optional packages -> the extra that brings them (train, export, parity, bench, models need torch)
+MISSING_EXTRA = {"torch": "cpu", "onnx": "cpu", "onnxscript": "cpu", "onnxslim": "cpu", "mlxtend": "cpu",
+                 "matplotlib": "cpu", "sklearn": "cpu", "onnxruntime": "runtime", "PIL": "runtime"}
+
+
 def main() -> None:
     """Entry point of the `bigmodel` console script."""
     try:
@@ -956,6 +1049,22 @@ def main() -> None:
             raise
         _error(str(e))
         sys.exit(e.exit_code)
+    except OSError as e:  # the machine refused: disk full, read-only, permission (library code names its paths)
+        from bigmodel.fileio import STORAGE_ERRNOS, storage_error
+
+        if _state["debug"]:
+            raise
+        _error(str(storage_error(e, e.filename or "a file", "write")) if e.errno in STORAGE_ERRNOS
+               else f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+        sys.exit(3 if e.errno in STORAGE_ERRNOS else 2)
+    except ModuleNotFoundError as e:  # an optional package missing (e.g. torch in a runtime-only install)
+        extra = MISSING_EXTRA.get((e.name or "").split(".")[0])
+        if extra is None or _state["debug"]:
+            raise
+        _error(f"this command needs the '{e.name}' package, which is not installed here; install it with: "
+               f"pip install 'bigmodel[{extra}]'" + (" (install the torch build for your platform first, see "
+                                                     "README)" if extra == "cpu" else ""))
+        sys.exit(2)
     except KeyboardInterrupt:
         _error("interrupted")
         sys.exit(130)

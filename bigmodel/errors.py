@@ -35,6 +35,12 @@ class BackendUnavailable(BigmodelError):
     """An optional package or device a backend needs is absent; the message names the extra."""
 
 
+class StorageError(BigmodelError):
+    """The machine refused a write: disk full, read-only filesystem, no permission. Exit code 3."""
+
+    exit_code = 3
+
+
 class CheckFailed(BigmodelError):
     """A verification (parity, doctor) ran and found a failure."""
 

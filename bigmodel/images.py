@@ -30,7 +30,7 @@ def save_png(path: str | os.PathLike, picture: np.ndarray, upscale: int = 1) -> 
     try:
         from PIL import Image
     except ImportError as e:
-        raise missing_package("pillow", "cpu", "writing PNG images") from e
+        raise missing_package("pillow", "runtime", "writing PNG images") from e
     mode = "L" if picture.shape[2] == 1 else "RGB"
     img = Image.fromarray(picture[..., 0] if mode == "L" else picture, mode=mode)
     if upscale > 1:

@@ -62,21 +62,28 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
                    max_train: int | None = None, batch_sizes: tuple[int, ...] = (1, 256),
                    bench_duration: float = 1.0, parity_samples: int | None = None, threads: int | None = None,
                    seed: int = 0, stage: Callable[[str, str], None] | None = None,
-                   train_progress: Callable[[Any], None] | None = None) -> QuickstartSummary:
+                   train_progress: Callable[[Any], None] | None = None, force: bool = False) -> QuickstartSummary:
     """Train `family` (mlp) on mnist-5k into `out`, export `out/bundle` (replacing one), check parity on
     ort-cpu, bench torch eager against ort-cpu on the image role, and write a sample grid from the bundle.
 
     stage(name, message) is called as each of STAGES starts; train_progress gets the training loop's
     per-batch `Progress`. A failed parity check does not stop the run: the summary reports it.
+    Every option and the output folder are checked before training starts; an `out` holding an
+    earlier run is refused unless `force`.
     """
     from bigmodel.models.registry import family_class
 
     roles = family_class(family).roles  # ConfigError for an unknown family
     image_role = next(r for r in IMAGE_ROLES if r in roles)
     epochs = default_epochs(family) if epochs is None else epochs
-    if epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1; got {epochs}")
+    validate(epochs, max_train, batch_sizes, bench_duration, parity_samples, threads)
     out = Path(out)
+    from bigmodel.training.loop import check_run_folder
+
+    check_run_folder(out, resume=False, force=force)
+    for name in ("parity.json", "bench.json", "samples_onnx.png"):
+        if (out / name).is_dir():
+            raise ConfigError(f"--out {out}: {out / name} is a folder; expected room for the quickstart's {name}")
     say = stage or (lambda _name, _msg: None)
     seconds: dict[str, float] = {}
     files: dict[str, Path] = {}
@@ -87,7 +94,8 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
 
     with _torch_threads(threads):
         result = train(TrainSettings(family=family, arch="mlp", dataset="mnist-5k", epochs=epochs, seed=seed,
-                                     device="cpu", out=str(out), max_train=max_train), progress=train_progress)
+                                     device="cpu", out=str(out), max_train=max_train, force=force),
+                       progress=train_progress)
     validation = dict(result.history[-1]["val"]) if result.history else {}
     files.update(checkpoint=out / "checkpoint.pt", training_samples=out / "samples.png",
                  curves=out / "curves.png")
@@ -146,6 +154,26 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
         speedups=speedups, latency_ms=latency, files=files, seconds=seconds,
         next_commands=next_commands(out, bundle, family), load_average=bench["machine"].get("load_average_1m"),
         cpus=bench["machine"].get("logical_cpus"))
+
+
+def validate(epochs: int, max_train: int | None, batch_sizes: tuple[int, ...], bench_duration: float,
+             parity_samples: int | None, threads: int | None) -> None:
+    """Refuse bad option values before any work (training takes minutes; a typo should not)."""
+    import math
+
+    def positive_int(name: str, value) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+
+    positive_int("--epochs", epochs)
+    positive_int("--max-train", max_train)
+    positive_int("--threads", threads)
+    for b in batch_sizes:
+        positive_int("batch size", b)
+    if parity_samples is not None and (parity_samples < 3 or parity_samples % 2 == 0):
+        raise ConfigError(f"parity samples must be odd and >= 3; got {parity_samples}")
+    if not (isinstance(bench_duration, (int, float)) and math.isfinite(bench_duration) and bench_duration > 0):
+        raise ConfigError(f"--bench-duration must be a positive number of seconds; got {bench_duration!r}")
 
 
 def next_commands(out: Path, bundle: Path, family: str) -> list[str]:

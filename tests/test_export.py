@@ -191,12 +191,10 @@ def test_fp16_keeps_exp_in_fp32_and_onnxruntime_accepts_the_mixed_graph():
 
 
 def test_cli_fp16_with_fp16_io_replaces_a_bundle_with_force(fp32_bundle, tmp_path, capsys):
-    run, _ = fp32_bundle("vae", "mlp")
-    out = tmp_path / "bundle"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    run, fp32 = fp32_bundle("vae", "mlp")
+    out = Path(shutil.copytree(fp32, tmp_path / "bundle"))  # an earlier bundle: --force may replace it
     code, _, err = cli(capsys, "export", run, "--out", out, "--precision", "fp16", "--io", "fp16")
-    assert code == 2 and "already holds files" in err and "--force" in err
+    assert code == 2 and "already holds a bundle" in err and "--force" in err
     code, stdout, err = cli(capsys, "export", run, "--out", out, "--precision", "fp16", "--io", "fp16", "--force")
     assert code == 0, err
     stdout = " ".join(stdout.split())

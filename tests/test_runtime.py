@@ -570,8 +570,10 @@ def test_cli_sample_with_fallback_and_info_on_a_damaged_bundle(vae, tmp_path, ca
     np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), load(bundle).sample_latent(4, seed=0))
     _tamper(bundle)
     code, out = _cli(capsys, "info", str(bundle), "--json")
-    assert code == 0, out
-    info = json.loads(out)
+    assert code == 1, out  # the report, then one line saying the bundle is damaged
+    report, error = out.split("error: ")
+    assert "decoder.onnx sha256 mismatch" in error
+    info = json.loads(report)
     assert info["roles"]["decoder"]["check"] == "sha256 mismatch" and info["roles"]["encoder"]["check"] == "ok"
 
 

@@ -19,7 +19,6 @@ import gc
 import io
 import logging
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -32,8 +31,16 @@ import torch
 import bigmodel
 from bigmodel.data import load_data
 from bigmodel.errors import CheckFailed, CheckpointError, ExportError, InputError, missing_package
-from bigmodel.fileio import make_public_dir, sha256_file
-from bigmodel.manifest import BATCH, MANIFEST_NAME, Manifest, RoleSpec, TensorSpec
+from bigmodel.fileio import (
+    TRITON_MARKER,
+    check_output_folder,
+    make_public_dir,
+    make_temp_dir,
+    remove_stale_temps,
+    replace_dir,
+    sha256_file,
+)
+from bigmodel.manifest import BATCH, Manifest, RoleSpec, TensorSpec
 from bigmodel.models.probes import role_probes
 from bigmodel.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 
@@ -145,9 +152,9 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
     out = Path(opts.out) if opts.out else ckpt_path.parent / "bundle"
-    _refuse_existing(out, "bundle", opts.force)
+    check_output_folder(out, opts.force, "bundle")
     if opts.triton:
-        _refuse_existing(Path(opts.triton), "Triton model repository", opts.force)
+        check_output_folder(Path(opts.triton), opts.force, "Triton model repository", flag="--triton")
     if opts.engine:
         from bigmodel.export.tensorrt import require_tensorrt
 
@@ -156,7 +163,8 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
     model, ckpt_sha = load_model(ckpt_path)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    remove_stale_temps(out.parent)
+    tmp = make_temp_dir(out)
     triton_tmp: Path | None = None
     try:
         data = load_data(model.data.source, seed=model.data.seed, val_fraction=model.data.val_fraction)
@@ -214,14 +222,16 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
 
             triton = Path(opts.triton)
             triton.parent.mkdir(parents=True, exist_ok=True)
-            triton_tmp = Path(tempfile.mkdtemp(prefix=f".{triton.name}.", suffix=".tmp", dir=triton.parent))
+            remove_stale_temps(triton.parent)
+            triton_tmp = make_temp_dir(triton)
             names = write_repository(tmp, manifest, triton_tmp, opts)
+            (triton_tmp / TRITON_MARKER).write_text("written by bigmodel export; --force may replace this folder\n")
             make_public_dir(triton_tmp)
             say(f"triton: {len(names)} models ({', '.join(names)})")
         make_public_dir(tmp)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
         if triton_tmp is not None:
-            _replace_dir(triton_tmp, Path(opts.triton))
+            replace_dir(triton_tmp, Path(opts.triton))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if triton_tmp is not None:
@@ -432,34 +442,12 @@ def check_graph(path: Path) -> None:
         raise ExportError(f"{path.name} contains random operators {sorted(ops & RANDOM_OPS)}; noise must be an input")
 
 
-def _refuse_existing(folder: Path, what: str, force: bool) -> None:
-    if folder.exists() and not force:
-        if not folder.is_dir():
-            raise InputError(f"{folder} exists and is not a folder; expected a path for the {what}")
-        if any(folder.iterdir()):
-            held = "a bundle" if (folder / MANIFEST_NAME).exists() else "files"
-            raise InputError(f"{folder} already holds {held}; pass --force to replace it, or choose another folder "
-                             f"for the {what}")
-
-
 def _graphs_note(opts: ExportOptions) -> dict:
     note = {"role_graphs": f"<role>.onnx, {opts.precision}", "io": opts.io if opts.precision == "fp16" else "fp32",
             "external_data": "forced" if opts.external_data else "over 2 GiB" if opts.external_data is None else "no"}
     if opts.precision != "fp32":
         note["fp32_graphs"] = "not kept: exported, checked against PyTorch, converted, then removed"
     return note
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Put the finished folder in place; an older one (only with --force) goes only after the new is complete."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def _file_bytes(f: Path) -> int:

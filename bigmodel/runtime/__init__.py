@@ -32,6 +32,34 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def member(bundle: Path, file: str, what: str) -> Path:
+    """`bundle / file`, refused (BundleError) unless it stays inside the bundle folder: no absolute path,
+    no `..`, no symbolic link leading out. A manifest must never make the runtime read another file."""
+    name = str(file)
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or os.path.isabs(name) or ".." in parts or "\\" in name:
+        raise BundleError(f"bundle {bundle}: {what} names {name!r}; expected a relative path inside the bundle "
+                          "folder (refusing an absolute path or '..')")
+    f = bundle / name
+    root = bundle.resolve()
+    real = f.resolve()
+    if real != root and root not in real.parents:
+        raise BundleError(f"bundle {bundle}: {what} {name!r} leads outside the bundle folder (to {real}); "
+                          "expected a file inside it, not a link out of it")
+    return f
+
+
+def check_containment(path: Path, manifest: Manifest) -> None:
+    """Every file the manifest names (role graphs, their external weights, engines) lies inside `path`."""
+    for role, spec in manifest.roles.items():
+        f = member(path, spec.file, f"role {role}")
+        data = f.with_name(f.name + ".data")
+        if data.exists() or data.is_symlink():
+            member(path, str(data.relative_to(path)), f"external data of role {role}")
+    for e in manifest.engines:
+        member(path, e.file, f"engine of {e.role}")
+
+
 def verify_files(path: str | os.PathLike, manifest: Manifest, engines: bool = False, roles: bool = True) -> None:
     """Every role file (and with `engines`, every engine file) exists and matches its sha256, or BundleError."""
     path = Path(path)
@@ -39,7 +67,7 @@ def verify_files(path: str | os.PathLike, manifest: Manifest, engines: bool = Fa
     if engines:
         items += [(f"engine of {e.role}", e.file, e.sha256) for e in manifest.engines]
     for what, file, expected in items:
-        f = path / file
+        f = member(path, file, what)
         if not f.is_file():
             raise BundleError(f"bundle {path} is incomplete: {what} expects {file}, which is missing")
         got = _sha256(f)
@@ -115,7 +143,8 @@ def _make_backend(path: Path, manifest: Manifest, name: str, threads: int | None
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", threads: int | None = None,
          fallback: bool = False, verify: bool = True, precision: str | None = None,
-         device_id: int | None = None, tf32: bool = False, strict: bool = False) -> Model:
+         device_id: int | None = None, tf32: bool = False, strict: bool = False,
+         check_values: bool = True) -> Model:
     """Load a bundle folder (manifest.json + role graphs [+ engines/]) for inference.
 
     backend: auto | ort | ort-cpu | ort-cuda | ort-trt | tensorrt; device: auto | cpu | cuda | cuda:N.
@@ -131,6 +160,9 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     carry the choice they were built with). strict: onnxruntime may not fall back to the CPU
     provider for any node (a CheckFailed names the nodes); per-provider node counts land in
     `model.backend.settings["placement"]`.
+    check_values: float images outside the bundle's data range are an InputError, and so are outputs
+    of encode/decode/sample/... that come back NaN or Inf; False gives the model's raw behaviour.
+    Every file the manifest names must lie inside the bundle folder (always checked).
 
     >>> model = load("runs/vae/bundle", device="cpu", threads=2)
     """
@@ -138,6 +170,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     manifest = read_manifest(path)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer or None; got {threads!r}")
+    check_containment(path, manifest)
     if verify:
         verify_files(path, manifest)
     from bigmodel.runtime.backends import parse_device
@@ -161,4 +194,4 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
             raise BackendUnavailable(f"{e} (pass fallback=True to run on ort-cpu instead)") from e
         warnings.warn(f"{e}; running on ort-cpu instead (fallback=True)", RuntimeWarning, stacklevel=2)
         impl = _make_backend(path, manifest, "ort-cpu", threads, None)
-    return Model(path, manifest, impl)
+    return Model(path, manifest, impl, check_values=check_values)

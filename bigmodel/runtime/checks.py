@@ -1,12 +1,15 @@
-"""Input checks done before any backend sees an array: dtype, shape, batch, finiteness.
+"""Input checks done before any backend sees an array: dtype, shape, batch, finiteness, data range;
+and the check that outputs came back finite.
 
-Everything that depends only on the manifest (dtype, expected shape, uint8 scaling) is computed
-once per graph input at load; `Input.prepare` does only the per-call work.
+Everything that depends only on the manifest (dtype, expected shape, uint8 scaling, range bounds) is
+computed once per graph input at load; `Input.prepare` does only the per-call work: for images one
+min and one max (NaN and Inf fail them too), for codes one finiteness pass.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -17,9 +20,10 @@ from bigmodel.manifest import BATCH, DataSpec, TensorSpec
 class Input:
     """One graph input's contract, compiled from its TensorSpec and the bundle's data spec."""
 
-    __slots__ = ("name", "what", "dtype", "shape", "tail", "rank", "kind", "u8_div", "u8_add", "f32")
+    __slots__ = ("name", "what", "dtype", "shape", "tail", "rank", "kind", "u8_div", "u8_add", "f32", "lo", "hi",
+                 "range_text")
 
-    def __init__(self, spec: TensorSpec, data: DataSpec, what: str):
+    def __init__(self, spec: TensorSpec, data: DataSpec, what: str, check_range: bool = True):
         self.name = spec.name
         self.what = what
         self.dtype = np.dtype(spec.dtype)
@@ -37,11 +41,18 @@ class Input:
         # that bigmodel.data applied to the training images
         self.u8_div = np.float32(data.scale / (hi - lo))
         self.u8_add = np.float32(lo)
+        # float images must lie in the data range, give or take RANGE_SLACK of it (rounding, fp16 round trips)
+        self.lo = self.hi = None
+        if check_range and self.kind == "image":
+            slack = RANGE_SLACK * (hi - lo)
+            self.lo, self.hi = lo - slack, hi + slack
+        self.range_text = f"[{lo:g}, {hi:g}]"
 
     def prepare(self, value) -> np.ndarray:
         """`value` as a C-contiguous array of the graph's dtype with a batch axis, or InputError."""
-        x = value if type(value) is np.ndarray else np.asarray(value)
+        x = value if type(value) is np.ndarray else _as_array(value, self.what)
         dt = x.dtype
+        checked = False  # True once the values are known finite and in range (uint8 pixels are)
         if dt != self.dtype:
             if dt == np.uint8 and self.kind == "image":
                 x = x.astype(np.float32)
@@ -49,8 +60,10 @@ class Input:
                 if self.u8_add:
                     x += self.u8_add
                 x = x.astype(self.dtype, copy=False)
+                checked = True
             elif dt.kind == "f":
-                x = x.astype(self.dtype)
+                with np.errstate(over="ignore"):  # float64 beyond float32: Inf, refused below without a warning
+                    x = x.astype(self.dtype)
             else:
                 accepted = "float32 (or uint8 images)" if self.kind == "image" else "float32"
                 raise InputError(f"{self.what}: expected {accepted} of shape {self.fmt()}; got dtype {dt}")
@@ -65,16 +78,41 @@ class Input:
             raise InputError(f"{self.what}: expected at least one sample; got an empty batch of shape {shape}")
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
-        if not _all_finite_fast(x, self.f32):
-            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-            if bad:
-                raise InputError(f"{self.what}: expected finite values; got {bad} NaN/Inf value(s) of {x.size}")
+        if checked:
+            return x
+        if self.lo is not None:
+            # min/max propagate NaN, so one comparison covers NaN, Inf and the range
+            if not (_min(x, axis=None) >= self.lo and _max(x, axis=None) <= self.hi):
+                self._refuse(x)
+        elif not _all_finite_fast(x, self.f32):
+            self._refuse(x)
         return x
+
+    def _refuse(self, x: np.ndarray) -> None:
+        """Raise the InputError that explains why `x` failed the fast check (if it really fails)."""
+        finite = np.isfinite(x)
+        bad = int(x.size - np.count_nonzero(finite))
+        if bad:
+            first = _first_index(~finite, x.shape)
+            raise InputError(f"{self.what}: expected finite values; got {bad} NaN/Inf value(s) of {x.size}, "
+                             f"the first at index {first}")
+        if self.lo is None:
+            return
+        out = (x < self.lo) | (x > self.hi)
+        if out.any():
+            first = _first_index(out, x.shape)
+            raise InputError(f"{self.what}: expected values in the data range {self.range_text}; got values from "
+                             f"{float(x.min()):.4g} to {float(x.max()):.4g}, the first outside at index {first} "
+                             f"({float(x[first]):.4g}); pass uint8 pixels or float images scaled to the range "
+                             "(or load(..., check_values=False) for the raw model)")
 
     def fmt(self) -> str:
         return "(" + ", ".join(str(s) for s in self.shape) + ")"
 
 
+RANGE_SLACK = 0.05  # of the data range's width
+_min = np.minimum.reduce
+_max = np.maximum.reduce
 _TINY = 64
 _SMALL = 8192
 _ZEROS = np.zeros(_SMALL, np.float32)
@@ -98,6 +136,70 @@ def _all_finite_fast(x: np.ndarray, f32: bool) -> bool:
         return math.isfinite(flat.dot(_ZEROS[:n]))
     with np.errstate(over="ignore", invalid="ignore"):
         return math.isfinite(np.add.reduce(flat))
+
+
+def _as_array(value, what: str) -> np.ndarray:
+    """np.asarray(value), with numpy's ValueError/TypeError (ragged lists, odd objects) as InputError."""
+    try:
+        x = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{what}: expected an array of numbers; got a {type(value).__name__} numpy cannot make "
+                         f"one rectangular array of ({str(e).splitlines()[0][:120]})") from e
+    if x.dtype == object:
+        raise InputError(f"{what}: expected an array of numbers; got a {type(value).__name__} of mixed or "
+                         "ragged items")
+    return x
+
+
+def _first_index(mask: np.ndarray, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), shape))
+
+
+def check_finite_output(out: np.ndarray, what: str) -> np.ndarray:
+    """`out` if every value is finite, else InputError naming the first sample that came back NaN/Inf."""
+    if out.flags.c_contiguous and _all_finite_fast(out, out.dtype == np.float32):
+        return out
+    finite = np.isfinite(out)
+    if finite.all():
+        return out
+    rows = np.flatnonzero(~finite.reshape(len(out), -1).all(axis=1))
+    raise InputError(f"{what} came back non-finite (NaN/Inf) for {len(rows)} of {len(out)} sample(s), the first at "
+                     f"batch index {int(rows[0])}: its input lies far outside what the model was trained on "
+                     "(prior codes are within about ±5); pass load(..., check_values=False) for the raw outputs")
+
+
+SEED_MAX = 2**63 - 1
+
+
+def check_sample_request(n, seed, bytes_per_sample: int) -> None:
+    """InputError unless n is a positive integer whose codes and images fit in half the free memory,
+    and seed is None or an integer from 0 to 2**63-1 -- checked before anything is allocated."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InputError(f"n must be a positive integer; got {n!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed <= SEED_MAX):
+        raise InputError(f"seed must be None or an integer from 0 to 2**63-1; got {seed!r}")
+    need = int(n) * bytes_per_sample
+    free = available_memory()
+    if free is not None and need > free // 2:
+        raise InputError(f"n={int(n):,} samples need about {need / 2**30:.1f} GiB for codes and images; this "
+                         f"machine has {free / 2**30:.1f} GiB available (at most half of it is used): "
+                         f"draw at most {max(1, free // 2 // bytes_per_sample):,} at a time")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def prepare(spec: TensorSpec, value, data: DataSpec, what: str) -> np.ndarray:

@@ -13,9 +13,13 @@ from bigmodel.errors import BigmodelError
 from bigmodel.manifest import read_manifest
 
 
-def _check(path: Path, expected: str) -> str:
-    from bigmodel.runtime import _sha256
+def _check(bundle: Path, file: str, expected: str) -> str:
+    from bigmodel.runtime import _sha256, member
 
+    try:
+        path = member(bundle, file, "file")
+    except BigmodelError:
+        return "outside the bundle"
     if not path.is_file():
         return "missing"
     return "ok" if _sha256(path) == expected else "sha256 mismatch"
@@ -31,9 +35,9 @@ def describe(bundle: str | os.PathLike) -> dict[str, Any]:
     d = manifest.to_dict()
     roles = {}
     for name, spec in manifest.roles.items():
+        check = _check(bundle, spec.file, spec.sha256)
         f = bundle / spec.file
-        roles[name] = {**d["roles"][name], "bytes": f.stat().st_size if f.is_file() else 0,
-                       "check": _check(f, spec.sha256)}
+        roles[name] = {**d["roles"][name], "bytes": f.stat().st_size if check == "ok" else 0, "check": check}
     status = backend_status()
     local = None
     if manifest.engines and status["tensorrt"] is None:
@@ -53,7 +57,7 @@ def describe(bundle: str | os.PathLike) -> dict[str, Any]:
                 check_engine_compat(e, local.tensorrt_version, local.compute_capability)
             except BigmodelError as err:
                 here = f"no: {err}"
-        engines.append({**ed, "check": _check(bundle / e.file, e.sha256), "here": here})
+        engines.append({**ed, "check": _check(bundle, e.file, e.sha256), "here": here})
     methods = [m for m, need in METHOD_ROLES.items() if all(r in manifest.roles for r in need)]
     from bigmodel.runtime.backends.ort import tf32_policy
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from bigmodel.errors import BundleError, InputError
 from bigmodel.manifest import Manifest
-from bigmodel.runtime.checks import Input
+from bigmodel.runtime.checks import Input, check_finite_output, check_sample_request
 from bigmodel.runtime.priors import Prior, slerp
 
 IMAGE_ROLES = ("decoder", "generator")
@@ -39,8 +39,9 @@ class Model:
     (4, 1, 28, 28)
     """
 
-    def __init__(self, path: Path, manifest: Manifest, backend):
+    def __init__(self, path: Path, manifest: Manifest, backend, check_values: bool = True):
         self.path = Path(path)
+        self._check_values = check_values
         self._manifest = manifest
         self.backend = backend
         roles = manifest.roles
@@ -50,7 +51,7 @@ class Model:
         self._image_role = image[0]
         self._prior = Prior(manifest.latent)
         self._inputs: dict[str, list[Input]] = {
-            role: [Input(t, manifest.data, f"{role} input {t.name!r}") for t in spec.inputs]
+            role: [Input(t, manifest.data, f"{role} input {t.name!r}", check_values) for t in spec.inputs]
             for role, spec in roles.items()}
         self._first = {role: ins[0] for role, ins in self._inputs.items() if len(ins) == 1}
         self._outputs = {role: [t.name for t in spec.outputs] for role, spec in roles.items()}
@@ -167,8 +168,13 @@ class Model:
         else:  # batch limits to honour (or a backend without runner): the general path
             run, pick = functools.partial(self._execute, role), [self._outputs[role].index(n) for n in wanted]
 
+        # Outputs are checked where the inputs are not bounded: codes (a huge code overflows the decoder to
+        # NaN). Images are range-checked on the way in, which keeps encode's per-call cost to one min/max.
+        check = self._check_values and inp.lo is None
+
         def as_f32(out: np.ndarray) -> np.ndarray:
-            return out if out.dtype == F32 else out.astype(F32)
+            out = out if out.dtype == F32 else out.astype(F32)
+            return check_finite_output(out, f"{role} output") if check else out
 
         if names is not None:
             def call_many(x) -> tuple[np.ndarray, ...]:
@@ -177,12 +183,19 @@ class Model:
 
             return call_many
         first = pick[0]
+        if not check:
+            def call(x) -> np.ndarray:
+                out = run({name: prepare(x)})[first]
+                return out if out.dtype == F32 else out.astype(F32)
 
-        def call(x) -> np.ndarray:
+            return call
+        what = f"{role} output {wanted[0]!r}"
+
+        def checked_call(x) -> np.ndarray:
             out = run({name: prepare(x)})[first]
-            return out if out.dtype == F32 else out.astype(F32)
+            return check_finite_output(out if out.dtype == F32 else out.astype(F32), what)
 
-        return call
+        return checked_call
 
     def _extra_call(self, role: str, names: tuple[str, ...], what: str):
         """The compiled call for `names` of `role`, made at first use; InputError if the graph lacks them."""
@@ -236,8 +249,7 @@ class Model:
 
     def sample_latent(self, n: int, seed: int | None = None) -> np.ndarray:
         """n codes from the bundle's prior (normal or mixture), (n, latent) float32."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InputError(f"n must be a positive integer; got {n!r}")
+        check_sample_request(n, seed, 4 * (self.latent_dim + int(np.prod(self.data_shape))))
         return self._prior.draw(int(n), seed)
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:

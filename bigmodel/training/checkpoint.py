@@ -16,12 +16,27 @@ from bigmodel.models.registry import create_model, family_class
 FORMAT = "bigmodel-checkpoint"
 VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_FIELDS = ("family", "arch", "config", "data_spec", "state_dict")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write `state` (plus format tags) to `path` via a temporary file and rename."""
     state = {"format": FORMAT, "version": VERSION, **state}
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def write(tmp: str) -> None:
+        # through a Python file: a full disk then raises OSError(ENOSPC), not torch's "enforce fail" text
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    return atomic_write(path, write)
+
+
+def require_fields(state: dict[str, Any], fields: tuple[str, ...], path: str | Path, purpose: str) -> None:
+    """CheckpointError naming the fields `purpose` needs that the checkpoint lacks."""
+    missing = [f for f in fields if f not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}, which {purpose} needs; expected a checkpoint "
+                              "written by `bigmodel train`")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -60,8 +75,12 @@ def model_from_checkpoint(state: dict[str, Any]):
 
     >>> model = model_from_checkpoint(load_checkpoint("runs/vae"))
     """
+    require_fields(state, MODEL_FIELDS, "the checkpoint", "rebuilding the model")
     family = state["family"]
-    config = config_from_dict(family, state["config"])
+    try:
+        config = config_from_dict(family, state["config"])
+    except TypeError as e:
+        raise CheckpointError(f"checkpoint config does not fit the {family} model: {e}") from e
     model = create_model(family, state["arch"], DataSpec.from_dict(state["data_spec"]), **vars(config))
     try:
         model.load_state_dict(state["state_dict"])

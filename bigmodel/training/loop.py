@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -18,12 +19,18 @@ from typing import Any
 import torch
 
 from bigmodel.data import load_data
-from bigmodel.errors import ConfigError, InputError
-from bigmodel.fileio import atomic_write_text
-from bigmodel.manifest import DataSpec
+from bigmodel.errors import CheckpointError, ConfigError, InputError
+from bigmodel.fileio import atomic_write_text, check_writable, is_bundle, remove_stale_temps, sha256_file, stale_temp
+from bigmodel.manifest import MANIFEST_NAME, DataSpec
 from bigmodel.models.registry import ARCHS, create_model, family_class, make_config
 from bigmodel.training.artifacts import write_curves, write_pictures
-from bigmodel.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
+from bigmodel.training.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    model_from_checkpoint,
+    require_fields,
+    save_checkpoint,
+)
 
 VAL_BATCH = 500
 VAL_SEED = 4321  # validation noise is fixed so epochs compare like with like
@@ -35,16 +42,17 @@ class TrainSettings:
     """What `bigmodel train` was asked; `model` holds family settings (latent_dim, lr, beta, prior...)."""
 
     family: str = "vae"
-    arch: str = "mlp"
-    dataset: str = "mnist-5k"
+    arch: str | None = None  # None: "mlp" (None lets --resume tell a flag given from a default)
+    dataset: str | None = None  # None: "mnist-5k"
     epochs: int | None = None  # None: the family's default (models.base.GenerativeModel.train_defaults)
     batch_size: int | None = None
-    seed: int = 0
+    seed: int | None = None  # None: 0
     device: str = "auto"
     out: str | None = None
     resume: bool = False
     model: dict[str, Any] = field(default_factory=dict)
     max_train: int | None = None  # use only the first N training images (tests, smoke runs)
+    force: bool = False  # start over in a folder that holds a run
 
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/{self.family}")
@@ -149,22 +157,125 @@ def validate(model, val: torch.Tensor, device: torch.device) -> dict[str, float]
     return {k: v / len(val) for k, v in totals.items()}
 
 
+# Settings a resumed run may change; every other flag must match the run's own (or be left out).
+RESUMABLE = ("epochs", "device")
+# Files and folders a run directory holds (quickstart adds its reports); anything else is the user's.
+RUN_FILES = frozenset({CHECKPOINT_NAME, "config.json", "metrics.jsonl", "samples.png", "reconstructions.png",
+                       "curves.png", "bundle", "parity.json", "bench.json", "samples_onnx.png"})
+RESUME_FIELDS = ("family", "arch", "config", "data_spec", "settings", "state_dict", "optimizers", "epoch", "rng")
+SEED_MAX = 2**63 - 1
+
+
 def _restore(settings: TrainSettings, out: Path) -> tuple[TrainSettings, dict[str, Any]]:
-    """Settings and state to resume from; the run's model, data and batch settings win over flags."""
-    state = load_checkpoint(out / CHECKPOINT_NAME)
-    saved = TrainSettings(**state["settings"])
+    """Settings and state to resume from: the run's own; a flag that contradicts them is refused."""
+    path = out / CHECKPOINT_NAME
+    state = load_checkpoint(path)
+    require_fields(state, RESUME_FIELDS, path, "--resume")
+    try:
+        saved = TrainSettings(**{k: v for k, v in state["settings"].items() if k in TrainSettings.__dataclass_fields__})
+    except TypeError as e:
+        raise CheckpointError(f"{path}: its settings are not a bigmodel run's: {e}") from e
     if saved.family != settings.family:
         raise ConfigError(f"--resume: {out} holds a {saved.family} run; got family {settings.family}")
+    conflicts = resume_conflicts(settings, saved, state)
+    if conflicts:
+        raise ConfigError(f"--resume: {out} was trained with {'; '.join(conflicts)}; leave these flags out to "
+                          f"continue it (only {', '.join('--' + k for k in RESUMABLE)} may change on resume), "
+                          "or train into a new --out")
     saved.epochs = settings.epochs or saved.epochs
-    saved.device, saved.out, saved.resume = settings.device, str(out), True
+    saved.device, saved.out, saved.resume, saved.force = settings.device, str(out), True, False
     return saved, state
 
 
+def resume_conflicts(asked: TrainSettings, saved: TrainSettings, state: dict[str, Any]) -> list[str]:
+    """'--flag SAVED, got ASKED' for each flag given on resume that differs from the run's setting."""
+    conflicts = []
+    for name, value in (("arch", asked.arch), ("dataset", asked.dataset), ("batch_size", asked.batch_size),
+                        ("seed", asked.seed), ("max_train", asked.max_train)):
+        had = getattr(saved, name)
+        if value is not None and value != had:
+            conflicts.append(f"--{name.replace('_', '-')} {had}, got {value}")
+    config = state.get("config") or {}
+    for name, value in asked.model.items():
+        had = config.get(name, saved.model.get(name))
+        if value is not None and value != had:
+            conflicts.append(f"--{name.replace('_', '-')} {had}, got {value}")
+    return conflicts
+
+
+def validate_settings(settings: TrainSettings) -> None:
+    """Refuse bad values before any file is read or written."""
+    for name in ("epochs", "batch_size", "max_train"):
+        value = getattr(settings, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
+    seed = settings.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX):
+        raise ConfigError(f"--seed must be an integer from 0 to 2**63-1; got {seed!r}")
+    if settings.resume and settings.force:
+        raise ConfigError("--resume continues the run and --force starts it over; pass one of them")
+    family_class(settings.family)  # ConfigError for an unknown family
+    if settings.arch is not None and settings.arch not in ARCHS:
+        raise ConfigError(f"unknown arch {settings.arch!r}; expected one of: {', '.join(ARCHS)}")
+    if settings.device not in ("auto", "cpu", "cuda") and not str(settings.device).startswith("cuda:"):
+        raise InputError(f"--device must be auto, cpu or cuda; got {settings.device!r}")
+    if not settings.resume:
+        make_config(settings.family, **settings.model)
+
+
+def check_run_folder(out: Path, resume: bool, force: bool, start_over: str = "--force") -> Path | None:
+    """May a run be written into `out`? Returns the checkpoint of a run to replace (with --force), else None.
+
+    A folder holding a run is refused unless resuming or forced; a folder holding anything but a
+    run's own files is refused always (bigmodel never writes among a user's files).
+    """
+    if not out.exists():
+        if not resume:  # (resume: the checkpoint loader says what is missing)
+            check_writable(out)
+        return None
+    if not out.is_dir():
+        raise InputError(f"--out {out} is a file; expected a run directory")
+    remove_stale_temps(out)
+    entries = [e for e in os.listdir(out) if not stale_temp(e) and not e.startswith(f".{CHECKPOINT_NAME}.")]
+    foreign = sorted(e for e in entries if e not in RUN_FILES and not e.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise InputError(f"--out {out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a run does "
+                         f"not write ({shown}); choose a new or empty run directory")
+    ckpt = out / CHECKPOINT_NAME
+    if resume or not ckpt.exists():
+        check_writable(out)
+        return None
+    if not force:
+        try:
+            held = f"a run at epoch {load_checkpoint(ckpt).get('epoch', '?')}"
+        except CheckpointError as e:
+            held = f"an unreadable {CHECKPOINT_NAME} ({str(e)[:80]})"
+        raise InputError(f"--out {out} holds {held}; --resume to continue, {start_over} to start over")
+    check_writable(out)
+    return ckpt
+
+
+def _remove_stale_bundle(out: Path, old_checkpoint: Path) -> None:
+    """Starting over: the bundle exported from the replaced checkpoint no longer describes this run."""
+    bundle = out / "bundle"
+    if not (bundle.is_dir() and is_bundle(bundle) and old_checkpoint.is_file()):
+        return
+    try:
+        exported_from = json.loads((bundle / MANIFEST_NAME).read_text()).get("checkpoint_sha256")
+    except (OSError, ValueError):
+        return
+    if exported_from == sha256_file(old_checkpoint):
+        shutil.rmtree(bundle)
+
+
 def with_defaults(settings: TrainSettings) -> TrainSettings:
-    """Fill epochs/batch size left as None from the family's `train_defaults`."""
+    """Fill settings left as None: epochs/batch size from the family's `train_defaults`, then mlp, mnist-5k, 0."""
     defaults = family_class(settings.family).train_defaults
     return replace(settings, epochs=settings.epochs if settings.epochs is not None else defaults["epochs"],
-                   batch_size=settings.batch_size if settings.batch_size is not None else defaults["batch_size"])
+                   batch_size=settings.batch_size if settings.batch_size is not None else defaults["batch_size"],
+                   arch=settings.arch or "mlp", dataset=settings.dataset or "mnist-5k",
+                   seed=settings.seed if settings.seed is not None else 0)
 
 
 def train(settings: TrainSettings, progress: Callable[[Progress], None] | None = None) -> TrainResult:
@@ -174,25 +285,26 @@ def train(settings: TrainSettings, progress: Callable[[Progress], None] | None =
     """
     out = settings.out_dir()
     state = None
+    # Bad values, unknown family/arch/model settings and an unusable --out fail before any data is read.
+    validate_settings(settings)
+    replaced = None
+    if os.environ.get("RANK", "0") == "0":
+        replaced = check_run_folder(out, settings.resume, settings.force)
     if settings.resume:
         settings, state = _restore(settings, out)
     settings = with_defaults(settings)
-    if settings.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1; got {settings.epochs}")
-    # Unknown family, arch or bad model settings fail before any data is read.
-    make_config(settings.family, **settings.model)
-    if settings.arch not in ARCHS:
-        raise ConfigError(f"unknown arch {settings.arch!r}; expected one of: {', '.join(ARCHS)}")
     device = resolve_device(settings.device)
     data = load_data(settings.dataset, seed=settings.seed)
     train_x = torch.from_numpy(data.train[: settings.max_train])
     val_x = torch.from_numpy(data.val)
     spec = DataSpec(**{**asdict(data.spec), "n_train": len(train_x)})
     if not 1 <= settings.batch_size <= len(train_x):
-        raise ConfigError(
-            f"--batch-size must be between 1 and the {len(train_x)} training images; got {settings.batch_size}"
-        )
+        limit = f" (--max-train {settings.max_train})" if settings.max_train else ""
+        raise ConfigError(f"--batch-size must be between 1 and the {len(train_x)} training images; got "
+                          f"{settings.batch_size}{limit}")
 
+    if replaced is not None:
+        _remove_stale_bundle(out, replaced)
     ranks = Ranks(device)
     try:
         return _run(settings, state, out, device, ranks, train_x, val_x, spec, progress)

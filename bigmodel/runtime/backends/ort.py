@@ -103,7 +103,7 @@ def unavailable_reason(name: str, device_id: int = 0) -> str | None:
     available = ort.get_available_providers()
     if wanted not in available:
         return (f"onnxruntime {ort.__version__} here has no {wanted} (it has {', '.join(available)}); "
-                f"install pip install 'bigmodel[{EXTRA[name]}]' on a machine with an NVIDIA GPU")
+                f"install it with pip install 'bigmodel[{EXTRA[name]}]' on a machine with an NVIDIA GPU")
     if name == "ort-cpu":
         return None
     return probe(name, device_id)
