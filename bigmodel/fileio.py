@@ -102,10 +102,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
-            raise storage_error(e, path, "write") from e
+        refused = os_refusal(e)
+        if refused is not None:
+            raise storage_error(refused, path, "write") from e
         raise
     return path
+
+
+def os_refusal(e: BaseException) -> OSError | None:
+    """The OSError (disk full, read-only, ...) behind `e`, also when a library raised its own error while
+    handling it (torch.save's writer does: RuntimeError "enforce fail" on top of ENOSPC); else None."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
 
 
 def _umask() -> int:

@@ -80,7 +80,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
     out = Path(out)
     from bigmodel.training.loop import check_run_folder
 
-    check_run_folder(out, resume=False, force=force)
+    check_run_folder(out, resume=False, force=force, can_resume=False)
     for name in ("parity.json", "bench.json", "samples_onnx.png"):
         if (out / name).is_dir():
             raise ConfigError(f"--out {out}: {out / name} is a folder; expected room for the quickstart's {name}")

@@ -11,11 +11,15 @@ read-only filesystems (tmpfs; skipped where mounting is not permitted), and a SI
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ import torch
 from conftest import run_cli
 
 from bigmodel.errors import BundleError, InputError
+from bigmodel.fileio import remove_stale_temps
 from bigmodel.runtime import load
 
 LATENT = 4
@@ -124,6 +129,31 @@ def escaping_symlink(ws: Path) -> None:
     shutil.copy(ws / "runs/vae/bundle/decoder.onnx", target)
     (ws / "runs/vae/bundle/decoder.onnx").unlink()
     (ws / "runs/vae/bundle/decoder.onnx").symlink_to(target)
+
+
+def external_data_outside(ws: Path) -> None:
+    """decoder.onnx keeps its weights in ../../../mine/decoder.bin (outside the bundle); manifest sha256 updated."""
+    import onnx
+
+    bundle = ws / BUNDLE
+    model = onnx.load(str(bundle / "decoder.onnx"))
+    onnx.save_model(model, str(bundle / "decoder.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="decoder.bin", size_threshold=0)
+    (bundle / "decoder.bin").rename(ws / "mine" / "decoder.bin")
+    model = onnx.load(str(bundle / "decoder.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../../../mine/decoder.bin"
+    onnx.save(model, str(bundle / "decoder.onnx"))
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["roles"]["decoder"]["sha256"] = hashlib.sha256((bundle / "decoder.onnx").read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def data_symlink_outside(ws: Path) -> None:
+    (ws / "mine" / "weights.bin").write_bytes(b"\0" * 64)
+    (ws / BUNDLE / "decoder.onnx.data").symlink_to(ws / "mine" / "weights.bin")
 
 
 def tamper_role(ws: Path) -> None:
@@ -232,7 +262,8 @@ CASES = [
          "grid.png already exists"),
     Case("decode-png-jpg", ("decode", BUNDLE, "codes.npy", "--out", "x.npy", "--png", "x.jpg"), 2, "expected a .png"),
     Case("decode-out-png", ("decode", BUNDLE, "codes.npy", "--out", "x.png"), 2, "expected a .npy"),
-    Case("quickstart-existing-run", ("quickstart", "--out", RUN), 2, "holds a run at epoch 1"),
+    Case("quickstart-existing-run", ("quickstart", "--out", RUN), 2,
+         "holds a run at epoch 1; --force to start over, or choose another --out"),
     # ---- 3. one line instead of a traceback
     Case("sample-out-folder", ("sample", BUNDLE, "--out", "mine"), 2, "expected a .png"),
     Case("sample-out-folder-png", ("sample", BUNDLE, "--out", "codes_dir.png"), 2, "is a folder",
@@ -328,6 +359,10 @@ CASES = [
          setup=escaping_symlink),
     Case("api-dotdot-unverified", lambda ws: load_bundle(ws, verify=False), BundleError, "'..'",
          setup=edit_manifest(decoder="sub/../../x.onnx")),
+    Case("api-external-data-outside", lambda ws: load_bundle(ws), BundleError, "onnxruntime cannot load",
+         setup=external_data_outside),
+    Case("api-data-symlink-outside", lambda ws: load_bundle(ws), BundleError, "external data of role decoder",
+         setup=data_symlink_outside),
     Case("api-seed-negative", api(lambda m: m.sample(2, seed=-1)), InputError, "seed must be None or an integer"),
     Case("api-seed-string", api(lambda m: m.sample(2, seed="a")), InputError, "got 'a'"),
     Case("api-seed-float", api(lambda m: m.sample(2, seed=1.5)), InputError, "got 1.5"),
@@ -392,3 +427,217 @@ def test_refused_in_one_line_and_nothing_changed(case: Case, ws: Path, capsys, m
 def test_the_table_covers_every_case_of_the_issue_and_forty_more() -> None:
     assert len(CASES) >= 80 + 40 // 2  # the issue's ~40 cases plus at least 40 more (ids are unique)
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+# ------------------------------------------------------------------------------------ what --force may do
+def test_force_replaces_what_bigmodel_made_and_nothing_else(ws: Path, capsys) -> None:
+    """export --force replaces its bundle; train --force starts over and drops the bundle of the old
+    checkpoint; sample --force overwrites its file; a Triton repository bigmodel wrote may be replaced."""
+    mine = {k: v for k, v in snapshot(ws).items() if not k.startswith("runs/vae")}
+    old_manifest = json.loads((ws / BUNDLE / "manifest.json").read_text())
+    code, out = run_cli(capsys, "export", RUN, "--force", "--triton", "triton")
+    assert code == 0, out
+    code, out = run_cli(capsys, "export", RUN, "--force", "--triton", "triton", "--json", "report.json")
+    assert code == 0, out
+    assert (ws / "triton" / ".bigmodel-triton").is_file() and json.loads((ws / "report.json").read_text())["bundle"]
+    assert json.loads((ws / BUNDLE / "manifest.json").read_text())["checkpoint_sha256"] == \
+        old_manifest["checkpoint_sha256"]
+    assert [p.name for p in (ws / "runs/vae").iterdir() if p.name.startswith(".")] == []
+
+    code, out = run_cli(capsys, "sample", BUNDLE, "--out", "grid.png", "--force", "-n", "4")
+    assert code == 0, out
+    assert (ws / "grid.png").read_bytes().startswith(b"\x89PNG")
+
+    code, out = run_cli(capsys, "train", "vae", "--out", RUN, "--force", "--device", "cpu", "--epochs", "1",
+                        "--batch-size", "64", "--max-train", "64", "--dataset", "digits", "--latent-dim", "3")
+    assert code == 0, out
+    assert not (ws / BUNDLE).exists()  # exported from the checkpoint just replaced
+    assert torch.load(ws / RUN / "checkpoint.pt", weights_only=True)["config"]["latent_dim"] == 3
+    after = snapshot(ws)
+    for name, digest in mine.items():
+        if name not in ("grid.png", "report.json"):
+            assert after[name] == digest, name
+
+
+def test_stale_temporaries_of_dead_processes_go_and_a_live_ones_stay(ws: Path, capsys) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        run = ws / RUN
+        stale = [run / f".checkpoint.pt.{dead.pid}.abcd1234.tmp", run / f".samples.png.{dead.pid}.zz_99xyz.tmp",
+                 run / f".bundle.{dead.pid}.old", run / f".bundle.{dead.pid}.q1w2e3r4.tmp"]
+        kept = [run / f".metrics.jsonl.{live.pid}.abcd1234.tmp", run / ".keep", run / ".checkpoint.pt.xyz.tmp"]
+        for p in stale[:2] + kept:
+            p.write_bytes(b"partial")
+        for p in stale[2:]:
+            p.mkdir()
+            (p / "decoder.onnx").write_bytes(b"partial")
+        code, out = run_cli(capsys, "train", "vae", "--out", RUN, "--resume", "--epochs", "2", "--device", "cpu")
+        assert code == 0, out
+        code, out = run_cli(capsys, "export", RUN, "--force")
+        assert code == 0, out
+        assert [p for p in stale if p.exists()] == []
+        assert all(p.exists() for p in kept)
+        assert remove_stale_temps(run) == []
+    finally:
+        live.kill()
+        live.wait()
+
+
+# --------------------------------------------------------------------------- real full / read-only filesystems
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A real small filesystem at `path` (tmpfs: needs root, or CAP_SYS_ADMIN); skip where not permitted."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs to test a full/read-only disk here: {r.stderr.strip() or r.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def read_only(path: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+
+READ_ONLY = [
+    ("train", "vae", "--out", "ro/run", "--device", "cpu"),
+    ("export", RUN, "--out", "ro/bundle"),
+    ("export", RUN, "--out", NEW, "--triton", "ro/triton"),
+    ("export", RUN, "--out", "ro/old-bundle", "--force"),
+    ("sample", BUNDLE, "--out", "ro/s.png"),
+    ("decode", BUNDLE, "codes.npy", "--out", "ro/x.npy"),
+    ("encode", BUNDLE, "images.npy", "--out", "ro/z.npy"),
+    ("parity", BUNDLE, "--json", "ro/p.json"),
+    ("bench", BUNDLE, "--json", "ro/deeper/b.json"),
+    ("quickstart", "--out", "ro/q"),
+]
+
+
+def test_a_read_only_filesystem_is_one_line_exit_3_before_any_work(ws: Path, capsys) -> None:
+    with tmpfs(ws / "ro", "1m") as ro:
+        shutil.copytree(ws / BUNDLE, ro / "old-bundle")
+        read_only(ro)
+        before = snapshot(ws)
+        for argv in READ_ONLY:
+            code, out = run_cli(capsys, *argv)
+            assert code == 3, (argv, out)
+            assert "Traceback" not in out and out.count("error:") == 1, (argv, out)
+            assert "Read-only file system" in out and "ro" in out, (argv, out)
+        assert snapshot(ws) == before
+
+
+def test_a_full_disk_is_one_line_exit_3_and_leaves_nothing_behind(ws: Path, capsys, mnist_npy) -> None:
+    """Real writes that run out of space: a checkpoint, a bundle's graphs, a PNG, a .npy."""
+    cases = [
+        (("train", "vae", "--out", "full/run", "--device", "cpu", "--dataset", str(mnist_npy), "--epochs", "1",
+          "--batch-size", "64", "--max-train", "64"), "300k"),
+        (("export", RUN, "--out", "full/bundle"), "100k"),
+        (("sample", BUNDLE, "--out", "full/s.png", "-n", "256"), "4k"),
+        (("decode", BUNDLE, "codes.npy", "--out", "full/x.npy", "--png", "full/x.png"), "4k"),
+    ]
+    for i, (argv, size) in enumerate(cases):
+        full = ws / "full"
+        with tmpfs(full, size):
+            if i == 3:  # fill what is left with a file of the user's, which must survive
+                with contextlib.suppress(OSError), open(full / "filler", "wb") as f:
+                    f.write(b"x" * 8192)
+            before = snapshot(full)
+            code, out = run_cli(capsys, *argv)
+            assert code == 3, (argv, out)
+            assert "Traceback" not in out and out.count("error:") == 1, (argv, out)
+            assert "No space left on device" in out, (argv, out)
+            left = {k: v for k, v in snapshot(full).items() if k not in before}
+            assert all(k in ("run", "run/config.json") for k in left), (argv, left)  # no temporaries, no half file
+            assert {k: v for k, v in snapshot(full).items() if k in before} == before
+        full.rmdir()
+
+
+# ------------------------------------------------------------------------------------------------ kill -9
+def _bigmodel(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bigmodel", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300.0) -> bool:
+    """SIGKILL `proc` as soon as `ready()` holds (polled every ms); False if it ended first."""
+    end = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < end:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.001)
+    proc.wait()
+    return False
+
+
+def _temps(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
+
+
+def _epoch(run: Path) -> int:
+    try:
+        return int(torch.load(run / "checkpoint.pt", weights_only=True)["epoch"])
+    except Exception:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_during_train_and_export_loses_nothing_and_resume_is_bit_identical(tmp_path, mnist_npy) -> None:
+    """train is killed while a checkpoint is being written, right after one landed, and mid-epoch; each time
+    the checkpoint on disk loads with weights_only=True and --resume continues; the end is bit-identical to
+    an uninterrupted run. export is killed at several moments: never a half bundle at the final path, and
+    the next export leaves no temporaries behind."""
+    common = ("vae", "--dataset", str(mnist_npy), "--epochs", "6", "--batch-size", "32", "--device", "cpu")
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    p = _bigmodel("train", *common, "--out", str(straight))
+    assert p.wait() == 0, p.stderr.read()
+
+    kills = [
+        lambda: any(n.startswith(".checkpoint.pt.") for n in os.listdir(run)) if run.exists() else False,
+        lambda: _epoch(run) >= 2,
+        lambda: (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3,
+        lambda: any(n.startswith(".checkpoint.pt.") for n in os.listdir(run)) and _epoch(run) >= 4,
+    ]
+    killed = 0
+    for ready in kills:
+        resume = ("--resume",) if (run / "checkpoint.pt").exists() else ()
+        p = _bigmodel("train", *common, "--out", str(run), *resume)
+        if _kill_when(p, ready):
+            killed += 1
+            if (run / "checkpoint.pt").exists():
+                state = torch.load(run / "checkpoint.pt", weights_only=True)  # whole, and only plain data
+                assert state["format"] == "bigmodel-checkpoint"
+    assert killed >= 3
+    resume = ("--resume",) if (run / "checkpoint.pt").exists() else ()
+    p = _bigmodel("train", *common, "--out", str(run), *resume)
+    assert p.wait() == 0, p.stderr.read()
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 6
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert _temps(run) == []  # the resumed run removed what the killed ones left
+
+    bundle = run / "bundle"
+    killed = 0
+    for delay in (0.3, 1.0, 2.0, 3.5):
+        force = ("--force",) if bundle.exists() else ()
+        p = _bigmodel("export", str(run), *force)
+        start = time.monotonic()
+        killed += _kill_when(p, lambda d=delay, t0=start: time.monotonic() - t0 > d)
+        if bundle.exists():  # the rename happened: then it is whole
+            from bigmodel.manifest import read_manifest
+            from bigmodel.runtime import verify_files
+
+            verify_files(bundle, read_manifest(bundle))
+    assert killed >= 2
+    p = _bigmodel("export", str(run), *(("--force",) if bundle.exists() else ()))
+    assert p.wait() == 0, p.stderr.read()
+    assert _temps(run) == [] and _temps(bundle) == []
+    assert load(bundle).sample(2, seed=0).shape == (2, 1, 28, 28)

@@ -36,9 +36,11 @@ from bigmodel.fileio import (
     check_output_folder,
     make_public_dir,
     make_temp_dir,
+    os_refusal,
     remove_stale_temps,
     replace_dir,
     sha256_file,
+    storage_error,
 )
 from bigmodel.manifest import BATCH, Manifest, RoleSpec, TensorSpec
 from bigmodel.models.probes import role_probes
@@ -393,6 +395,8 @@ def write_onnx(module: torch.nn.Module, example: torch.Tensor, inputs: list[str]
                 slim = onnxslim.slim(onnx.load(str(path)))
                 got = {o.version for o in slim.opset_import if o.domain in ("", "ai.onnx")}
     except Exception as e:
+        if os_refusal(e) is not None:  # disk full, read-only: the machine's refusal, not the exporter's
+            raise storage_error(os_refusal(e), path, "write") from e
         raise ExportError(f"torch.onnx could not export {path.stem}: {type(e).__name__}: {str(e)[:300]}") from e
     if got != {opset}:
         raise ExportError(f"asked for opset {opset}, but the exporter wrote {sorted(got)}; pick one of those")

@@ -223,7 +223,7 @@ def validate_settings(settings: TrainSettings) -> None:
         make_config(settings.family, **settings.model)
 
 
-def check_run_folder(out: Path, resume: bool, force: bool, start_over: str = "--force") -> Path | None:
+def check_run_folder(out: Path, resume: bool, force: bool, can_resume: bool = True) -> Path | None:
     """May a run be written into `out`? Returns the checkpoint of a run to replace (with --force), else None.
 
     A folder holding a run is refused unless resuming or forced; a folder holding anything but a
@@ -251,7 +251,9 @@ def check_run_folder(out: Path, resume: bool, force: bool, start_over: str = "--
             held = f"a run at epoch {load_checkpoint(ckpt).get('epoch', '?')}"
         except CheckpointError as e:
             held = f"an unreadable {CHECKPOINT_NAME} ({str(e)[:80]})"
-        raise InputError(f"--out {out} holds {held}; --resume to continue, {start_over} to start over")
+        hint = "--resume to continue, --force to start over" if can_resume else \
+            "--force to start over, or choose another --out"
+        raise InputError(f"--out {out} holds {held}; {hint}")
     check_writable(out)
     return ckpt
 
