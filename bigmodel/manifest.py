@@ -72,7 +72,7 @@ class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: "float32", "float16"
     shape: list[int | str]  # "batch" for the dynamic axis
-    kind: str = "tensor"  # "image" | "latent" | "logit" | "stat"
+    kind: str = "tensor"  # "image" | "latent" | "logit" | "stat" | "image_logit" (an image's Bernoulli logits)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from bigmodel.models.registry import list_models
 from bigmodel.parity import PRECISIONS, TOLERANCES, Tolerance, compare, run_parity, save_inputs, tolerances_for
 from bigmodel.parity.tolerances import rule
 
-KINDS = ("image", "latent", "stat", "logit")
+KINDS = ("image", "latent", "stat", "logit", "image_logit")
 FAST_ARCHS = ("mlp",)  # conv runs train and export far slower on CPU: they are marked slow
 
 

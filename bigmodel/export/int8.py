@@ -8,7 +8,8 @@ MatMulNBits, blocks of <= 128 weights with one scale each; an onnxruntime contri
 MatMul/Gemm only, convolutions stay fp32).
 
 When a role's graph fails its checks, `search` tries onnxruntime's calibration methods (static
-only: MinMax, Entropy, Percentile) and then keeps the most sensitive nodes in float, as
+only: MinMax, Entropy, Percentile; each on the in-distribution calibration set, then on one that
+also holds ±4σ codes / noise images) and then keeps the most sensitive nodes in float, as
 Polygraphy's `debug precision` does: each quantized node's error measured alone, then the
 smallest number of the most sensitive ones kept in float that passes, found by bisection.
 """
@@ -33,6 +34,7 @@ from bigmodel.export.onnx import _import, save_onnx
 CALIBRATION_BATCH = 64
 WEIGHT_BLOCK = 128  # int8 weight-only: weights per scale (fewer when a layer has fewer inputs)
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")  # onnxruntime.quantization.CalibrationMethod names
+STRESS_SUFFIX = "+stress"  # a calibration tried with stress inputs in its set (see `calibration_inputs`)
 WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})  # what dynamic/weights modes quantize
 
 
@@ -235,21 +237,31 @@ def _quiet_quantizer():
 
 
 def calibration_inputs(kind: str, latent, val: np.ndarray, n: int,
-                       run_first: Callable[[tuple[str, ...], np.ndarray], np.ndarray | None]) -> np.ndarray:
+                       run_first: Callable[[tuple[str, ...], np.ndarray], np.ndarray | None],
+                       stress: bool = False) -> np.ndarray:
     """What the role really sees, so int8 ranges cover it.
 
     Image inputs: validation images, plus the generator's/decoder's images of prior samples (a GAN
     discriminator judges both; calibrated on real images alone its int8 output was constant on
     generated ones). Latent inputs: prior samples, plus the encoder's codes of validation images
     (an AE's codes are not N(0, I)). run_first(roles, x): the first of `roles` in the bundle, in
-    fp32, on x -> its first output, or None when the bundle has none of them.
+    fp32, on x -> its first output, or None when the bundle has none of them. stress: add a quarter
+    as many of the inputs the checks hold to the stress rule (±4σ codes, noise images; other seeds
+    than the checks'), so ranges reach them too -- at the price of coarser steps in distribution.
     """
+    from bigmodel.models.probes import image_probes, latent_probes
     from bigmodel.runtime.priors import draw
 
     real = np.ascontiguousarray(val[: min(n, len(val))], dtype=np.float32)
     prior = draw(latent, n, seed=1)  # the runtime's own sampler: one definition of the prior
     if kind == "image":
         made = run_first(("generator", "decoder"), prior)
-        return real if made is None else np.concatenate([real, made.astype(np.float32)])
-    codes = run_first(("encoder",), real)
-    return prior if codes is None else np.concatenate([prior, codes.astype(np.float32)])
+        parts = [real] if made is None else [real, made.astype(np.float32)]
+        if stress:
+            parts.append(image_probes(val, max(1, n // 4), seed=2)["noise"])
+    else:
+        codes = run_first(("encoder",), real)
+        parts = [prior] if codes is None else [prior, codes.astype(np.float32)]
+        if stress:
+            parts.append(latent_probes(latent.dim, max(1, n // 4), seed=2)["extreme"])
+    return np.concatenate(parts)

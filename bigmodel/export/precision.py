@@ -26,6 +26,7 @@ import numpy as np
 from bigmodel.errors import ExportError
 from bigmodel.export.int8 import (
     CALIBRATION_METHODS,
+    STRESS_SUFFIX,
     WEIGHT_BLOCK,
     calibration_inputs,
     quantized_nodes,
@@ -103,21 +104,32 @@ def convert_bundle(folder: Path, manifest: Manifest, opts: ExportOptions, val: n
 def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifest, verifier: Verifier,
                val: np.ndarray, opts: ExportOptions) -> dict:
     """Quantize one role, searching calibration methods and nodes kept in float until its checks pass."""
-    calib = None
+    calib: dict[bool, np.ndarray | None] = {False: None, True: None}
+    methods: tuple[str | None, ...] = (None,)
     if opts.int8_mode == "static":
         def run_first(roles: tuple[str, ...], x: np.ndarray) -> np.ndarray | None:
             return next((verifier.generate(r, x) for r in roles if r in fp32.roles), None)
 
-        calib = calibration_inputs(fp32.roles[role].inputs[0].kind, fp32.latent, val, opts.calibration, run_first)
+        kind = fp32.roles[role].inputs[0].kind
+        calib = {stress: calibration_inputs(kind, fp32.latent, val, opts.calibration, run_first, stress)
+                 for stress in (False, True)}
+        methods = (*CALIBRATION_METHODS, *(m + STRESS_SUFFIX for m in CALIBRATION_METHODS))
     external = _keep_external(src, opts)
-    methods = CALIBRATION_METHODS if opts.int8_mode == "static" else (None,)
-    result = search(
-        build=lambda method, exclude, only: to_int8_file(src, dst, opts.int8_mode, calib, method or "MinMax",
-                                                         exclude, only, external),
-        evaluate=lambda: tolerance_used(verifier.check(current, role)),
-        candidates=lambda: quantized_nodes(src, dst, opts.int8_mode),
-        methods=methods)
-    return {"calibration": result.method, "kept_float": result.kept_float, "attempts": len(result.attempts)}
+
+    def build(method: str | None, exclude, only) -> None:
+        stress = bool(method) and method.endswith(STRESS_SUFFIX)
+        to_int8_file(src, dst, opts.int8_mode, calib[stress], (method or "MinMax").removesuffix(STRESS_SUFFIX),
+                     exclude, only, external)
+
+    result = search(build=build, evaluate=lambda: tolerance_used(verifier.check(current, role)),
+                    candidates=lambda: quantized_nodes(src, dst, opts.int8_mode), methods=methods)
+    record: dict = {"calibration": None, "calibration_set": None}
+    if result.method:
+        stress = result.method.endswith(STRESS_SUFFIX)
+        record = {"calibration": result.method.removesuffix(STRESS_SUFFIX),
+                  "calibration_set": "in-distribution + stress inputs (±4σ codes / noise images)" if stress
+                  else "in-distribution"}
+    return {**record, "kept_float": result.kept_float, "attempts": len(result.attempts)}
 
 
 def _with_sha(spec, path: Path):
@@ -134,7 +146,8 @@ def precision_note(opts: ExportOptions) -> dict:
     note = {"precision": "int8", "mode": opts.int8_mode, "tool": "onnxruntime.quantization", "weights": "int8"}
     if opts.int8_mode == "static":
         note.update(format="QDQ", per_channel=True, activations="int8", symmetric=True,
-                    calibrate=f"first of {', '.join(CALIBRATION_METHODS)} that passes (per role)",
+                    calibrate=f"first of {', '.join(CALIBRATION_METHODS)} that passes, on the in-distribution "
+                              "set, then on one with stress inputs added; per role in extra.quality",
                     calibration=f"{opts.calibration} validation images + generated images (image inputs); "
                                 f"{opts.calibration} prior samples + encoder codes (latent inputs)")
     elif opts.int8_mode == "dynamic":

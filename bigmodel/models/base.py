@@ -55,7 +55,7 @@ IMAGE_IN = (("x", "image"),)
 LATENT_IN = (("z", "latent"),)
 
 
-IMAGE_OUT = (("x", "image"), ("logits", "logit"))  # the image roles' outputs: pixels, and their Bernoulli logits
+IMAGE_OUT = (("x", "image"), ("logits", "image_logit"))  # the image roles' outputs: pixels, and their Bernoulli logits
 
 
 class Decode(nn.Module):

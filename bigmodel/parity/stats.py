@@ -60,8 +60,9 @@ def compare(got: np.ndarray, want: np.ndarray, kind: str, tol: Tolerance,
             value_range: tuple[float, float] = (0.0, 1.0), output: str = "") -> OutputCheck:
     """Statistics of `got` against the reference `want` (both (B, ...)), in float64, and the verdict.
 
-    Logits are compared as probabilities (sigmoid) where `tol.probability` is set; image tolerances
-    are fractions of the data range; codes (latent, stat) also by relative error per sample.
+    Logits are compared as probabilities (sigmoid) where `tol.probability` is set -- an image role's
+    pixel logits (`image_logit`) then as the image they make, with the image statistics; image
+    tolerances are fractions of the data range; codes (latent, stat) also by relative error per sample.
     """
     g = np.asarray(got, dtype=np.float64)
     w = np.asarray(want, dtype=np.float64)
@@ -69,10 +70,12 @@ def compare(got: np.ndarray, want: np.ndarray, kind: str, tol: Tolerance,
         nan = float("nan")
         f = Failure("shape", nan, nan, (), nan, nan, note=f"got {tuple(g.shape)}, want {tuple(w.shape)}")
         return OutputCheck(output, kind, {}, (), nan, nan, [f], float("inf"))
-    unit = ""
+    unit, named = "", kind  # `named`: the output's kind as the manifest says, for the report
     centre = 0.0  # what a logit's sign is measured from
-    if kind == "logit" and tol.probability:
+    if kind in ("logit", "image_logit") and tol.probability:
         g, w, unit, centre = sigmoid(g), sigmoid(w), "probability", 0.5
+        if kind == "image_logit":  # Bernoulli pixel probabilities: an image in [0, 1]
+            kind, value_range, centre = "image", (0.0, 1.0), 0.0
     lo, hi = value_range
     atol = tol.atol * (hi - lo) if kind == "image" else tol.atol
     diff = np.abs(g - w)
@@ -143,7 +146,7 @@ def compare(got: np.ndarray, want: np.ndarray, kind: str, tol: Tolerance,
             if stats["sign_agreement"] < tol.min_sign_agreement:
                 flip = np.unravel_index(int(np.argmin(np.where(agree, np.inf, -np.abs(w - centre)))), w.shape)
                 fail("sign_agreement", stats["sign_agreement"], tol.min_sign_agreement, flip)
-    return OutputCheck(output, kind, stats, *at(worst), failures, max(used.values()))
+    return OutputCheck(output, named, stats, *at(worst), failures, max(used.values()))
 
 
 def _share(value: float, limit: float) -> float:

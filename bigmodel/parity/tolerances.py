@@ -41,6 +41,10 @@ class Tolerance:
 # - images: atol is a fraction of the data range (hi - lo), PSNR is over the data range.
 # - codes and logvar (latent, stat): element-wise atol + rtol, cosine per sample, and from fp16 on
 #   the relative error per sample, ||got - want|| / ||want|| (`max_rel_norm`): a code is a vector.
+# - an image role's pixel logits (image_logit; a decoder's Bernoulli logits, for likelihoods): at
+#   fp32 as raw values (the logit rule without a sign rule: a pixel's side of 0.5 is no decision);
+#   at fp16/int8 as the pixel probabilities they stand for, sigmoid(logit), under the image rule --
+#   the same bar as the image itself, which is sigmoid of the same numbers.
 # - logits at fp16/int8: as probabilities, sigmoid(logit) (`probability`): what a discriminator
 #   answers is p(real); fp32 -44 and int8 -4.6 on a noise image both say p ~ 0, while 0.3 against
 #   -0.7 near the boundary changes the answer. atol is then in probability units, set to the old
@@ -104,6 +108,15 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
                                             probability=True)),
     },
 }
+
+
+def _as_probabilities(t: Tolerance) -> Tolerance:
+    return replace(t, probability=True, stress=t.stress and _as_probabilities(t.stress))
+
+
+TOLERANCES["fp32"]["image_logit"] = Tolerance(atol=1e-5, rtol=1e-5, min_cosine=0.99999)  # raw, as "logit"
+for _precision in ("fp16", "int8"):
+    TOLERANCES[_precision]["image_logit"] = _as_probabilities(TOLERANCES[_precision]["image"])
 PRECISIONS = tuple(TOLERANCES)
 # "tf32": an fp32 bundle run with TF32 allowed (load(..., tf32=True)): MatMul/Conv inputs rounded to
 # fp16's 10-bit mantissa, sums kept in fp32, so errors of fp16's order on the GPU: fp16's rules.
