@@ -7,7 +7,8 @@ the fp32 graphs, searching calibration methods and nodes kept in float for int8)
 `run_parity` (ort-cpu, against PyTorch) on it. Prints one table row per run and precision: the
 export's verdict, parity's verdict, in-distribution max abs error and min PSNR (images), the same
 on stress inputs (noise images, ±4σ codes), the share of tolerance used, the calibration method and
-nodes kept in float, and the export time. A failing export is a row too (`refused`), never a crash.
+nodes kept in float ("+stress": calibrated with ±4σ codes / noise images added), and the export
+time. A failing export is a row too (`refused`), never a crash.
 
     python benchmarks/precision_table.py [--archs mlp,conv] [--families ae,vae,gan,aae] [--epochs 3]
                                          [--runs DIR] [--json FILE]
@@ -61,7 +62,8 @@ def summary(row: dict) -> list[str]:
         return f"{pick(vals):.3g}" if vals else "-"
 
     kept = sum(len(v.get("kept_float") or []) for v in q.values())
-    methods = sorted({v["calibration"] for v in q.values() if v.get("calibration")})
+    methods = sorted({v["calibration"] + ("+stress" if "stress" in (v.get("calibration_set") or "") else "")
+                      for v in q.values() if v.get("calibration")})
     return [row["precision"], row["export"], row.get("parity", "-"), worst("max_abs"), worst("psnr_db", min),
             worst("max_abs_stress"), worst("psnr_db_stress", min), worst("tolerance_used"), str(kept),
             "/".join(methods) or "-", f"{row['seconds']:.1f}"]
