@@ -318,8 +318,8 @@ def parity(
         None, help="The checkpoint.pt the bundle was exported from (default: beside the bundle); sha256 must match."
     ),
     backend: list[str] = typer.Option(
-        ["all"], "--backend", help="ort-cpu, ort-cuda, ort-trt, tensorrt, or all (repeat or comma-separate). all: "
-        "those unavailable here are listed as skipped; a backend named here that cannot run is an error (exit 2)."
+        ["all"], "--backend", help="ort-cpu, ort-cuda, ort-trt, tensorrt, ov-cpu, or all (repeat or comma-separate). "
+        "all: those unavailable here are listed as skipped; a backend named here that cannot run is an error (exit 2)."
     ),
     samples: int = typer.Option(31, help="Inputs per probe set, odd and >= 3: each set runs at batch 1 and batch N."),
     seed: int = typer.Option(0, help="Seed of every probe set (image picks, noise, latents)."),
@@ -495,7 +495,7 @@ class _parity_progress:
 
 # ------------------------------------------------------------------------------------------- runtime
 # sample / encode / decode / info run on bigmodel.runtime (numpy + onnxruntime or TensorRT), never torch.
-_BACKEND_HELP = "auto, ort, ort-cpu, ort-cuda, ort-trt or tensorrt."
+_BACKEND_HELP = "auto, ort, ort-cpu, ort-cuda, ort-trt, tensorrt or ov-cpu."
 _DEVICE_HELP = "auto, cpu, cuda or cuda:N."
 
 
@@ -731,8 +731,9 @@ def bench(
     bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs) from `bigmodel export`."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (torch runs there too)."),
     backends: str | None = typer.Option(
-        None, help="Comma-separated, from torch,torch-cudagraph,ort-cpu,ort-cuda,ort-trt,tensorrt "
-                   "(default: torch,ort-cpu on cpu; all of them on cuda). Unavailable ones are listed as skipped."),
+        None, help="Comma-separated, from torch,torch-cudagraph,ort-cpu,ort-cuda,ort-trt,tensorrt,ov-cpu "
+                   "(default: torch and the CPU backends on cpu; all of them on cuda). Unavailable ones are listed "
+                   "as skipped."),
     roles: str | None = typer.Option(None, help="Comma-separated roles, e.g. decoder (default: every role)."),
     batch_sizes: str = typer.Option("1,16,256,1024", help="Comma-separated batch sizes."),
     warmup: int = typer.Option(10, help="Untimed runs per backend, role and batch before timing."),
@@ -860,7 +861,7 @@ def eval_cmd(
     nll_images: int = typer.Option(500, help="VAE: the fixed subset for -ELBO/IWAE: the first N validation images."),
     samples: int = typer.Option(2000, help="Generated images for FID, precision/recall and class coverage."),
     seed: int = typer.Option(0, help="Seed of the samples and of the importance draws."),
-    backend: str = typer.Option("auto", help="auto, ort, ort-cpu, ort-cuda, ort-trt or tensorrt."),
+    backend: str = typer.Option("auto", help=_BACKEND_HELP),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int | None = typer.Option(None, help="CPU threads for the ort backends (default: physical cores)."),
     cache_dir: Path | None = typer.Option(None, help="Where the feature classifier is cached "

@@ -17,16 +17,21 @@ import platform
 import sys
 from typing import Any
 
-# backend -> (what it needs, the pip extra that brings it)
-BACKEND_EXTRAS = {
+# the bench's torch baselines -> what installs them (the runtime's backends say it in their registry entries)
+TORCH_EXTRAS = {
     "torch": "torch (install the build for your platform first, see README), then pip install 'bigmodel[cpu]'",
     "torch-cudagraph": "a CUDA build of torch and an NVIDIA GPU, then pip install 'bigmodel[gpu]'",
-    "ort-cpu": "pip install 'bigmodel[runtime]' (onnxruntime)",
-    "ort-cuda": "pip install 'bigmodel[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU",
-    "ort-trt": "pip install 'bigmodel[gpu]' plus TensorRT's libraries (libnvinfer) on the library path",
-    "tensorrt": "pip install 'bigmodel[tensorrt]' (TensorRT + cuda-python for CUDA 13, driver >= 580) or "
-                "'bigmodel[tensorrt-cu12]' (CUDA 12) on a machine with an NVIDIA GPU",
 }
+
+
+def install_hint(name: str) -> str | None:
+    """What installs backend `name`: the torch baselines here, runtime backends from the registry."""
+    if name in TORCH_EXTRAS:
+        return TORCH_EXTRAS[name]
+    from bigmodel.runtime.backends.registry import BY_NAME
+
+    e = BY_NAME.get(name)
+    return e.install if e else None
 
 
 def _version(dist: str) -> str | None:
@@ -131,6 +136,11 @@ def gather() -> dict[str, Any]:
                 detail = f"imports, but cudaGetDeviceCount failed: {type(e).__name__}: {e}"
     packages.append(_item("cuda-python", cuda_python, detail, ok=cuda_python is not None))
 
+    ov, why = _import("openvino")
+    packages.append(_item("openvino", getattr(ov, "__version__", None) if ov else None,
+                          "for the ov-cpu backend" if ov
+                          else f"{why} (the ov-cpu backend needs it: bigmodel[openvino])"))
+
     gpu["nvinfer"] = nvinfer
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages,
             "gpu": gpu, "backends": backend_report(torch, gpu["cuda_available"])}
@@ -144,12 +154,12 @@ def backend_report(torch, cuda_available: bool) -> list[dict[str, Any]]:
     graph_why = torch_why or (None if cuda_available else "needs a CUDA GPU visible to torch "
                               "(torch.cuda.is_available() is False)")
     rows.append(("torch-cudagraph", graph_why))
-    try:
-        from bigmodel.runtime import backend_status
+    from bigmodel.runtime.backends import registry
 
-        status = backend_status()
+    try:
+        status = registry.status()
     except Exception as e:  # doctor must report, not crash
-        status = {n: f"cannot ask the runtime: {e}" for n in ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")}
+        status = {n: f"cannot ask the runtime: {e}" for n in registry.NAMES}
     rows.extend(status.items())
-    return [{"name": name, "ok": why is None, "why": why, "extra": None if why is None else BACKEND_EXTRAS.get(name)}
+    return [{"name": name, "ok": why is None, "why": why, "extra": None if why is None else install_hint(name)}
             for name, why in rows]

@@ -10,8 +10,9 @@ from conftest import run_cli as cli
 
 from bigmodel.doctor import gather
 
-PACKAGES = {"python", "numpy", "torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "tensorrt", "cuda-python"}
-BACKENDS = ["torch", "torch-cudagraph", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]
+PACKAGES = {"python", "numpy", "torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "tensorrt", "cuda-python",
+            "openvino"}
+BACKENDS = ["torch", "torch-cudagraph", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "ov-cpu"]
 
 
 
@@ -41,12 +42,12 @@ def test_gather_survives_missing_torch_and_onnxruntime(monkeypatch):
     real_import = builtins.__import__
 
     def fake_import(name, *args, **kwargs):
-        if name.split(".")[0] in ("torch", "onnxruntime", "onnx"):
+        if name.split(".")[0] in ("torch", "onnxruntime", "onnx", "openvino"):
             raise ImportError(f"No module named {name!r}")
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    for mod in [m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime", "onnx")]:
+    for mod in [m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime", "onnx", "openvino")]:
         monkeypatch.delitem(sys.modules, mod)
     report = gather()
     by_name = {p["name"]: p for p in report["packages"]}
@@ -54,6 +55,8 @@ def test_gather_survives_missing_torch_and_onnxruntime(monkeypatch):
     backends = {b["name"]: b for b in report["backends"]}
     assert not backends["torch"]["ok"] and "torch" in backends["torch"]["why"]
     assert not backends["ort-cpu"]["ok"] and "bigmodel[runtime]" in backends["ort-cpu"]["why"]
+    assert not backends["ov-cpu"]["ok"] and "bigmodel[openvino]" in backends["ov-cpu"]["why"]
+    assert "bigmodel[openvino]" in backends["ov-cpu"]["extra"]
 
 
 def test_cli_doctor_json_and_table_exit_0(capsys):

@@ -192,6 +192,13 @@ def test_exported_bundle_passes_for_every_model(bundle_of, family, arch):
     assert {"val", "noise", "prior", "extreme"} <= {c.probe for c in cases}
     skipped = [b for b in report.backends if b.status == "skipped"]
     assert all(b.reason for b in skipped)
+    ran = {b.backend for b in report.ran}
+    try:  # OpenVINO parity on every family wherever the package is installed (the test extra installs it)
+        import openvino  # noqa: F401
+
+        assert "ov-cpu" in ran, [b.reason for b in report.backends if b.backend == "ov-cpu"]
+    except ImportError:
+        assert "bigmodel[openvino]" in next(b.reason for b in skipped if b.backend == "ov-cpu")
 
 
 def test_cli_passes_and_writes_the_whole_report(bundle_of, capsys, tmp_path):
@@ -279,6 +286,14 @@ def test_fp16_bundle_passes_fp16_tolerances_and_fails_fp32_ones(bundle_of, capsy
     code, text = cli(capsys, "parity", str(bundle), "--backend", "ort-cpu", "--samples", "5", "--tolerances", "fp32")
     assert code == 1, text
     assert "parity failed" in text and "fp32 tolerances" in text
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_bundles_pass_on_openvino(bundle_of, precision):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'bigmodel[openvino]')")
+    report = run_parity(bundle_of("vae", precision=precision), backends="ov-cpu", samples=5)
+    assert report.passed, report.messages()
+    assert report.tolerance_precision == precision
 
 
 def test_polygraphy_gives_the_outputs_our_ort_backend_gives(bundle_of, tmp_path):

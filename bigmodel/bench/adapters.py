@@ -14,14 +14,16 @@ import numpy as np
 
 from bigmodel.errors import BackendUnavailable
 from bigmodel.manifest import BATCH, Manifest
+from bigmodel.runtime.backends import registry
 
 if TYPE_CHECKING:
     from bigmodel.bench.run import BenchSettings
 
 TORCH_BACKENDS = ("torch", "torch-cudagraph")
-RUNTIME_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
-ALL_BACKENDS = ("torch", "torch-cudagraph", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
-DEFAULT_BACKENDS = {"cpu": ("torch", "ort-cpu"), "cuda": ALL_BACKENDS}
+RUNTIME_BACKENDS = registry.NAMES
+ALL_BACKENDS = TORCH_BACKENDS + RUNTIME_BACKENDS
+# cpu: torch eager and every CPU backend (those not installed are reported as skipped); cuda: everything
+DEFAULT_BACKENDS = {"cpu": ("torch", *registry.names_for("cpu")), "cuda": ALL_BACKENDS}
 
 
 def role_inputs(manifest: Manifest, role: str, batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -193,7 +195,7 @@ class RuntimeAdapter:
         self.name = name
         self.bundle = bundle
         self.settings_ = settings
-        self.device = "cpu" if name == "ort-cpu" else "cuda"
+        self.device = registry.entry(name).device
         self.device_id = settings.device_id
         self.copies = True
 
@@ -284,6 +286,6 @@ def unavailable(name: str, device: str, status: dict[str, str | None]) -> str | 
         if (name == "torch-cudagraph" or device == "cuda") and not torch.cuda.is_available():
             return f"torch {torch.__version__} finds no CUDA GPU (torch.cuda.is_available() is False)"
         return None
-    if name != "ort-cpu" and device != "cuda":
+    if registry.entry(name).device == "cuda" and device != "cuda":
         return f"{name} runs on a GPU; pass --device cuda"
     return status.get(name)

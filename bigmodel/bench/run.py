@@ -15,6 +15,7 @@ import numpy as np
 
 from bigmodel.bench.adapters import (
     ALL_BACKENDS,
+    DEFAULT_BACKENDS,
     RUNTIME_BACKENDS,
     TORCH_BACKENDS,
     RuntimeAdapter,
@@ -27,8 +28,6 @@ from bigmodel.bench.adapters import (
 from bigmodel.bench.stats import NOISY_CV, add_speedups, summarize
 from bigmodel.errors import BackendUnavailable, BigmodelError, InputError
 from bigmodel.manifest import Manifest, read_manifest
-
-DEFAULT_BACKENDS = {"cpu": ("torch", "ort-cpu"), "cuda": ALL_BACKENDS}
 
 
 @dataclass
@@ -269,7 +268,7 @@ def machine_info(device: str = "cpu", device_id: int = 0) -> dict[str, Any]:
         "cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
         "numpy": np.__version__, "load_average_1m": _load_average(),
     }
-    for mod in ("torch", "onnxruntime", "tensorrt"):
+    for mod in ("torch", "onnxruntime", "openvino", "tensorrt"):
         try:
             info[mod] = __import__(mod).__version__
         except ImportError:

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from bigmodel.errors import BackendUnavailable, BundleError, InputError
 from bigmodel.manifest import Manifest, read_manifest
+from bigmodel.runtime.backends import registry
+from bigmodel.runtime.backends.registry import LoadOptions
 from bigmodel.runtime.model import Model
 
-BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+BACKENDS = registry.NAMES
 DEVICES = ("auto", "cpu", "cuda")
-GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
+GPU_BACKENDS = registry.names_for("cuda")
 
 __all__ = ["BACKENDS", "DEVICES", "Model", "load", "backend_status", "resolve_backend", "verify_files"]
 
@@ -77,25 +79,15 @@ def verify_files(path: str | os.PathLike, manifest: Manifest, engines: bool = Fa
 
 
 def backend_status(names: tuple[str, ...] = BACKENDS, device_id: int = 0) -> dict[str, str | None]:
-    """Each backend name -> None if it can run here (GPU ones: a session or device was really created on
-    GPU `device_id`), else the reason it cannot."""
-    status: dict[str, str | None] = {}
-    for name in names:
-        if name == "tensorrt":
-            from bigmodel.runtime.backends import tensorrt
-
-            status[name] = tensorrt.unavailable_reason(device_id)
-        else:
-            from bigmodel.runtime.backends import ort
-
-            status[name] = ort.unavailable_reason(name, device_id)
-    return status
+    """Each backend name -> None if it can run here (its registry probe really ran it; GPU ones on GPU
+    `device_id`), else the reason it cannot."""
+    return registry.status(tuple(names), device_id)
 
 
 def resolve_backend(backend: str, device: str, manifest: Manifest, device_id: int | None = None) -> str:
     """A concrete backend name from (backend, device).
 
-    'auto' picks the fastest available for the device: tensorrt (when the bundle has engines),
+    'auto' picks by the registry's ranking for the device: tensorrt (when the bundle has engines),
     then ort-trt, ort-cuda, and ort-cpu when the device is cpu or auto without a GPU. 'ort' means
     ort-cpu or ort-cuda by device. A cuda request nothing here can serve raises BackendUnavailable.
     device may name a GPU: cuda:1.
@@ -104,10 +96,11 @@ def resolve_backend(backend: str, device: str, manifest: Manifest, device_id: in
 
     device, device_id = parse_device(device, device_id)
     if backend in BACKENDS:
-        if device == "cpu" and backend in GPU_BACKENDS:
-            raise InputError(f"backend {backend} runs on a GPU; got device='cpu' (use backend='ort-cpu')")
-        if device == "cuda" and backend == "ort-cpu":
-            raise InputError("backend ort-cpu runs on the CPU; got device='cuda' (use backend='ort-cuda')")
+        runs_on = registry.entry(backend).device
+        if device != "auto" and device != runs_on:
+            other = "ort-cpu" if device == "cpu" else "ort-cuda"
+            where = "a GPU" if runs_on == "cuda" else "the CPU"
+            raise InputError(f"backend {backend} runs on {where}; got device={device!r} (use backend={other!r})")
         return backend
     if backend == "ort":
         if device == "auto":
@@ -115,11 +108,11 @@ def resolve_backend(backend: str, device: str, manifest: Manifest, device_id: in
         return {"cpu": "ort-cpu", "cuda": "ort-cuda"}[device]
     if backend != "auto":
         raise InputError(f"backend must be auto, ort or one of {', '.join(BACKENDS)}; got {backend!r}")
+    cpu_first = registry.auto_order("cpu", bool(manifest.engines))[0]
     if device == "cpu":
-        return "ort-cpu"
-    order = ("tensorrt", "ort-trt", "ort-cuda") if manifest.engines else ("ort-trt", "ort-cuda")
+        return cpu_first
     reasons = []
-    for name in order:
+    for name in registry.auto_order("cuda", bool(manifest.engines)):
         reason = backend_status((name,), device_id)[name]
         if reason is None:
             return name
@@ -127,18 +120,13 @@ def resolve_backend(backend: str, device: str, manifest: Manifest, device_id: in
     if device == "cuda":
         raise BackendUnavailable("device='cuda' asked for, but no GPU backend can run here ("
                                  + "; ".join(reasons) + ")")
-    return "ort-cpu"
+    return cpu_first
 
 
 def _make_backend(path: Path, manifest: Manifest, name: str, threads: int | None, precision: str | None,
                   device_id: int = 0, tf32: bool = False, strict: bool = False):
-    if name == "tensorrt":
-        from bigmodel.runtime.backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend(path, manifest, precision=precision, device=device_id)
-    from bigmodel.runtime.backends.ort import OrtBackend
-
-    return OrtBackend(path, manifest, name, threads=threads, device_id=device_id, tf32=tf32, strict=strict)
+    options = LoadOptions(threads=threads, precision=precision, device_id=device_id, tf32=tf32, strict=strict)
+    return registry.entry(name).create(path, manifest, options)
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", threads: int | None = None,
@@ -147,8 +135,8 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
          check_values: bool = True) -> Model:
     """Load a bundle folder (manifest.json + role graphs [+ engines/]) for inference.
 
-    backend: auto | ort | ort-cpu | ort-cuda | ort-trt | tensorrt; device: auto | cpu | cuda | cuda:N.
-    threads: onnxruntime intra-op threads (default: the physical cores).
+    backend: auto | ort | one of BACKENDS (ort-cpu, ort-cuda, ort-trt, tensorrt, ov-cpu);
+    device: auto | cpu | cuda | cuda:N. threads: CPU intra-op threads (default: the physical cores).
     fallback: a GPU request that cannot be served raises BackendUnavailable, or with
     fallback=True warns once and runs on ort-cpu; never a silent fallback.
     verify: check every file's sha256 against the manifest (engine files too, for tensorrt) before

@@ -26,7 +26,6 @@ PROVIDERS = {
     "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-EXTRA = {"ort-cpu": "runtime", "ort-cuda": "gpu", "ort-trt": "gpu"}
 # the batch profile onnxruntime's TensorRT provider builds for when the manifest names none (= export defaults)
 DEFAULT_PROFILE = {"min": 1, "opt": 64, "max": 1024}
 
@@ -102,11 +101,24 @@ def unavailable_reason(name: str, device_id: int = 0) -> str | None:
     wanted = PROVIDERS[name][0]
     available = ort.get_available_providers()
     if wanted not in available:
+        from bigmodel.runtime.backends.registry import entry
+
         return (f"onnxruntime {ort.__version__} here has no {wanted} (it has {', '.join(available)}); "
-                f"install it with pip install 'bigmodel[{EXTRA[name]}]' on a machine with an NVIDIA GPU")
+                f"install it with pip install 'bigmodel[{entry(name).extra}]' on a machine with an NVIDIA GPU")
     if name == "ort-cpu":
         return None
     return probe(name, device_id)
+
+
+def probe_backend(name: str, device_id: int = 0) -> str | None:
+    """Registry probe: None when `name` can run here, else why not (GPU providers: a session really ran)."""
+    return unavailable_reason(name, device_id)
+
+
+def create(name: str, bundle: Path, manifest: Manifest, options) -> OrtBackend:
+    """Registry factory: one session per role (options: a registry.LoadOptions)."""
+    return OrtBackend(bundle, manifest, name, threads=options.threads, device_id=options.device_id,
+                      tf32=options.tf32, strict=options.strict)
 
 
 @functools.cache

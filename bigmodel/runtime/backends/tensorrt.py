@@ -154,6 +154,16 @@ def unavailable_reason(device: int = 0) -> str | None:
         return f"cuda-python cannot reach the CUDA driver: {type(e).__name__}: {e}"
 
 
+def probe_backend(name: str, device_id: int = 0) -> str | None:
+    """Registry probe: None when the tensorrt backend can run on GPU `device_id`, else what is missing."""
+    return unavailable_reason(device_id)
+
+
+def create(name: str, bundle: Path, manifest: Manifest, options) -> TensorRTBackend:
+    """Registry factory: every role's engine deserialised (options: a registry.LoadOptions)."""
+    return TensorRTBackend(bundle, manifest, precision=options.precision, device=options.device_id)
+
+
 def _call(cudart: Any, result: Any, what: str) -> Any:
     """Unpack a cuda-python result tuple (err, *values), raising the CUDA error by name on failure."""
     err, *values = result if isinstance(result, tuple) else (result,)

@@ -1,0 +1,172 @@
+"""OpenVINO backend (`ov-cpu`): the bundle's ONNX graphs compiled once per role by OpenVINO's CPU plugin.
+
+OpenVINO reads ONNX directly (external data included), so nothing is converted or cached on disk.
+Settings per compiled model: the LATENCY performance hint (one stream using every thread: a
+synchronous call is what `Model` makes), INFERENCE_NUM_THREADS = `threads` (default: the physical
+cores), and INFERENCE_PRECISION_HINT = f32, so that CPUs with bf16/AMX units do not silently run an
+fp32 bundle in bf16 (OpenVINO's default there).
+
+OpenVINO gives a tensor several names (an ONNX output that passes through Identity keeps the names
+of both ends), so outputs are found by the manifest's ONNX output name -- `compiled.output(name)` --
+never by `get_any_name()`, which may return an internal tensor's name.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from bigmodel.errors import BackendUnavailable, BundleError, missing_package
+from bigmodel.manifest import Manifest
+
+HINT = "LATENCY"
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError as e:
+        raise missing_package("openvino", "openvino", "the ov-cpu backend") from e
+    return openvino
+
+
+@functools.cache
+def core():
+    """One OpenVINO Core per process (each Core loads its plugins again)."""
+    return import_openvino().Core()
+
+
+def version() -> str | None:
+    try:
+        return import_openvino().__version__
+    except BackendUnavailable:
+        return None
+
+
+def config(threads: int | None, hint: str = HINT) -> dict[str, str]:
+    """compile_model properties: performance hint, thread count, fp32 execution."""
+    from bigmodel.runtime.backends.ort import physical_cores
+
+    return {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": str(threads or physical_cores()),
+            "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def probe_backend(name: str = "ov-cpu", device_id: int = 0) -> str | None:
+    """None when OpenVINO's CPU plugin compiled and ran the probe graph here, else why not."""
+    try:
+        import_openvino()
+    except BackendUnavailable as e:
+        return str(e)
+    return _probe_cpu()
+
+
+@functools.cache
+def _probe_cpu() -> str | None:
+    ov = import_openvino()
+    from bigmodel.runtime.backends.ort import PROBE_GRAPH, PROBE_INPUT, PROBE_OUTPUT
+
+    try:
+        c = core()
+        if "CPU" not in c.available_devices:
+            return f"OpenVINO {ov.__version__} lists no CPU device (it has {', '.join(c.available_devices) or 'none'})"
+        with tempfile.TemporaryDirectory() as tmp:  # read_model takes a path for ONNX
+            path = os.path.join(tmp, "probe.onnx")
+            with open(path, "wb") as f:
+                f.write(PROBE_GRAPH)
+            compiled = c.compile_model(c.read_model(path), "CPU", config(1))
+        got = compiled({"x": PROBE_INPUT})[compiled.output("y")]
+    except Exception as e:  # OpenVINO raises RuntimeError with its own text
+        return f"OpenVINO {ov.__version__} cannot compile and run a graph on its CPU plugin: " \
+               f"{' '.join(str(e).split())[:300] or type(e).__name__}"
+    if not np.allclose(got, PROBE_OUTPUT):
+        return f"OpenVINO ran the probe graph but returned {np.asarray(got).tolist()}, expected {PROBE_OUTPUT.tolist()}"
+    return None
+
+
+def create(name: str, bundle: Path, manifest: Manifest, options) -> OpenVINOBackend:
+    """Registry factory (options: a registry.LoadOptions; threads is the only one that applies)."""
+    return OpenVINOBackend(bundle, manifest, threads=options.threads)
+
+
+class _Role:
+    """One compiled model; an infer request per calling thread (a request is not thread-safe)."""
+
+    def __init__(self, compiled, inputs: list[str], outputs: list[str]):
+        self.compiled = compiled
+        self.in_ports = [compiled.input(n) for n in inputs]
+        self.out_ports = [compiled.output(n) for n in outputs]  # by ONNX name: see the module docstring
+        self.input_names = inputs
+        self.output_names = outputs
+        self.local = threading.local()
+
+    def request(self):
+        req = getattr(self.local, "request", None)
+        if req is None:
+            req = self.local.request = self.compiled.create_infer_request()
+        return req
+
+    def runner(self, outputs: list[str]):
+        """feeds -> [outputs] (fresh arrays), the ports looked up once."""
+        ports = [self.out_ports[self.output_names.index(n)] for n in outputs]
+        in_ports = list(zip(self.input_names, self.in_ports, strict=True))
+        request = self.request
+        from openvino import Tensor
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            req = request()
+            for n, port in in_ports:
+                req.set_tensor(port, Tensor(feeds[n], shared_memory=True))  # no copy: x is C-contiguous
+            req.infer()
+            return [req.get_tensor(p).data.copy() for p in ports]  # the request's buffers are reused
+
+        return run
+
+
+class OpenVINOBackend:
+    """Every role compiled once at load on OpenVINO's CPU plugin; `run` returns outputs in the manifest's order."""
+
+    name = "ov-cpu"
+
+    def __init__(self, bundle: Path, manifest: Manifest, threads: int | None = None, hint: str = HINT):
+        reason = probe_backend(self.name)
+        if reason is not None:
+            raise BackendUnavailable(f"backend ov-cpu: {reason}")
+        c = core()
+        props = config(threads, hint)
+        self._roles: dict[str, _Role] = {}
+        self._run: dict[str, object] = {}
+        for role, spec in manifest.roles.items():
+            path = bundle / spec.file
+            try:
+                compiled = c.compile_model(c.read_model(str(path)), "CPU", props)
+                r = _Role(compiled, [t.name for t in spec.inputs], [t.name for t in spec.outputs])
+            except Exception as e:  # OpenVINO raises RuntimeError with its own text
+                first = " ".join(str(e).split())[:300]
+                raise BundleError(f"OpenVINO {version()} cannot compile {path}: {first}") from e
+            self._roles[role] = r
+            self._run[role] = r.runner(r.output_names)
+        self.settings = {"openvino": version(), **props,
+                         "execution_devices": str(next(iter(self._roles.values())).compiled.get_property(
+                             "EXECUTION_DEVICES")) if self._roles else None}
+
+    def run(self, role: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._run[role](feeds)
+
+    def runner(self, role: str, outputs: list[str] | None = None):
+        """A callable feeds -> outputs for `role` (all, or just the named `outputs`)."""
+        r = self._roles[role]
+        if outputs is None or list(outputs) == r.output_names:
+            return self._run[role]
+        return r.runner(list(outputs))
+
+    def batch_range(self, role: str) -> None:
+        return None
+
+    def close(self) -> None:
+        self._roles.clear()
+        self._run.clear()

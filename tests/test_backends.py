@@ -1,0 +1,140 @@
+"""The backend registry and the OpenVINO backend (`ov-cpu`).
+
+The registry is the one list load(), doctor, bench and parity read; OpenVINO is checked on real
+bundles (parity on every family lives in test_parity's all-backends test) and on hand-made graphs
+whose outputs carry several names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+
+import numpy as np
+import pytest
+
+from bigmodel.errors import InputError
+from bigmodel.runtime.backends import registry
+
+OV_REASON = "openvino is not installed (pip install 'bigmodel[openvino]')"
+
+
+def test_every_entry_names_a_module_with_a_probe_and_a_factory():
+    assert len(set(registry.NAMES)) == len(registry.REGISTRY)
+    for e in registry.REGISTRY:
+        assert e.device in ("cpu", "cuda")
+        assert f"bigmodel[{e.extra}]" in e.install
+        mod = importlib.import_module(e.module)  # importable without its optional package
+        assert callable(mod.probe_backend) and callable(mod.create)
+        reason = e.probe()
+        assert reason is None or (isinstance(reason, str) and reason)
+
+
+def test_runtime_doctor_bench_and_parity_read_the_registry():
+    from bigmodel import doctor
+    from bigmodel.bench import ALL_BACKENDS, DEFAULT_BACKENDS, RUNTIME_BACKENDS
+    from bigmodel.parity.run import _backend_names
+    from bigmodel.runtime import BACKENDS, GPU_BACKENDS, backend_status
+
+    assert BACKENDS == RUNTIME_BACKENDS == registry.NAMES
+    assert set(registry.NAMES) <= set(ALL_BACKENDS)
+    assert set(GPU_BACKENDS) == {e.name for e in registry.REGISTRY if e.device == "cuda"}
+    assert set(DEFAULT_BACKENDS["cpu"]) == {"torch"} | {e.name for e in registry.REGISTRY if e.device == "cpu"}
+    assert _backend_names("all", BACKENDS)[0] == list(registry.NAMES)
+    assert set(backend_status()) == set(registry.NAMES)
+    report = doctor.backend_report(None, False)
+    assert [b["name"] for b in report][2:] == list(registry.NAMES)
+    for b in report[2:]:
+        assert b["ok"] or b["extra"] == registry.entry(b["name"]).install
+
+
+def test_auto_order_and_device_rules():
+    assert registry.auto_order("cpu", False) == ("ort-cpu",)  # ov-cpu only through a tuning table
+    assert registry.auto_order("cuda", True)[0] == "tensorrt"
+    assert "tensorrt" not in registry.auto_order("cuda", False)
+    with pytest.raises(InputError, match="known: ort-cpu"):
+        registry.entry("nope")
+
+
+@pytest.fixture(scope="module")
+def vae_bundle(trained_run, tmp_path_factory):
+    from bigmodel.export import ExportOptions, export_bundle
+
+    folder = tmp_path_factory.mktemp("backends-vae")
+    shutil.copy(trained_run("vae") / "checkpoint.pt", folder / "checkpoint.pt")
+    return export_bundle(folder / "checkpoint.pt", ExportOptions(out=folder / "bundle", probes=4)).bundle
+
+
+def test_ov_cpu_on_the_cuda_device_is_refused(vae_bundle):
+    from bigmodel.runtime import load
+
+    with pytest.raises(InputError, match="runs on the CPU"):
+        load(vae_bundle, backend="ov-cpu", device="cuda")
+
+
+def test_ov_cpu_matches_ort_cpu_and_honours_threads(vae_bundle):
+    pytest.importorskip("openvino", reason=OV_REASON)
+    from bigmodel.runtime import load
+
+    ov = load(vae_bundle, backend="ov-cpu", threads=1)
+    ort = load(vae_bundle, backend="ort-cpu", threads=1)
+    assert ov.backend_name == "ov-cpu"
+    assert ov.backend.settings["INFERENCE_NUM_THREADS"] == "1"
+    compiled = ov.backend._roles["decoder"].compiled
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert "float32" in str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    z = np.random.default_rng(0).standard_normal((7, ov.latent_dim), dtype=np.float32)
+    np.testing.assert_allclose(ov.decode(z), ort.decode(z), atol=1e-5)
+    np.testing.assert_allclose(ov.decode(z, logits=True), ort.decode(z, logits=True), atol=1e-4)
+    images = ort.decode(z)
+    for a, b in zip(ov.encode(images, full=True), ort.encode(images, full=True), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    with pytest.raises(InputError, match="expected shape"):  # the Model's checks stand before every backend
+        ov.decode(np.zeros((2, 3), np.float32))
+
+
+def _graph_with_renamed_outputs(path):
+    """y = Identity(t), t = x @ w; a second output s = Neg(x) listed first: OpenVINO names y's tensor {t, y}."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.array([[1.0, -2.0], [3.0, 4.0]], np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Identity", ["t"], ["y"]),
+             helper.make_node("Neg", ["x"], ["s"])]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2]) for n in ("x", "s", "y")]
+    graph = helper.make_graph(nodes, "g", [vi[0]], [vi[1], vi[2]],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [2, 2], w.ravel())])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return w
+
+
+def test_ov_outputs_are_found_by_their_onnx_name(tmp_path):
+    pytest.importorskip("openvino", reason=OV_REASON)
+    from bigmodel.runtime.backends import openvino as ovb
+
+    path = str(tmp_path / "g.onnx")
+    w = _graph_with_renamed_outputs(path)
+    c = ovb.core()
+    compiled = c.compile_model(c.read_model(path), "CPU", ovb.config(1))
+    role = ovb._Role(compiled, ["x"], ["y", "s"])  # the manifest's order, not the graph's
+    x = np.array([[1.0, 2.0], [-1.0, 0.5]], np.float32)
+    y, s = role.runner(["y", "s"])({"x": x})
+    np.testing.assert_allclose(y, x @ w, rtol=1e-6)
+    np.testing.assert_allclose(s, -x)
+    (only_s,) = role.runner(["s"])({"x": x})
+    np.testing.assert_allclose(only_s, -x)
+
+
+def test_missing_openvino_names_its_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.split(".")[0] == "openvino":
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    reason = registry.entry("ov-cpu").probe()
+    assert reason is not None and "bigmodel[openvino]" in reason
