@@ -689,6 +689,8 @@ def info_cmd(
     console.print("backends here: " + "  ".join(
         f"{k} [green]yes[/green]" if v is None else f"{k} [dim]no[/dim]" for k, v in d["backends"].items()))
     console.print("TF32 on the GPU: " + "; ".join(f"{k} {v}" for k, v in d.get("tf32", {}).items()), markup=False)
+    if d.get("tuning"):
+        _tuning_table(console, d["tuning"])
     _info_verdict(bundle, d)
 
 
@@ -723,6 +725,65 @@ def _info_verdict(bundle: Path, d: dict) -> None:
 
 def _check_cell(check: str) -> str:
     return "[green]ok[/green]" if check == "ok" else f"[red]{check}[/red]"
+
+
+def _tuning_table(console, tuning: dict) -> None:
+    """The tuning table (p50 ms per backend, the fastest marked) and whether it applies here."""
+    from rich.table import Table
+
+    t = tuning["table"]
+    if t is None:
+        console.print(f"[red]tuning table: {tuning['stale']}[/red]", soft_wrap=True)
+        return
+    m = t["machine"]
+    state = "[green]applies here[/green]" if tuning["stale"] is None else f"[yellow]stale: {tuning['stale']}[/yellow]"
+    table = Table("role", "batch", *[f"{b} ms" for b in t["backends"]], "fastest", box=None, title_justify="left",
+                  title=f"tuning ({tuning['file']}: {m['cpu']}, {m['threads']} threads)")
+    for role, cells in t["roles"].items():
+        for batch, cell in cells.items():
+            table.add_row(role, batch, *[f"{cell['p50_s'][b] * 1e3:.3f}" if b in cell["p50_s"] else "-"
+                                         for b in t["backends"]], cell["best"])
+    console.print(table)
+    console.print(f"tuning table {state}", soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------- tune
+@app.command()
+def tune(
+    bundle: Path = typer.Argument(..., help="Bundle folder (manifest.json + role graphs)."),
+    batch_sizes: str = typer.Option("1,4,16,64,256,1024", help="Comma-separated batch sizes to measure."),
+    backends: str | None = typer.Option(None, help="Comma-separated runtime backends (default: every one for the "
+                                        "device; those that cannot run here are listed as skipped)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: int | None = typer.Option(None, help="CPU threads (default: physical cores); a load with another "
+                                       "count ignores the table."),
+    seconds: float = typer.Option(0.6, help="Timed seconds per backend and cell (over 3 alternating rounds)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Measure every backend per role and batch size; write BUNDLE/tuning.json for load(backend="auto").
+
+    With the table, `auto` sends each call to the backend that was fastest for the nearest measured
+    batch size. A table measured on another CPU, thread count, engine version or graph is ignored
+    with a warning.
+
+    Example: bigmodel tune runs/vae/bundle --batch-sizes 1,16,256,1024
+    """
+    import json
+
+    from bigmodel.bench import parse_list
+    from bigmodel.bench.tune import tune_bundle
+
+    console = _console_for_tables()
+    with console.status("tuning") as status:
+        table = tune_bundle(bundle, batch_sizes=parse_list(batch_sizes, int, "--batch-sizes") or (),
+                            threads=threads, backends=parse_list(backends, str, "--backends"), device=device,
+                            seconds=seconds, progress=lambda what: status.update(f"tuning: {what}"))
+    if json_out:
+        typer.echo(json.dumps(table, indent=2))
+        return
+    _tuning_table(console, {"file": str(bundle / "tuning.json"), "stale": None, "table": table})
+    for name, reason in table.get("skipped", {}).items():
+        console.print(f"[dim]skipped {name}: {reason}[/dim]", soft_wrap=True, markup=False)
 
 
 # --------------------------------------------------------------------------------------------- bench

@@ -129,6 +129,43 @@ def _make_backend(path: Path, manifest: Manifest, name: str, threads: int | None
     return registry.entry(name).create(path, manifest, options)
 
 
+def _tuned_backend(path: Path, manifest: Manifest, device: str, threads: int | None, device_id: int,
+                   tf32: bool):
+    """The backend(s) the bundle's tuning table picks for `auto`, or None (no table, or one that does not
+    apply here: a warning says why, and `auto` keeps its usual rule)."""
+    from bigmodel.runtime import tuning
+    from bigmodel.runtime.backends import parse_device
+    from bigmodel.runtime.backends.ort import physical_cores
+
+    try:
+        table = tuning.read_table(path)
+    except BundleError as e:
+        reason, table = str(e), None
+        warnings.warn(f"{reason}; backend='auto' uses its usual rule", RuntimeWarning, stacklevel=3)
+        return None
+    if table is None:
+        return None
+    reason = tuning.stale_reason(table, manifest, threads or physical_cores())
+    kind, _ = parse_device(device)
+    names = sorted({n for points in tuning.winners(table).values() for _, n in points})
+    if reason is None:
+        wrong = [n for n in names if n not in BACKENDS or kind not in ("auto", registry.entry(n).device)]
+        if wrong:
+            reason = f"it picks {', '.join(wrong)}, which cannot serve device={device!r}"
+    if reason is None:
+        down = {n: r for n, r in backend_status(tuple(names), device_id).items() if r is not None}
+        if down:
+            reason = "; ".join(f"{n} cannot run here ({r})" for n, r in down.items())
+    if reason is not None:
+        warnings.warn(f"ignoring the stale tuning table {tuning.table_path(path)}: {reason}; backend='auto' uses "
+                      "its usual rule (run `bigmodel tune` again)", RuntimeWarning, stacklevel=3)
+        return None
+    members = {n: _make_backend(path, manifest, n, threads, None, device_id, tf32) for n in names}
+    if len(members) == 1:
+        return next(iter(members.values()))
+    return tuning.DispatchBackend(members, table)
+
+
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", threads: int | None = None,
          fallback: bool = False, verify: bool = True, precision: str | None = None,
          device_id: int | None = None, tf32: bool = False, strict: bool = False,
@@ -152,6 +189,10 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     of encode/decode/sample/... that come back NaN or Inf; False gives the model's raw behaviour.
     Every file the manifest names must lie inside the bundle folder (always checked).
 
+    With backend='auto' and a tuning table beside the manifest (`bigmodel tune`), each call goes to
+    the backend measured fastest for the nearest measured batch size; a table measured on another
+    CPU, thread count, engine version or graph is ignored with a RuntimeWarning.
+
     >>> model = load("runs/vae/bundle", device="cpu", threads=2)
     """
     path = Path(path)
@@ -164,6 +205,10 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     from bigmodel.runtime.backends import parse_device
 
     _, gpu = parse_device(device, device_id)
+    if backend == "auto":
+        tuned = _tuned_backend(path, manifest, device, threads, gpu, tf32)
+        if tuned is not None:
+            return Model(path, manifest, tuned, check_values=check_values)
     name = None
     try:
         name = resolve_backend(backend, device, manifest, device_id)

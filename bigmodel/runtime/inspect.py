@@ -62,4 +62,19 @@ def describe(bundle: str | os.PathLike) -> dict[str, Any]:
     from bigmodel.runtime.backends.ort import tf32_policy
 
     return {"bundle": str(bundle), "manifest": d, "roles": roles, "engines": engines, "methods": methods,
-            "backends": status, "tf32": tf32_policy(manifest)}
+            "backends": status, "tf32": tf32_policy(manifest), "tuning": tuning_summary(bundle, manifest)}
+
+
+def tuning_summary(bundle: Path, manifest) -> dict[str, Any] | None:
+    """The tuning table beside the manifest and whether it applies here (with the default threads), or None."""
+    from bigmodel.runtime import tuning
+    from bigmodel.runtime.backends.ort import physical_cores
+
+    try:
+        table = tuning.read_table(bundle)
+    except BigmodelError as e:
+        return {"file": tuning.TABLE, "stale": str(e), "table": None}
+    if table is None:
+        return None
+    return {"file": tuning.TABLE, "stale": tuning.stale_reason(table, manifest, table["machine"].get("threads")
+                                                               or physical_cores()), "table": table}

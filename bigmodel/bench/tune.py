@@ -1,0 +1,102 @@
+"""`bigmodel tune`: every available runtime backend, per role, over a grid of batch sizes -> tuning.json.
+
+Each (role, batch) cell times the backends in alternating rounds (so a busy spell on a shared
+machine hits all of them alike) through `Model.run`, the path `auto` will dispatch. The table
+(bigmodel.runtime.tuning) is written beside the manifest and read by `load(..., backend="auto")`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bigmodel.errors import BackendUnavailable, InputError
+
+DEFAULT_BATCHES = (1, 4, 16, 64, 256, 1024)
+
+
+def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float,
+              warmup: int = 3) -> dict[str, list[float]]:
+    """Run each side in turn, `rounds` times, about `seconds` each -> every run's seconds per side."""
+    clock = time.perf_counter_ns
+    per_run = {}
+    for name, fn in sides.items():
+        for _ in range(warmup):
+            fn()
+        t = clock()
+        fn()
+        per_run[name] = max((clock() - t) / 1e9, 1e-6)
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            for _ in range(int(min(5000, max(3, seconds / per_run[name])))):
+                t = clock()
+                fn()
+                times[name].append((clock() - t) / 1e9)
+    return times
+
+
+def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAULT_BATCHES,
+                threads: int | None = None, backends: tuple[str, ...] | None = None, device: str = "cpu",
+                seconds: float = 0.6, rounds: int = 3, seed: int = 0, write: bool = True,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure, choose the fastest backend per (role, batch), write BUNDLE/tuning.json; returns the table.
+
+    backends: default every registry backend for `device` ('cpu' or 'cuda'); those that cannot run
+    here are listed under "skipped" with the reason. seconds: timed seconds per backend and cell,
+    split over `rounds` alternating rounds.
+    """
+    from bigmodel.bench.adapters import role_inputs
+    from bigmodel.manifest import read_manifest
+    from bigmodel.runtime import backend_status, load
+    from bigmodel.runtime.backends import registry
+    from bigmodel.runtime.backends.ort import physical_cores
+    from bigmodel.runtime.tuning import make_table, write_table
+
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"--device must be cpu or cuda; got {device!r}")
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise InputError(f"--batch-sizes must be positive integers; got {batch_sizes}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1; got {threads}")
+    names = tuple(backends or registry.names_for(device))
+    for n in names:
+        registry.entry(n)
+    status = backend_status(names)
+    available = [n for n in names if status[n] is None]
+    if not available:
+        raise BackendUnavailable("no backend to tune can run here: "
+                                 + "; ".join(f"{n}: {r}" for n, r in status.items()))
+    say = progress or (lambda _s: None)
+    threads = threads or physical_cores()
+    models = {}
+    for n in available:
+        say(f"loading {n}")
+        models[n] = load(bundle, backend=n, threads=threads, device=registry.entry(n).device)
+    latency: dict[str, dict[int, dict[str, float]]] = {}
+    try:
+        for role in manifest.roles:
+            latency[role] = {}
+            for batch in sorted(set(batch_sizes)):
+                say(f"{role} batch {batch}")
+                feeds = role_inputs(manifest, role, batch, seed)
+                sides = {n: (lambda m=m, role=role, feeds=feeds: m.run(role, feeds)) for n, m in models.items()}
+                times = alternate(sides, rounds, seconds / rounds)
+                latency[role][batch] = {n: statistics.median(t) for n, t in times.items()}
+    finally:
+        for m in models.values():
+            m.close()
+    table = make_table(manifest, threads, latency)
+    table["skipped"] = {n: r for n, r in status.items() if r is not None}
+    table["load_average_1m"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    table["method"] = (f"Model.run p50 over {rounds} alternating rounds of ~{seconds / rounds:.2f} s per backend "
+                       f"and cell; inputs seeded with {seed}")
+    if write:
+        write_table(bundle, table)
+    return table
