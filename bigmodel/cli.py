@@ -930,6 +930,7 @@ def eval_cmd(
     picture: Path | None = typer.Option(None, help="PNG of samples above their nearest training images "
                                         "(default: TARGET-nearest.png beside the target folder)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the report (and any comparison) as JSON."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing --json / --picture files."),
 ) -> None:
     """Generative quality through the runtime: reconstruction, -ELBO and IWAE NLL, FID, precision/recall, coverage.
 
@@ -946,6 +947,8 @@ def eval_cmd(
     from bigmodel.eval import compare as compare_reports
     from bigmodel.eval.report import compare_rows, summary_rows
 
+    _check_outputs(force, (json_out, "eval report", (), "--json"),
+                   (picture, "nearest-neighbour picture", (".png",), "--picture"))
     console = _console()
     paths = [target] + ([compare] if compare else [])
     opts = EvalOptions(k=k, nll_images=nll_images, samples=samples, seed=seed, backend=backend, device=device,

@@ -275,6 +275,10 @@ CASES = [
     Case("parity-save-inputs-file", ("parity", BUNDLE, "--save-inputs", "report.json"), 2, "is a file"),
     Case("bench-json-existing", ("bench", BUNDLE, "--json", "report.json"), 2, "already exists"),
     Case("bench-plot-jpg", ("bench", BUNDLE, "--plot", "p.jpg"), 2, "expected a .png"),
+    Case("eval-json-existing", ("eval", BUNDLE, "--json", "report.json"), 2, "--json report.json already exists"),
+    Case("eval-json-folder", ("eval", BUNDLE, "--json", "mine"), 2, "--json mine is a folder"),
+    Case("eval-picture-jpg", ("eval", BUNDLE, "--picture", "n.jpg"), 2, "expected a .png"),
+    Case("eval-picture-existing", ("eval", BUNDLE, "--picture", "grid.png"), 2, "grid.png already exists"),
     Case("train-seed-negative", ("train", "vae", "--out", NEW, "--seed", "-1"), 2, "--seed must be an integer"),
     Case("sample-seed-negative", ("sample", BUNDLE, "--out", "s.png", "--seed", "-1"), 2, "--seed must be"),
     Case("sample-n-billion", ("sample", BUNDLE, "--out", "s.png", "-n", "1000000000"), 2, "-n must be at most 10,000"),
@@ -315,6 +319,8 @@ CASES = [
     Case("train-resume-empty", ("train", "vae", "--out", "empty", "--resume"), 2, "checkpoint not found",
          setup=empty_run_dir),
     Case("train-resume-garbage", RESUME, 2, "not a readable bigmodel checkpoint", setup=garbage_checkpoint),
+    Case("train-run-with-user-files", ("train", "vae", "--out", RUN), 2, "holds a run at epoch 1; --resume",
+         setup=lambda ws: (ws / RUN / "my-notes.txt").write_text("mine")),
     Case("train-existing-garbage", ("train", "vae", "--out", RUN), 2, "holds an unreadable checkpoint.pt",
          setup=garbage_checkpoint),
     Case("export-opset", ("export", RUN, "--out", NEW, "--opset", "3"), 2, "--opset must be between"),
@@ -467,7 +473,11 @@ def test_stale_temporaries_of_dead_processes_go_and_a_live_ones_stay(ws: Path, c
         run = ws / RUN
         stale = [run / f".checkpoint.pt.{dead.pid}.abcd1234.tmp", run / f".samples.png.{dead.pid}.zz_99xyz.tmp",
                  run / f".bundle.{dead.pid}.old", run / f".bundle.{dead.pid}.q1w2e3r4.tmp"]
-        kept = [run / f".metrics.jsonl.{live.pid}.abcd1234.tmp", run / ".keep", run / ".checkpoint.pt.xyz.tmp"]
+        # a live process's temporary, files that only look like temporaries, and what a user keeps in a run
+        # folder (another bundle, a TensorRT timing cache, notes): --resume continues among them
+        kept = [run / f".metrics.jsonl.{live.pid}.abcd1234.tmp", run / ".keep", run / ".checkpoint.pt.xyz.tmp",
+                run / "bundle.timing.trt10.13.sm90.cache", run / "my-notes.txt"]
+        shutil.copytree(run / "bundle", run / "bundle-fp16")
         for p in stale[:2] + kept:
             p.write_bytes(b"partial")
         for p in stale[2:]:
@@ -478,7 +488,7 @@ def test_stale_temporaries_of_dead_processes_go_and_a_live_ones_stay(ws: Path, c
         code, out = run_cli(capsys, "export", RUN, "--force")
         assert code == 0, out
         assert [p for p in stale if p.exists()] == []
-        assert all(p.exists() for p in kept)
+        assert all(p.exists() for p in kept) and (run / "bundle-fp16" / "manifest.json").is_file()
         assert remove_stale_temps(run) == []
     finally:
         live.kill()

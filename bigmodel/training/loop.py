@@ -20,7 +20,14 @@ import torch
 
 from bigmodel.data import load_data
 from bigmodel.errors import CheckpointError, ConfigError, InputError
-from bigmodel.fileio import atomic_write_text, check_writable, is_bundle, remove_stale_temps, sha256_file, stale_temp
+from bigmodel.fileio import (
+    atomic_write_text,
+    check_writable,
+    is_bundle,
+    is_triton_repository,
+    remove_stale_temps,
+    sha256_file,
+)
 from bigmodel.manifest import MANIFEST_NAME, DataSpec
 from bigmodel.models.registry import ARCHS, create_model, family_class, make_config
 from bigmodel.training.artifacts import write_curves, write_pictures
@@ -226,8 +233,9 @@ def validate_settings(settings: TrainSettings) -> None:
 def check_run_folder(out: Path, resume: bool, force: bool, can_resume: bool = True) -> Path | None:
     """May a run be written into `out`? Returns the checkpoint of a run to replace (with --force), else None.
 
-    A folder holding a run is refused unless resuming or forced; a folder holding anything but a
-    run's own files is refused always (bigmodel never writes among a user's files).
+    A folder holding a run is refused unless resuming or forced (what else it holds -- bundles,
+    reports -- is left alone either way). A folder without a run that holds anything but a run's
+    own files is refused always: bigmodel never starts a run among a user's files.
     """
     if not out.exists():
         if not resume:  # (resume: the checkpoint loader says what is missing)
@@ -236,26 +244,33 @@ def check_run_folder(out: Path, resume: bool, force: bool, can_resume: bool = Tr
     if not out.is_dir():
         raise InputError(f"--out {out} is a file; expected a run directory")
     remove_stale_temps(out)
-    entries = [e for e in os.listdir(out) if not stale_temp(e) and not e.startswith(f".{CHECKPOINT_NAME}.")]
-    foreign = sorted(e for e in entries if e not in RUN_FILES and not e.startswith("."))
-    if foreign:
-        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-        raise InputError(f"--out {out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a run does "
-                         f"not write ({shown}); choose a new or empty run directory")
     ckpt = out / CHECKPOINT_NAME
-    if resume or not ckpt.exists():
+    if ckpt.exists():
+        if not (resume or force):
+            try:
+                held = f"a run at epoch {load_checkpoint(ckpt).get('epoch', '?')}"
+            except CheckpointError as e:
+                held = f"an unreadable {CHECKPOINT_NAME} ({str(e)[:80]})"
+            hint = "--resume to continue, --force to start over" if can_resume else \
+                "--force to start over, or choose another --out"
+            raise InputError(f"--out {out} holds {held}; {hint}")
         check_writable(out)
-        return None
-    if not force:
-        try:
-            held = f"a run at epoch {load_checkpoint(ckpt).get('epoch', '?')}"
-        except CheckpointError as e:
-            held = f"an unreadable {CHECKPOINT_NAME} ({str(e)[:80]})"
-        hint = "--resume to continue, --force to start over" if can_resume else \
-            "--force to start over, or choose another --out"
-        raise InputError(f"--out {out} holds {held}; {hint}")
-    check_writable(out)
-    return ckpt
+        return None if resume else ckpt
+    if not resume:
+        foreign = [e for e in sorted(os.listdir(out)) if not _run_entry(out / e)]
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            raise InputError(f"--out {out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a run "
+                             f"does not write ({shown}); choose a new or empty run directory")
+        check_writable(out)
+    return None
+
+
+def _run_entry(path: Path) -> bool:
+    """A file or folder a run directory may hold: the run's files, bundles, hidden files (temporaries)."""
+    if path.name.startswith(".") or path.name in RUN_FILES:
+        return True
+    return path.is_dir() and (is_bundle(path) or is_triton_repository(path))
 
 
 def _remove_stale_bundle(out: Path, old_checkpoint: Path) -> None:
