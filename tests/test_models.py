@@ -1,4 +1,4 @@
-"""bigmodel.models: the registry, role graphs, the losses as DESIGN §2 states them, and learning on real data."""
+"""bigmodel.models: the registry, role graphs, the losses as the papers state them, and learning on real data."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_role_graphs_hold_no_randomness(family: str, arch: str) -> None:
                 assert torch.equal(a, b), role
 
 
-# ---- losses, exactly as DESIGN §2 states them -----------------------------------------------------
+# ---- losses, exactly as the papers state them --------------------------------------------------------
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
