@@ -17,6 +17,7 @@ from bigmodel.errors import BundleError
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 BATCH = "batch"
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")  # JSON Schema of manifest.json, shipped with the package
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,20 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class DataFile:
+    """A file a role graph reads besides itself: its external weights (`decoder.onnx.data`)."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class RoleSpec:
     file: str
     sha256: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    data_files: list[DataFile] = field(default_factory=list)  # external data, checked at load like `file`
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,7 @@ class Manifest:
                     sha256=r["sha256"],
                     inputs=[TensorSpec(**t) for t in r["inputs"]],
                     outputs=[TensorSpec(**t) for t in r["outputs"]],
+                    data_files=[DataFile(**f) for f in r.get("data_files", [])],
                 )
                 for name, r in d["roles"].items()
             }
@@ -159,6 +170,11 @@ class Manifest:
         from bigmodel.fileio import atomic_write_text  # tempfile is not needed by readers (runtime start-up)
 
         return atomic_write_text(Path(bundle_dir) / MANIFEST_NAME, self.to_json())
+
+
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) that every manifest.json bigmodel writes satisfies."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:

@@ -32,6 +32,27 @@ TRAINED_RUN_IMAGES = 512
 TRAINED_RUN_BATCH = 64
 
 
+@pytest.fixture(scope="session", autouse=True)
+def manifests_follow_the_schema():
+    """Every manifest this test process saves is validated against the JSON Schema the package ships."""
+    import json
+
+    import jsonschema
+
+    from bigmodel.manifest import Manifest, manifest_schema
+
+    validator = jsonschema.Draft202012Validator(manifest_schema())
+    save = Manifest.save
+
+    def validated_save(self: Manifest, bundle_dir):
+        validator.validate(json.loads(self.to_json()))  # raises ValidationError: the writing test fails
+        return save(self, bundle_dir)
+
+    Manifest.save = validated_save
+    yield validator
+    Manifest.save = save
+
+
 @pytest.fixture(scope="session")
 def mnist5k():
     """The mnist-5k dataset split with seed 0 (4,500 train / 500 validation float32 images)."""

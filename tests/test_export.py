@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 import bigmodel
-from bigmodel.errors import ExportError
+from bigmodel.errors import BundleError, ExportError
 from bigmodel.export import ExportOptions, export_bundle
 from bigmodel.export.int8 import to_int8_file
 from bigmodel.export.onnx import RANDOM_OPS, check_graph
@@ -29,6 +29,7 @@ from bigmodel.manifest import BATCH, read_manifest
 from bigmodel.models.probes import EXTREME_SIGMA, role_probes
 from bigmodel.models.registry import family_class, list_models
 from bigmodel.parity.check import error_summary, failure_lines
+from bigmodel.runtime import load
 
 MODELS = [(m.family, m.arch) for m in list_models()]
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -281,6 +282,8 @@ def test_forced_external_data_exports_and_loads_back(fp32_bundle, tmp_path):
     for role, spec in m.roles.items():
         graph, data = tmp_path / "big" / spec.file, tmp_path / "big" / f"{spec.file}.data"
         assert data.stat().st_size > graph.stat().st_size  # the weights live beside the graph
+        sha = hashlib.sha256(data.read_bytes()).hexdigest()
+        assert [(f.file, f.sha256) for f in spec.data_files] == [(data.name, sha)]  # listed, checked at load
         inits = onnx.load(str(graph), load_external_data=False).graph.initializer
         assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in inits)
         onnx.checker.check_model(str(graph), full_check=True)
@@ -290,6 +293,13 @@ def test_forced_external_data_exports_and_loads_back(fp32_bundle, tmp_path):
         assert all(np.abs(g - w).max() <= 1e-5 for g, w in zip(got, want, strict=True))
         assert max(r.max_abs_err[k] for r in result.roles for k in r.max_abs_err) <= 1e-5
         assert role in {r.role for r in result.roles}
+    load(tmp_path / "big", device="cpu")  # verifies every listed file
+    data = tmp_path / "big" / m.roles["generator"].data_files[0].file
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    data.write_bytes(bytes(blob))
+    with pytest.raises(BundleError, match="generator.onnx.data does not match the manifest"):
+        load(tmp_path / "big", device="cpu")
 
 
 # ----------------------------------------------------------------------------------- bad input, CLI

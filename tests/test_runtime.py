@@ -617,3 +617,31 @@ def test_tensorrt_engines_run_split_and_serve_threads(runtime_bundle, tmp_path):
         w.join()
     assert len(out) == 8 and all(np.array_equal(o, expected) for o in out)
     trt.close()
+
+
+# ------------------------------------------------------------------------------ manifest JSON Schema
+def test_exported_manifest_on_disk_follows_the_shipped_schema(vae, manifests_follow_the_schema):
+    import importlib.resources
+
+    shipped = importlib.resources.files("bigmodel") / "manifest.schema.json"
+    assert shipped.is_file(), "the schema must ship inside the package"
+    manifests_follow_the_schema.check_schema(manifests_follow_the_schema.schema)
+    manifests_follow_the_schema.validate(json.loads((vae / "manifest.json").read_text()))
+
+
+@pytest.mark.parametrize("edit,where", [
+    (lambda d: d["roles"]["decoder"].pop("sha256"), "'sha256' is a required property"),
+    (lambda d: d["roles"]["decoder"].update(sha256="XYZ"), "does not match"),
+    (lambda d: d["roles"]["decoder"].update(data_files=[{"file": "decoder.onnx.data"}]), "'sha256' is a required"),
+    (lambda d: d.update(surprise=1), "Additional properties are not allowed"),
+    (lambda d: d["latent"].update(dim=0), "less than the minimum of 1"),
+    (lambda d: d.update(format_version=2), "1 was expected"),
+])
+def test_schema_refuses_broken_manifests(vae, manifests_follow_the_schema, edit, where):
+    import jsonschema
+
+    d = json.loads((vae / "manifest.json").read_text())
+    edit(d)
+    with pytest.raises(jsonschema.ValidationError) as e:
+        manifests_follow_the_schema.validate(d)
+    assert where in str(e.value), str(e.value)

@@ -42,7 +42,7 @@ from bigmodel.fileio import (
     sha256_file,
     storage_error,
 )
-from bigmodel.manifest import BATCH, Manifest, RoleSpec, TensorSpec
+from bigmodel.manifest import BATCH, DataFile, Manifest, RoleSpec, TensorSpec
 from bigmodel.models.probes import role_probes
 from bigmodel.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 
@@ -307,6 +307,7 @@ def export_role(model, role: str, folder: Path, opts: ExportOptions, val: np.nda
     spec = RoleSpec(
         file=path.name,
         sha256=sha256_file(path),
+        data_files=data_files(path),
         inputs=[TensorSpec(n, "float32", [BATCH, *example.shape[1:]], k) for n, k in io_spec.inputs],
         outputs=[TensorSpec(n, "float32", [BATCH, *o.shape[1:]], k) for (n, k), o in zip(io_spec.outputs, outs,
                                                                                         strict=True)],
@@ -428,6 +429,12 @@ def save_onnx(model, path: Path, external_data: bool) -> None:
                         location=data.name, size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
+
+
+def data_files(path: Path) -> list[DataFile]:
+    """The external-data file `save_onnx` wrote beside the graph `path`, with its sha256 (none: [])."""
+    data = path.with_suffix(".onnx.data")
+    return [DataFile(data.name, sha256_file(data))] if data.is_file() else []
 
 
 def check_graph(path: Path) -> None:

@@ -33,7 +33,15 @@ from bigmodel.export.int8 import (
     search,
     to_int8_file,
 )
-from bigmodel.export.onnx import EXTERNAL_DATA_BYTES, FP32_DIR, ExportOptions, _file_bytes, check_graph, save_onnx
+from bigmodel.export.onnx import (
+    EXTERNAL_DATA_BYTES,
+    FP32_DIR,
+    ExportOptions,
+    _file_bytes,
+    check_graph,
+    data_files,
+    save_onnx,
+)
 from bigmodel.export.verify import VERIFY_SEED, Verifier, with_files
 from bigmodel.fileio import sha256_file
 from bigmodel.manifest import Manifest
@@ -135,7 +143,7 @@ def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifes
 def _with_sha(spec, path: Path):
     from dataclasses import replace
 
-    return replace(spec, sha256=sha256_file(path))
+    return replace(spec, sha256=sha256_file(path), data_files=data_files(path))
 
 
 def precision_note(opts: ExportOptions) -> dict:

@@ -39,7 +39,7 @@ def with_files(manifest: Manifest, files: dict[str, str], dtype: str | None = No
         if dtype is not None:
             spec = replace(spec, inputs=[replace(t, dtype=dtype) for t in spec.inputs],
                            outputs=[replace(t, dtype=dtype) for t in spec.outputs])
-        roles[role] = replace(spec, file=file)
+        roles[role] = replace(spec, file=file, data_files=[])  # read in place, never verified: no data list
     return replace(manifest, roles=roles, engines=[], extra={})
 
 

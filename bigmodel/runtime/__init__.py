@@ -63,9 +63,13 @@ def check_containment(path: Path, manifest: Manifest) -> None:
 
 
 def verify_files(path: str | os.PathLike, manifest: Manifest, engines: bool = False, roles: bool = True) -> None:
-    """Every role file (and with `engines`, every engine file) exists and matches its sha256, or BundleError."""
+    """Every role file and its external data (with `engines`, every engine file too) exists and matches its
+    sha256, or BundleError."""
     path = Path(path)
     items = [(f"role {role}", spec.file, spec.sha256) for role, spec in manifest.roles.items()] if roles else []
+    if roles:  # a graph's external weights are checked like the graph itself
+        items += [(f"external data of role {role}", d.file, d.sha256)
+                  for role, spec in manifest.roles.items() for d in spec.data_files]
     if engines:
         items += [(f"engine of {e.role}", e.file, e.sha256) for e in manifest.engines]
     for what, file, expected in items:
