@@ -216,7 +216,7 @@ def _read_digits() -> tuple[np.ndarray, float]:
     except ImportError as e:
         raise DataError(
             "the digits dataset needs the 'scikit-learn' package, which is not installed; "
-            "install it with: pip install scikit-learn"
+            "install it with: pip install 'bigmodel[digits]'"
         ) from e
     images = load_digits().images
     return images.astype(np.uint8)[:, None, :, :], 16.0

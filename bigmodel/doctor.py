@@ -105,6 +105,7 @@ def gather() -> dict[str, Any]:
             providers = list(ort.get_available_providers())
         dist = next((d for d in ("onnxruntime-gpu", "onnxruntime") if _version(d)), "onnxruntime")
         detail = f"{dist}; providers built in: {', '.join(providers) or 'none'}"
+        detail += ort_clash(_version("onnxruntime"), _version("onnxruntime-gpu"))
         if "CUDAExecutionProvider" in providers:
             from bigmodel.runtime.backends.ort import preload_cuda_libraries
 
@@ -163,3 +164,12 @@ def backend_report(torch, cuda_available: bool) -> list[dict[str, Any]]:
     rows.extend(status.items())
     return [{"name": name, "ok": why is None, "why": why, "extra": None if why is None else install_hint(name)}
             for name, why in rows]
+
+
+def ort_clash(cpu_version: str | None, gpu_version: str | None) -> str:
+    """A warning when both onnxruntime builds are installed (`bigmodel[cpu,gpu]`): their files overwrite each other."""
+    if not (cpu_version and gpu_version):
+        return ""
+    return (f"; BROKEN: onnxruntime {cpu_version} and onnxruntime-gpu {gpu_version} are both installed and overwrite "
+            "each other's files: pip uninstall -y onnxruntime onnxruntime-gpu, then install ONE of "
+            "'bigmodel[cpu]' or 'bigmodel[gpu]'")

@@ -68,3 +68,12 @@ def test_cli_doctor_json_and_table_exit_0(capsys):
     assert code == 0
     for word in ("torch", "onnxruntime", "CPUExecutionProvider", "tensorrt", "ort-cpu", "ort-cuda", "bigmodel[gpu]"):
         assert word in text
+
+
+def test_both_onnxruntime_builds_installed_is_reported_with_the_fix():
+    from bigmodel.doctor import ort_clash
+
+    assert ort_clash("1.22.0", None) == "" and ort_clash(None, "1.22.0") == ""
+    msg = ort_clash("1.22.0", "1.23.1")
+    assert "onnxruntime 1.22.0 and onnxruntime-gpu 1.23.1 are both installed" in msg
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in msg and "'bigmodel[gpu]'" in msg

@@ -20,7 +20,7 @@ def write_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     except ImportError as e:
         from bigmodel.errors import missing_package
 
-        raise missing_package("matplotlib", "cpu", "bench --plot") from e
+        raise missing_package("matplotlib", "train", "bench --plot") from e
     import io
 
     from bigmodel.fileio import atomic_write_bytes

@@ -37,7 +37,7 @@ def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise missing_package("matplotlib", "cpu", "plotting loss curves") from e
+        raise missing_package("matplotlib", "train", "plotting loss curves") from e
     keys = list(history[-1]["train"])
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     epochs = [h["epoch"] for h in history]
