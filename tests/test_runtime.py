@@ -218,6 +218,9 @@ def _tamper(bundle: Path) -> None:
     f.write_bytes(bytes(data))
 
 
+ZERO = "0" * 64  # a well-formed sha256 that matches no file
+
+
 def _manifest(bundle: Path, edit) -> None:
     f = bundle / "manifest.json"
     d = json.loads(f.read_text())
@@ -237,6 +240,10 @@ def _manifest(bundle: Path, edit) -> None:
     (lambda b: _manifest(b, lambda d: d["latent"].update(prior="mixture", params={"std": 1.0})),
      "mixture prior needs params means"),
     (lambda b: shutil.rmtree(b), "bundle folder not found"),
+    (lambda b: _manifest(b, lambda d: d["roles"]["decoder"].update(data_files=[{"file": "../w.data", "sha256": ZERO}])),
+     "external data of role decoder names '../w.data'"),
+    (lambda b: _manifest(b, lambda d: d["roles"]["decoder"].update(data_files=[{"file": "d.data", "sha256": ZERO}])),
+     "external data of role decoder expects d.data, which is missing"),
 ])
 def test_bundle_errors_at_load(vae, tmp_path, damage, message):
     bundle = copy_bundle(vae, tmp_path)

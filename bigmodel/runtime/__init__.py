@@ -58,6 +58,8 @@ def check_containment(path: Path, manifest: Manifest) -> None:
         data = f.with_name(f.name + ".data")
         if data.exists() or data.is_symlink():
             member(path, str(data.relative_to(path)), f"external data of role {role}")
+        for d in spec.data_files:
+            member(path, d.file, f"external data of role {role}")
     for e in manifest.engines:
         member(path, e.file, f"engine of {e.role}")
 
