@@ -40,7 +40,7 @@ MAKE = """
 import math, torch
 from bigmodel.data import load_data
 from bigmodel.models import create_model
-from bigmodel.training.checkpoint import save_checkpoint
+from bigmodel.models.checkpoint import save_checkpoint
 spec = load_data("mnist-5k").spec
 with torch.device("meta"):
     model = create_model("gan", "mlp", spec, hidden=HIDDEN)

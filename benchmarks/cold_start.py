@@ -51,7 +51,7 @@ import time
 t0 = time.perf_counter()
 import torch
 {threads_line}
-from bigmodel.training.checkpoint import load_checkpoint, model_from_checkpoint
+from bigmodel.models.checkpoint import load_checkpoint, model_from_checkpoint
 model = model_from_checkpoint(load_checkpoint({checkpoint!r})).eval()
 role = model.role_module(model.image_role)
 with torch.inference_mode():

@@ -46,7 +46,7 @@ def make_bundle(family: str, folder: Path):
 
     from bigmodel.export import ExportOptions, export_bundle
     from bigmodel.models import create_model
-    from bigmodel.training.checkpoint import save_checkpoint
+    from bigmodel.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = create_model(family, "mlp").eval()

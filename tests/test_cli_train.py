@@ -15,7 +15,7 @@ import torch
 
 from bigmodel.data import load_data
 from bigmodel.models import create_model, list_models
-from bigmodel.training.checkpoint import load_checkpoint
+from bigmodel.models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

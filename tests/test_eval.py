@@ -18,8 +18,8 @@ from bigmodel.errors import BundleError, InputError
 from bigmodel.eval import EvalOptions, evaluate, load_eval_data, metrics
 from bigmodel.eval.features import ClassifierSettings
 from bigmodel.manifest import LatentSpec
+from bigmodel.priors import Prior, fit_mixture
 from bigmodel.runtime import load
-from bigmodel.runtime.priors import Prior, fit_mixture
 
 TINY = ClassifierSettings(epochs=2, width=8)
 

@@ -292,3 +292,30 @@ def test_every_model_learns_on_real_digits(family: str, arch: str, mnist5k) -> N
     else:
         key = "recon" if family == "aae" else "loss"
         assert after[key] < 0.95 * before[key], (before, after)
+
+
+def test_a_registered_arch_serves_every_family_and_an_unknown_one_is_named():
+    from torch import nn
+
+    from bigmodel.errors import ConfigError
+    from bigmodel.models import nets
+    from bigmodel.models.registry import create_model, families
+
+    def encoder(shape, out, hidden, width, leaky=False):
+        return nn.Sequential(nn.Flatten(), nn.Linear(shape[0] * shape[1] * shape[2], out))
+
+    def decoder(latent, shape, hidden, width, batchnorm=False):
+        return nn.Sequential(nn.Linear(latent, shape[0] * shape[1] * shape[2]), nn.Unflatten(1, shape))
+
+    nets.register_arch(nets.Arch("linear-test", encoder, decoder))
+    try:
+        for family in families():
+            model = create_model(family, "linear-test")
+            image_roles = [r for r, io in model.roles.items() if io.inputs[0][1] == "image"]
+            assert image_roles
+            for role in image_roles:  # the image-side networks are the registered ones: no activation inside
+                assert not any(isinstance(m, (nn.ReLU, nn.LeakyReLU)) for m in model.role_module(role).modules())
+    finally:
+        nets._ARCHS.pop("linear-test")
+    with pytest.raises(ConfigError, match="unknown arch 'linear-test'; expected one of: mlp, conv"):
+        create_model("vae", "linear-test")

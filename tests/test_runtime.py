@@ -21,10 +21,10 @@ from conftest import run_cli as _cli
 
 from bigmodel.errors import BackendUnavailable, BigmodelError, BundleError, InputError
 from bigmodel.models.registry import list_models
+from bigmodel.priors import Prior
 from bigmodel.runtime import backend_status, load, resolve_backend
 from bigmodel.runtime.backends.ort import OrtBackend
 from bigmodel.runtime.model import METHOD_ROLES, Model
-from bigmodel.runtime.priors import Prior
 
 SLOW_ARCHS = ("conv",)
 MODELS = [pytest.param(m.family, m.arch, id=f"{m.family}-{m.arch}",

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bigmodel.errors import CheckpointError, ConfigError
 from bigmodel.models import list_models
-from bigmodel.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from bigmodel.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from bigmodel.training.loop import Progress, TrainSettings, train
 
 MODELS = [pytest.param(m.family, m.arch, id=f"{m.family}-{m.arch}") for m in list_models()]

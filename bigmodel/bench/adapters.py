@@ -83,13 +83,13 @@ class TorchAdapter:
     def open(self) -> None:
         import torch
 
-        from bigmodel.training.checkpoint import load_checkpoint, model_from_checkpoint
+        from bigmodel.models.checkpoint import load_model
 
         self.torch = torch
         if self.device != "cpu":
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
             torch.backends.cudnn.allow_tf32 = self.tf32
-        self.model = model_from_checkpoint(load_checkpoint(self.checkpoint)).to(self.where).eval()
+        self.model = load_model(self.checkpoint).to(self.where).eval()
 
     def settings(self) -> dict[str, Any]:
         if self.device == "cpu":

@@ -127,7 +127,7 @@ def resolve_bundle(target: Path, tmp: Path, say: Callable[[str], None]) -> Path:
     """A bundle folder as is; a run folder (checkpoint.pt) exported into `tmp` first."""
     if (target / MANIFEST_NAME).is_file():
         return target
-    from bigmodel.training.checkpoint import CHECKPOINT_NAME
+    from bigmodel.models.checkpoint import CHECKPOINT_NAME
 
     if (target / CHECKPOINT_NAME).is_file():
         from bigmodel.export.onnx import ExportOptions, export_bundle

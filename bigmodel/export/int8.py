@@ -250,7 +250,7 @@ def calibration_inputs(kind: str, latent, val: np.ndarray, n: int,
     than the checks'), so ranges reach them too -- at the price of coarser steps in distribution.
     """
     from bigmodel.models.probes import image_probes, latent_probes
-    from bigmodel.runtime.priors import draw
+    from bigmodel.priors import draw
 
     real = np.ascontiguousarray(val[: min(n, len(val))], dtype=np.float32)
     prior = draw(latent, n, seed=1)  # the runtime's own sampler: one definition of the prior

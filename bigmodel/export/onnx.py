@@ -30,7 +30,7 @@ import torch
 
 import bigmodel
 from bigmodel.data import load_data
-from bigmodel.errors import CheckFailed, CheckpointError, ExportError, InputError, missing_package
+from bigmodel.errors import CheckFailed, ExportError, InputError, missing_package
 from bigmodel.fileio import (
     TRITON_MARKER,
     check_output_folder,
@@ -43,8 +43,9 @@ from bigmodel.fileio import (
     storage_error,
 )
 from bigmodel.manifest import BATCH, DataFile, Manifest, RoleSpec, TensorSpec
+from bigmodel.models.checkpoint import CHECKPOINT_NAME
+from bigmodel.models.checkpoint import load_model as load_checkpoint_model
 from bigmodel.models.probes import role_probes
-from bigmodel.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 
 MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes natively
 RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
@@ -244,50 +245,9 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
 
 
 def load_model(ckpt_path: Path):
-    """The checkpoint's model in eval mode on CPU, and the checkpoint's sha256.
-
-    The checkpoint is memory-mapped and, where every tensor comes from the checkpoint, the model is
-    built on the meta device and takes the mapped tensors as its own: weights are in memory once.
-    """
-    from torch.utils.serialization import config as serialization
-
-    if not Path(ckpt_path).is_file():
-        load_checkpoint(ckpt_path)  # raises the checkpoint module's own "not found" error
-    ckpt_sha = sha256_file(ckpt_path)
-    mmap = serialization.load.mmap
-    serialization.load.mmap = True
-    try:
-        state = load_checkpoint(ckpt_path)
-    finally:
-        serialization.load.mmap = mmap
-    model = _model_on_mapped_weights(state)
-    if model is None:
-        model = model_from_checkpoint(state)
-    state.clear()
-    return model, ckpt_sha
-
-
-def _model_on_mapped_weights(state: dict):
-    """Build on the meta device and assign the checkpoint's tensors; None when that leaves a tensor unset."""
-    from bigmodel.models.registry import create_model
-    from bigmodel.training.checkpoint import config_from_dict
-
-    try:
-        from bigmodel.manifest import DataSpec
-
-        family = state["family"]
-        config = config_from_dict(family, state["config"])
-        with torch.device("meta"):
-            model = create_model(family, state["arch"], DataSpec.from_dict(state["data_spec"]), **vars(config))
-        model.load_state_dict(state["state_dict"], assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit the {state.get('family')}/{state.get('arch')} "
-                              f"model: {str(e).strip().splitlines()[0][:300]}") from e
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint is missing a field or has a wrong one: {type(e).__name__}: {e}") from e
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        return None  # a buffer computed in __init__ (not saved): build the model the ordinary way
-    return model.eval()
+    """The checkpoint's model in eval mode on CPU (memory-mapped weights, held once), and its sha256."""
+    model = load_checkpoint_model(ckpt_path, mapped=True)  # raises the checkpoint module's "not found" first
+    return model, sha256_file(ckpt_path)
 
 
 def export_role(model, role: str, folder: Path, opts: ExportOptions, val: np.ndarray) -> tuple[RoleSpec, Reference]:

@@ -57,7 +57,7 @@ class AE(GenerativeModel):
         A plain autoencoder has no prior; decoding N(0, I) gives blobs. Sampling this density of its
         own codes gives digits (Ghosh et al., 2020, "From variational to deterministic autoencoders").
         """
-        from bigmodel.runtime.priors import fit_mixture
+        from bigmodel.priors import fit_mixture
 
         x = torch.from_numpy(np.ascontiguousarray(train[:PRIOR_FIT_MAX], dtype=np.float32))
         was_training = self.training

@@ -1,4 +1,8 @@
-"""A timm-style model registry: `@register_model` on a family class, `create_model`, `list_models`."""
+"""A timm-style model registry: `@register_model` on a family class, `create_model`, `list_models`.
+
+The families register when `bigmodel.models` is imported (its __init__ imports each family module);
+architectures register in `nets.py` (`register_arch`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ from typing import Any
 
 from bigmodel.errors import ConfigError
 from bigmodel.manifest import DataSpec
+from bigmodel.models.nets import archs, get_arch
 
-ARCHS = ("mlp", "conv")
+__all__ = ["archs", "create_model", "families", "family_class", "list_models", "make_config", "register_model"]
+
 _REGISTRY: dict[str, type] = {}
 
 # What `create_model` assumes when no data spec is given: one MNIST digit.
@@ -31,12 +37,10 @@ def register_model(cls: type) -> type:
 
 
 def families() -> list[str]:
-    _load_families()
     return sorted(_REGISTRY)
 
 
 def family_class(family: str) -> type:
-    _load_families()
     if family not in _REGISTRY:
         raise ConfigError(f"unknown model family {family!r}; expected one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[family]
@@ -47,7 +51,7 @@ def list_models() -> list[ModelInfo]:
     return [
         ModelInfo(f, a, tuple(family_class(f).roles), family_class(f).description)
         for f in families()
-        for a in ARCHS
+        for a in archs()
     ]
 
 
@@ -69,11 +73,5 @@ def create_model(family: str, arch: str = "mlp", data: DataSpec | None = None, *
     >>> model = create_model("vae", arch="conv", latent_dim=16)
     """
     cls = family_class(family)
-    if arch not in ARCHS:
-        raise ConfigError(f"unknown arch {arch!r}; expected one of: {', '.join(ARCHS)}")
+    get_arch(arch)  # an unknown arch is a ConfigError naming the registered ones
     return cls(arch, data or MNIST_SPEC, make_config(family, **cfg))
-
-
-def _load_families() -> None:
-    # Importing the family modules runs their @register_model decorators.
-    from bigmodel.models import aae, ae, gan, vae  # noqa: F401

@@ -18,6 +18,7 @@ import numpy as np
 
 from bigmodel.errors import CheckpointError, DataError
 from bigmodel.manifest import Manifest, read_manifest
+from bigmodel.parity.reference import TorchReference, find_checkpoint
 from bigmodel.parity.report import ProbeInput
 
 # Chains composed from roles: the first role's first output feeds the second role's input.
@@ -78,8 +79,8 @@ def probe_inputs(manifest, targets, val, data_name, samples, seed, generate: Gen
     generate: the reference's image maker; when given, image inputs also get "generated" images
     (its outputs on the bundle's prior samples, what a discriminator or encoder meets in use).
     """
+    from bigmodel import priors
     from bigmodel.models.probes import role_probes
-    from bigmodel.runtime import priors
 
     inputs, feeds = [], {}
     maker = next((r for r in IMAGE_MAKERS if r in manifest.roles), None)
@@ -131,13 +132,11 @@ def save_inputs(bundle: str | Path, folder: str | Path, samples: int = DEFAULT_S
 
     Each file lists every probe set at batch 1 then batch N, in the graph's input dtype.
     """
-    from bigmodel.parity.run import _checkpoint, _Reference  # run imports this module: import at call time
-
     manifest = read_manifest(Path(bundle))
     val, name = validation_images(manifest, data)
     generate = None
     with contextlib.suppress(CheckpointError):  # no checkpoint beside the bundle: no generated images
-        generate = _Reference(_checkpoint(Path(bundle), manifest, None)[0]).generate
+        generate = TorchReference(find_checkpoint(Path(bundle), manifest, None)[0]).generate
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

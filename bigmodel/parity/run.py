@@ -7,12 +7,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from bigmodel.errors import BackendUnavailable, CheckpointError, InputError
+from bigmodel.errors import BackendUnavailable, InputError
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.parity.check import Progress, check_targets
 from bigmodel.parity.inputs import DEFAULT_SAMPLES, probe_inputs, targets_of, validation_images
+from bigmodel.parity.reference import TorchReference, find_checkpoint
 from bigmodel.parity.report import BackendRun, ParityReport
 from bigmodel.parity.tolerances import tolerances_for
 
@@ -43,7 +42,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
         raise InputError(f"--samples must be an odd integer >= 3 (checks run at batch 1 and batch N); got {samples!r}")
     precision = tolerances or ("tf32" if tf32 and manifest.precision == "fp32" else manifest.precision)
     tol = tolerances_for(precision, atol, rtol)
-    ckpt_path, ckpt_sha = _checkpoint(bundle, manifest, checkpoint)
+    ckpt_path, ckpt_sha = find_checkpoint(bundle, manifest, checkpoint)
     from bigmodel.runtime.backends import parse_device
 
     _, gpu = parse_device(device)
@@ -54,7 +53,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
         if status.get(name) is not None:  # asked for by name: an error before any work, never a skip
             raise BackendUnavailable(f"backend {name} cannot run here: {status[name]}")
     val, data_name = validation_images(manifest, data)
-    reference = _Reference(ckpt_path)
+    reference = TorchReference(ckpt_path)
     targets = targets_of(manifest)
     inputs, feeds = probe_inputs(manifest, targets, val, data_name, samples, seed, reference.generate)
 
@@ -96,59 +95,6 @@ def _backend_names(backends: str | Sequence[str], known: Sequence[str]) -> tuple
         if n not in known:
             raise InputError(f"--backend must be one of {', '.join(known)} or all; got {n!r}")
     return list(dict.fromkeys(asked)), True
-
-
-def _checkpoint(bundle: Path, manifest: Manifest, checkpoint) -> tuple[Path, str]:
-    from bigmodel.fileio import sha256_file
-
-    if checkpoint is None:
-        path = bundle.resolve().parent / "checkpoint.pt"
-        if not path.is_file():
-            raise CheckpointError(f"no checkpoint beside the bundle: expected {path}; pass --checkpoint PATH "
-                                  "(the checkpoint.pt the bundle was exported from)")
-    else:
-        path = Path(checkpoint)
-        if path.is_dir():
-            path = path / "checkpoint.pt"
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: expected a file at {path}")
-    got = sha256_file(path)
-    if not manifest.checkpoint_sha256:
-        raise CheckpointError(f"{bundle}/manifest.json records no checkpoint_sha256, so no checkpoint can be "
-                              "matched to it; re-export the bundle")
-    if got != manifest.checkpoint_sha256:
-        raise CheckpointError(f"{path} is not the checkpoint this bundle was exported from: its sha256 is "
-                              f"{got[:16]}..., the manifest expects {manifest.checkpoint_sha256[:16]}... "
-                              "(pass --checkpoint with the right file, or re-export)")
-    return path, got
-
-
-class _Reference:
-    """The PyTorch model from the checkpoint: eval mode, CPU, float32; outputs cached per input."""
-
-    def __init__(self, path: Path):
-        from bigmodel.training.checkpoint import load_checkpoint, model_from_checkpoint
-
-        self.model = model_from_checkpoint(load_checkpoint(path)).float().cpu().eval()
-        self.cache: dict[tuple, list[np.ndarray]] = {}
-
-    def __call__(self, target: tuple[str, ...], key: tuple, x: np.ndarray) -> list[np.ndarray]:
-        if (target, key) not in self.cache:
-            import torch
-
-            with torch.inference_mode():
-                out = torch.from_numpy(x)
-                for role in target:
-                    if isinstance(out, tuple):
-                        out = out[0]  # a chain feeds the first output on (a VAE's mu), as Model.reconstruct
-                    out = self.model.role_module(role).eval()(out)
-            outs = out if isinstance(out, tuple) else (out,)
-            self.cache[target, key] = [o.detach().cpu().numpy() for o in outs]
-        return self.cache[target, key]
-
-    def generate(self, role: str, z: np.ndarray) -> np.ndarray:
-        """The role's first output on latents `z`: the reference's generated images."""
-        return self((role,), ("_generated", len(z)), z)[0]
 
 
 def _run_backend(name, model, manifest, reference, targets, feeds, tol, progress) -> BackendRun:

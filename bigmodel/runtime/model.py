@@ -14,8 +14,8 @@ import numpy as np
 
 from bigmodel.errors import BundleError, InputError
 from bigmodel.manifest import Manifest
+from bigmodel.priors import Prior, slerp
 from bigmodel.runtime.checks import Input, check_finite_output, check_sample_request
-from bigmodel.runtime.priors import Prior, slerp
 
 IMAGE_ROLES = ("decoder", "generator")
 # method -> roles it needs (beyond the image role every family has)

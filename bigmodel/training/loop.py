@@ -29,15 +29,15 @@ from bigmodel.fileio import (
     sha256_file,
 )
 from bigmodel.manifest import MANIFEST_NAME, DataSpec
-from bigmodel.models.registry import ARCHS, create_model, family_class, make_config
-from bigmodel.training.artifacts import write_curves, write_pictures
-from bigmodel.training.checkpoint import (
+from bigmodel.models.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
     model_from_checkpoint,
     require_fields,
     save_checkpoint,
 )
+from bigmodel.models.registry import archs, create_model, family_class, make_config
+from bigmodel.training.artifacts import write_curves, write_pictures
 
 VAL_BATCH = 500
 VAL_SEED = 4321  # validation noise is fixed so epochs compare like with like
@@ -222,8 +222,8 @@ def validate_settings(settings: TrainSettings) -> None:
     if settings.resume and settings.force:
         raise ConfigError("--resume continues the run and --force starts it over; pass one of them")
     family_class(settings.family)  # ConfigError for an unknown family
-    if settings.arch is not None and settings.arch not in ARCHS:
-        raise ConfigError(f"unknown arch {settings.arch!r}; expected one of: {', '.join(ARCHS)}")
+    if settings.arch is not None and settings.arch not in archs():
+        raise ConfigError(f"unknown arch {settings.arch!r}; expected one of: {', '.join(archs())}")
     if settings.device not in ("auto", "cpu", "cuda") and not str(settings.device).startswith("cuda:"):
         raise InputError(f"--device must be auto, cpu or cuda; got {settings.device!r}")
     if not settings.resume:

@@ -1,4 +1,8 @@
-"""Checkpoints: plain dicts of tensors and builtins, written atomically, read with weights_only=True."""
+"""Checkpoints: plain dicts of tensors and builtins, written atomically, read with weights_only=True.
+
+The models own their checkpoint format: training writes it, and everything downstream (export,
+parity, bench, eval) reads a model back through `load_model` here, never through the training loop.
+"""
 
 from __future__ import annotations
 
@@ -86,4 +90,48 @@ def model_from_checkpoint(state: dict[str, Any]):
         model.load_state_dict(state["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not fit the {family}/{state['arch']} model: {e}") from e
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, mapped: bool = False):
+    """The model a checkpoint file (or run directory) holds, weights loaded, eval mode on CPU.
+
+    mapped: memory-map the checkpoint and, where every tensor comes from it, build the model on the
+    meta device and let it take the mapped tensors as its own: the weights are in memory once (export
+    of big models).
+
+    >>> model = load_model("runs/vae")
+    """
+    if not mapped:
+        return model_from_checkpoint(load_checkpoint(path))
+    from torch.utils.serialization import config as serialization
+
+    mmap = serialization.load.mmap
+    serialization.load.mmap = True
+    try:
+        state = load_checkpoint(path)
+    finally:
+        serialization.load.mmap = mmap
+    model = _model_on_mapped_weights(state)
+    if model is None:
+        model = model_from_checkpoint(state)
+    state.clear()
+    return model
+
+
+def _model_on_mapped_weights(state: dict):
+    """Build on the meta device and assign the checkpoint's tensors; None when that leaves a tensor unset."""
+    try:
+        family = state["family"]
+        config = config_from_dict(family, state["config"])
+        with torch.device("meta"):
+            model = create_model(family, state["arch"], DataSpec.from_dict(state["data_spec"]), **vars(config))
+        model.load_state_dict(state["state_dict"], assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit the {state.get('family')}/{state.get('arch')} "
+                              f"model: {str(e).strip().splitlines()[0][:300]}") from e
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint is missing a field or has a wrong one: {type(e).__name__}: {e}") from e
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return None  # a buffer computed in __init__ (not saved): build the model the ordinary way
     return model.eval()

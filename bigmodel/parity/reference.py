@@ -1,0 +1,65 @@
+"""The PyTorch side of a parity check: the bundle's checkpoint, and the model it holds as a cached reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bigmodel.errors import CheckpointError
+from bigmodel.manifest import Manifest
+
+
+def find_checkpoint(bundle: Path, manifest: Manifest, checkpoint) -> tuple[Path, str]:
+    """The checkpoint the bundle was exported from (default: beside it) and its sha256, which must match the
+    manifest's; else CheckpointError."""
+    from bigmodel.fileio import sha256_file
+
+    if checkpoint is None:
+        path = bundle.resolve().parent / "checkpoint.pt"
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint beside the bundle: expected {path}; pass --checkpoint PATH "
+                                  "(the checkpoint.pt the bundle was exported from)")
+    else:
+        path = Path(checkpoint)
+        if path.is_dir():
+            path = path / "checkpoint.pt"
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: expected a file at {path}")
+    got = sha256_file(path)
+    if not manifest.checkpoint_sha256:
+        raise CheckpointError(f"{bundle}/manifest.json records no checkpoint_sha256, so no checkpoint can be "
+                              "matched to it; re-export the bundle")
+    if got != manifest.checkpoint_sha256:
+        raise CheckpointError(f"{path} is not the checkpoint this bundle was exported from: its sha256 is "
+                              f"{got[:16]}..., the manifest expects {manifest.checkpoint_sha256[:16]}... "
+                              "(pass --checkpoint with the right file, or re-export)")
+    return path, got
+
+
+class TorchReference:
+    """The PyTorch model from the checkpoint: eval mode, CPU, float32; outputs cached per input."""
+
+    def __init__(self, path: Path):
+        from bigmodel.models.checkpoint import load_model
+
+        self.model = load_model(path).float().cpu().eval()
+        self.cache: dict[tuple, list[np.ndarray]] = {}
+
+    def __call__(self, target: tuple[str, ...], key: tuple, x: np.ndarray) -> list[np.ndarray]:
+        if (target, key) not in self.cache:
+            import torch
+
+            with torch.inference_mode():
+                out = torch.from_numpy(x)
+                for role in target:
+                    if isinstance(out, tuple):
+                        out = out[0]  # a chain feeds the first output on (a VAE's mu), as Model.reconstruct
+                    out = self.model.role_module(role).eval()(out)
+            outs = out if isinstance(out, tuple) else (out,)
+            self.cache[target, key] = [o.detach().cpu().numpy() for o in outs]
+        return self.cache[target, key]
+
+    def generate(self, role: str, z: np.ndarray) -> np.ndarray:
+        """The role's first output on latents `z`: the reference's generated images."""
+        return self((role,), ("_generated", len(z)), z)[0]
