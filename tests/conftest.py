@@ -11,10 +11,13 @@ runtime, parity): 1 epoch on the first 512 mnist-5k training images, batch 64, s
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from gpu_policy import pytest_runtest_makereport  # noqa: F401  (BIGMODEL_REQUIRE_GPU=1: GPU skips fail)
@@ -104,17 +107,63 @@ def trained_run(tmp_path_factory) -> Callable[[str, str], Path]:
 
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    """`bigmodel ARGS` through the real entry point in this process; (exit code, stdout + stderr)."""
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory) -> Callable[..., Path]:
+    """Factory: `exported(family, arch="mlp", precision="fp32")` -> a bundle folder with its run's
+    checkpoint.pt beside it (where parity and bench look), exported once per session for every module.
+
+    Shared by every test that reads a bundle: copy it (shutil.copytree) before altering anything.
+    """
+    import shutil
+
+    from bigmodel.export import ExportOptions, export_bundle
+
+    cache: dict[tuple[str, str, str], Path] = {}
+
+    def get(family: str, arch: str = "mlp", precision: str = "fp32") -> Path:
+        key = (family, arch, precision)
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(f"bundle-{family}-{arch}-{precision}")
+            shutil.copy(trained_run(family, arch) / "checkpoint.pt", folder / "checkpoint.pt")
+            opts = ExportOptions(out=folder / "bundle", precision=precision, probes=16, calibration=64)
+            cache[key] = export_bundle(folder / "checkpoint.pt", opts).bundle
+        return cache[key]
+
+    return get
+
+
+class CliRun(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+def cli(*args: str | os.PathLike) -> CliRun:
+    """`bigmodel ARGS` through the real entry point in this process: exit code, stdout, stderr.
+
+    In-process (no interpreter start, no second torch import); tests that need a fresh interpreter
+    (torch must stay unimported, torchrun) spawn one themselves.
+    """
     from bigmodel.cli import main
 
-    argv, sys.argv = sys.argv, ["bigmodel", *args]
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["bigmodel", *map(str, args)]
     try:
-        main()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
         code = 0
     except SystemExit as e:
-        code = int(e.code or 0)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    return CliRun(code, out.getvalue(), err.getvalue())
+
+
+def run_cli(*args: str | os.PathLike) -> tuple[int, str]:
+    """`cli(ARGS)` as (exit code, stdout + stderr)."""
+    r = cli(*args)
+    return r.code, r.text

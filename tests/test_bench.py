@@ -26,13 +26,9 @@ STAT_KEYS = {"p50", "p90", "p99", "mean", "min", "max", "cv"}
 
 
 @pytest.fixture(scope="module")
-def bundle(trained_run, tmp_path_factory) -> Path:
-    """A VAE bundle with its checkpoint beside it (the torch baseline's default place)."""
-    from bigmodel.export import ExportOptions, export_bundle
-
-    folder = tmp_path_factory.mktemp("bench-vae")
-    shutil.copy(trained_run("vae") / "checkpoint.pt", folder / "checkpoint.pt")
-    return export_bundle(folder / "checkpoint.pt", ExportOptions(out=folder / "bundle", probes=8)).bundle
+def bundle(exported) -> Path:
+    """conftest's shared VAE bundle, its checkpoint beside it (the torch baseline's default place)."""
+    return exported("vae")
 
 
 @pytest.fixture(scope="module")

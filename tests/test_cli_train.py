@@ -6,12 +6,12 @@ import json
 import socket
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CliRun, cli
 
 from bigmodel.data import load_data
 from bigmodel.models import create_model, list_models
@@ -20,17 +20,12 @@ from bigmodel.models.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bigmodel(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bigmodel", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=timeout)
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> str:
+def one_line_error(r: CliRun) -> str:
     """Assert exit status 2 and exactly one line on stderr, no traceback; return that line."""
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr + r.stdout
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
+    assert r.code == 2, r
+    assert "Traceback" not in r.text
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
     return lines[0]
 
 
@@ -76,13 +71,11 @@ def _bad_inputs(tmp: Path, good_npy: Path) -> dict[str, tuple[list[str], list[st
 
 
 @pytest.fixture(scope="module")
-def bad_input_runs(tmp_path_factory, mnist_npy) -> dict[str, tuple[subprocess.CompletedProcess, list[str], Path]]:
-    """Every bad-input case through the real CLI, two at a time (each process mostly imports torch)."""
+def bad_input_runs(tmp_path_factory, mnist_npy) -> dict[str, tuple[CliRun, list[str], Path]]:
+    """Every bad-input case through the real CLI entry point, in this process."""
     tmp = tmp_path_factory.mktemp("bad")
     cases = _bad_inputs(tmp, mnist_npy)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = dict(zip(cases, pool.map(lambda c: bigmodel("train", *c[0]), cases.values()), strict=True))
-    return {name: (runs[name], cases[name][1], tmp) for name in cases}
+    return {name: (cli("train", *args), facts, tmp) for name, (args, facts) in cases.items()}
 
 
 BAD = ["unknown-family", "unknown-arch", "unknown-dataset", "npz-not-a-zip", "npz-wrong-rank",
@@ -103,16 +96,16 @@ def test_bad_input_is_one_line_and_exit_2(case: str, bad_input_runs) -> None:
 
 
 def test_models_lists_every_family_and_arch_one_line_each() -> None:
-    r = bigmodel("models")
-    assert r.returncode == 0, r.stderr
-    header, *rows = r.stdout.strip().splitlines()
+    r = cli("models")
+    assert r.code == 0, r.err
+    header, *rows = r.out.strip().splitlines()
     assert header.split()[:3] == ["family", "arch", "roles"]
     assert len(rows) == 8
     assert sorted(tuple(row.split()[:2]) for row in rows) == sorted((m.family, m.arch) for m in list_models())
 
-    r = bigmodel("models", "--json")
-    assert r.returncode == 0, r.stderr
-    entries = json.loads(r.stdout)
+    r = cli("models", "--json")
+    assert r.code == 0, r.err
+    entries = json.loads(r.out)
     assert len(entries) == 8
     assert {(e["family"], e["arch"]) for e in entries} == {(m.family, m.arch) for m in list_models()}
     by_family = {e["family"]: e for e in entries}
@@ -128,9 +121,9 @@ def test_train_through_the_cli_writes_the_run_directory(mnist_npy, tmp_path) -> 
     out = tmp_path / "aae"
     args = ["train", "aae", "--dataset", str(mnist_npy), "--batch-size", "64", "--latent-dim", "4", "--lr", "0.002",
             "--prior", "mixture", "--seed", "3", "--device", "cpu", "--out", str(out)]
-    r = bigmodel(*args, "--epochs", "1")
-    assert r.returncode == 0, r.stderr
-    assert "done" in r.stdout
+    r = cli(*args, "--epochs", "1")
+    assert r.code == 0, r.err
+    assert "done" in r.out
     names = {p.name for p in out.iterdir()}
     assert names == {"checkpoint.pt", "config.json", "metrics.jsonl", "samples.png", "reconstructions.png",
                      "curves.png"}

@@ -43,21 +43,9 @@ def eval_data(mnist5k, eval_cache):
 
 
 @pytest.fixture(scope="session")
-def eval_bundle(trained_run, tmp_path_factory):
-    """Factory: `eval_bundle(family, precision="fp32")` -> a bundle exported once per session."""
-    from bigmodel.export import ExportOptions, export_bundle
-
-    cache: dict[tuple[str, str], Path] = {}
-
-    def get(family: str, precision: str = "fp32") -> Path:
-        if (family, precision) not in cache:
-            run = tmp_path_factory.mktemp(f"eval-{family}-{precision}")
-            shutil.copy(trained_run(family) / "checkpoint.pt", run / "checkpoint.pt")
-            cache[family, precision] = export_bundle(run, ExportOptions(precision=precision, probes=16,
-                                                                        calibration=64)).bundle
-        return cache[family, precision]
-
-    return get
+def eval_bundle(exported):
+    """Factory: `eval_bundle(family, precision="fp32")` -> conftest's shared mlp bundle."""
+    return lambda family, precision="fp32": exported(family, "mlp", precision)
 
 
 # ---------------------------------------------------------------------------------- the metrics alone
@@ -186,7 +174,7 @@ def test_ae_bundle_carries_a_prior_fitted_to_its_codes_and_samples_from_it(eval_
         # the fitted prior sits where the codes are, not at N(0, I)
         assert np.abs(z.mean(0) - codes.mean(0)).max() < 0.5 * codes.std(0).max()
         assert m.sample(4, seed=0).shape == (4, 1, 28, 28)
-    code, out = run_cli(capsys, "info", str(bundle))
+    code, out = run_cli("info", str(bundle))
     assert code == 0 and "fitted at export" in out
 
 
@@ -256,7 +244,7 @@ def test_evaluate_lower_precision_bundles_stays_near_fp32(eval_bundle, eval_data
 
 def test_eval_cli_on_a_run_folder_with_json(trained_run, eval_cache, capsys, tmp_path):
     out = tmp_path / "report.json"
-    code, text = run_cli(capsys, "eval", str(trained_run("vae")), "--k", "2", "--nll-images", "8", "--samples", "100",
+    code, text = run_cli("eval", str(trained_run("vae")), "--k", "2", "--nll-images", "8", "--samples", "100",
                          "--cache-dir", str(eval_cache), "--picture", str(tmp_path / "p.png"), "--json", str(out))
     assert code == 0, text
     assert "IWAE NLL (K=2)" in text and "FID" in text
@@ -265,16 +253,16 @@ def test_eval_cli_on_a_run_folder_with_json(trained_run, eval_cache, capsys, tmp
 
 
 def test_eval_cli_bad_inputs_exit_2(trained_run, eval_cache, capsys, tmp_path, mnist_npy):
-    code, out = run_cli(capsys, "eval", str(tmp_path / "nothing"))
+    code, out = run_cli("eval", str(tmp_path / "nothing"))
     assert code == 2 and "bundle folder" in out
-    code, out = run_cli(capsys, "eval", str(trained_run("vae")), "--k", "0", "--cache-dir", str(eval_cache))
+    code, out = run_cli("eval", str(trained_run("vae")), "--k", "0", "--cache-dir", str(eval_cache))
     assert code == 2 and "--k must be a positive integer" in out
     from bigmodel.training.loop import TrainSettings, train
 
     unlabelled = train(TrainSettings(family="ae", dataset=str(mnist_npy), epochs=1, batch_size=64, device="cpu",
                                      out=str(tmp_path / "npy-run"))).out
-    code, out = run_cli(capsys, "eval", str(unlabelled), "--cache-dir", str(eval_cache))
+    code, out = run_cli("eval", str(unlabelled), "--cache-dir", str(eval_cache))
     assert code == 2 and "has none" in out
-    code, out = run_cli(capsys, "eval", str(trained_run("vae")), "--compare", str(unlabelled),
+    code, out = run_cli("eval", str(trained_run("vae")), "--compare", str(unlabelled),
                         "--cache-dir", str(eval_cache))
     assert code == 2 and "same dataset" in out

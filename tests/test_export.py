@@ -10,13 +10,13 @@ import hashlib
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import cli
 
 import bigmodel
 from bigmodel.errors import BundleError, ExportError
@@ -37,17 +37,12 @@ IDS = [f"{f}-{a}" for f, a in MODELS]
 
 
 @pytest.fixture(scope="session")
-def fp32_bundle(trained_run, tmp_path_factory):
-    """Factory: `fp32_bundle(family, arch)` -> (run dir copy, bundle) exported once per session."""
-    cache: dict[tuple[str, str], tuple[Path, Path]] = {}
+def fp32_bundle(exported):
+    """Factory: `fp32_bundle(family, arch)` -> (run dir, bundle): conftest's shared fp32 export."""
 
     def get(family: str, arch: str = "mlp") -> tuple[Path, Path]:
-        if (family, arch) not in cache:
-            run = tmp_path_factory.mktemp(f"export-{family}-{arch}")
-            shutil.copy(trained_run(family, arch) / "checkpoint.pt", run / "checkpoint.pt")
-            result = export_bundle(run, ExportOptions(probes=16))
-            cache[family, arch] = (run, result.bundle)
-        return cache[family, arch]
+        bundle = exported(family, arch)
+        return bundle.parent, bundle
 
     return get
 
@@ -55,22 +50,6 @@ def fp32_bundle(trained_run, tmp_path_factory):
 def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`bigmodel ARGS` in this process through the real entry point: (exit code, stdout, stderr)."""
-    from bigmodel.cli import main
-
-    argv = sys.argv
-    sys.argv = ["bigmodel", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def sha256(path: Path) -> str:
@@ -194,9 +173,9 @@ def test_fp16_keeps_exp_in_fp32_and_onnxruntime_accepts_the_mixed_graph():
 def test_cli_fp16_with_fp16_io_replaces_a_bundle_with_force(fp32_bundle, tmp_path, capsys):
     run, fp32 = fp32_bundle("vae", "mlp")
     out = Path(shutil.copytree(fp32, tmp_path / "bundle"))  # an earlier bundle: --force may replace it
-    code, _, err = cli(capsys, "export", run, "--out", out, "--precision", "fp16", "--io", "fp16")
+    code, _, err = cli("export", run, "--out", out, "--precision", "fp16", "--io", "fp16")
     assert code == 2 and "already holds a bundle" in err and "--force" in err
-    code, stdout, err = cli(capsys, "export", run, "--out", out, "--precision", "fp16", "--io", "fp16", "--force")
+    code, stdout, err = cli("export", run, "--out", out, "--precision", "fp16", "--io", "fp16", "--force")
     assert code == 0, err
     stdout = " ".join(stdout.split())
     assert "fp16 vs fp32: max" in stdout and "fp32 check" in stdout
@@ -256,7 +235,7 @@ def test_cli_int8_static_states_quality_and_writes_triton(fp32_bundle, tmp_path,
     model_config_pb2 = triton_schema()
     run, _ = fp32_bundle("vae", "mlp")
     report = tmp_path / "report.json"
-    code, stdout, err = cli(capsys, "export", run, "--out", tmp_path / "b", "--precision", "int8", "--calibration",
+    code, stdout, err = cli("export", run, "--out", tmp_path / "b", "--precision", "int8", "--calibration",
                             "64", "--triton", tmp_path / "triton", "--max-batch", "256", "--json", report)
     assert code == 0, err
     stdout = " ".join(stdout.split())
@@ -331,7 +310,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(fp32_bundle, capsys,
     before = sorted(p.name for p in run.iterdir())
     paths = {"run": run, "bundle": bundle, "missing": tmp_path / "nowhere", "corrupt": _corrupt(run),
              "fresh": run / "fresh-bundle"}
-    code, stdout, err = cli(capsys, "export", *[a.format(**paths) for a in args])
+    code, stdout, err = cli("export", *[a.format(**paths) for a in args])
     assert code == 2, (stdout, err)
     assert expect in err.replace("\n", " ")
     assert err.startswith("error:") and "Traceback" not in err + stdout
@@ -344,7 +323,7 @@ def test_engine_without_tensorrt_names_the_extra(capsys, fp32_bundle):
     import torch
 
     run, _ = fp32_bundle("gan", "mlp")
-    code, _, err = cli(capsys, "export", run, "--engine", "--out", run / "engine-bundle")
+    code, _, err = cli("export", run, "--engine", "--out", run / "engine-bundle")
     err = " ".join(err.split())
     assert code == 2
     assert "'tensorrt' package is not installed (the 'tensorrt' extra brings it: pip install 'bigmodel[tensorrt]'" \

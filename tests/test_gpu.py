@@ -4,7 +4,6 @@ reason where its GPU piece is missing; under BIGMODEL_REQUIRE_GPU=1 (gpu_check.s
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def gpu_bundle(trained_run, tmp_path_factory):
+def gpu_bundle(exported):
     """`gpu_bundle(backend)`: skips unless `backend` can run here, else an fp32 VAE bundle exported here."""
     made = []
 
@@ -24,11 +23,7 @@ def gpu_bundle(trained_run, tmp_path_factory):
         if reason is not None:
             pytest.skip(f"{name}: {reason}")
         if not made:
-            from bigmodel.export import ExportOptions, export_bundle
-
-            run = tmp_path_factory.mktemp("gpu-run")
-            shutil.copy(trained_run("vae", "mlp") / "checkpoint.pt", run / "checkpoint.pt")
-            made.append(export_bundle(run, ExportOptions(probes=8)).bundle)
+            made.append(exported("vae"))
         return made[0]
 
     return get

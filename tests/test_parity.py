@@ -26,22 +26,9 @@ FAST_ARCHS = ("mlp",)  # conv runs train and export far slower on CPU: they are 
 
 
 @pytest.fixture(scope="session")
-def bundle_of(trained_run, tmp_path_factory):
-    """Factory: `bundle_of(family, arch, precision)` -> a bundle folder with its checkpoint.pt beside it."""
-    from bigmodel.export import ExportOptions, export_bundle
-
-    cache: dict[tuple[str, str, str], Path] = {}
-
-    def get(family: str, arch: str = "mlp", precision: str = "fp32") -> Path:
-        key = (family, arch, precision)
-        if key not in cache:
-            folder = tmp_path_factory.mktemp(f"parity-{family}-{arch}-{precision}")
-            shutil.copy(trained_run(family, arch) / "checkpoint.pt", folder / "checkpoint.pt")
-            opts = ExportOptions(out=folder / "bundle", precision=precision, calibration=64)
-            cache[key] = export_bundle(folder / "checkpoint.pt", opts).bundle
-        return cache[key]
-
-    return get
+def bundle_of(exported):
+    """Factory: `bundle_of(family, arch, precision)` -> conftest's shared bundle, checkpoint.pt beside it."""
+    return exported
 
 
 

@@ -34,20 +34,9 @@ FAMILY_METHODS = {"encode", "reconstruct", "discriminate"}
 
 
 @pytest.fixture(scope="session")
-def runtime_bundle(trained_run, tmp_path_factory):
-    """Factory: `runtime_bundle(family, arch="mlp")` -> a bundle folder exported once per session."""
-    from bigmodel.export import ExportOptions, export_bundle
-
-    cache: dict[tuple[str, str], Path] = {}
-
-    def get(family: str, arch: str = "mlp") -> Path:
-        if (family, arch) not in cache:
-            folder = tmp_path_factory.mktemp(f"runtime-{family}-{arch}")
-            shutil.copy(trained_run(family, arch) / "checkpoint.pt", folder / "checkpoint.pt")
-            cache[family, arch] = export_bundle(folder / "checkpoint.pt", ExportOptions(out=folder / "bundle")).bundle
-        return cache[family, arch]
-
-    return get
+def runtime_bundle(exported):
+    """Factory: `runtime_bundle(family, arch="mlp")` -> conftest's shared fp32 bundle."""
+    return exported
 
 
 @pytest.fixture(scope="session")

@@ -419,7 +419,7 @@ def test_refused_in_one_line_and_nothing_changed(case: Case, ws: Path, capsys, m
             message = str(info.value)
             assert "\n" not in message
         else:
-            code, message = run_cli(capsys, *case.call)
+            code, message = run_cli(*case.call)
             assert code == case.expect, message
             assert "Traceback" not in message
             if code:
@@ -441,20 +441,20 @@ def test_force_replaces_what_bigmodel_made_and_nothing_else(ws: Path, capsys) ->
     checkpoint; sample --force overwrites its file; a Triton repository bigmodel wrote may be replaced."""
     mine = {k: v for k, v in snapshot(ws).items() if not k.startswith("runs/vae")}
     old_manifest = json.loads((ws / BUNDLE / "manifest.json").read_text())
-    code, out = run_cli(capsys, "export", RUN, "--force", "--triton", "triton")
+    code, out = run_cli("export", RUN, "--force", "--triton", "triton")
     assert code == 0, out
-    code, out = run_cli(capsys, "export", RUN, "--force", "--triton", "triton", "--json", "report.json")
+    code, out = run_cli("export", RUN, "--force", "--triton", "triton", "--json", "report.json")
     assert code == 0, out
     assert (ws / "triton" / ".bigmodel-triton").is_file() and json.loads((ws / "report.json").read_text())["bundle"]
     assert json.loads((ws / BUNDLE / "manifest.json").read_text())["checkpoint_sha256"] == \
         old_manifest["checkpoint_sha256"]
     assert [p.name for p in (ws / "runs/vae").iterdir() if p.name.startswith(".")] == []
 
-    code, out = run_cli(capsys, "sample", BUNDLE, "--out", "grid.png", "--force", "-n", "4")
+    code, out = run_cli("sample", BUNDLE, "--out", "grid.png", "--force", "-n", "4")
     assert code == 0, out
     assert (ws / "grid.png").read_bytes().startswith(b"\x89PNG")
 
-    code, out = run_cli(capsys, "train", "vae", "--out", RUN, "--force", "--device", "cpu", "--epochs", "1",
+    code, out = run_cli("train", "vae", "--out", RUN, "--force", "--device", "cpu", "--epochs", "1",
                         "--batch-size", "64", "--max-train", "64", "--dataset", "digits", "--latent-dim", "3")
     assert code == 0, out
     assert not (ws / BUNDLE).exists()  # exported from the checkpoint just replaced
@@ -483,9 +483,9 @@ def test_stale_temporaries_of_dead_processes_go_and_a_live_ones_stay(ws: Path, c
         for p in stale[2:]:
             p.mkdir()
             (p / "decoder.onnx").write_bytes(b"partial")
-        code, out = run_cli(capsys, "train", "vae", "--out", RUN, "--resume", "--epochs", "2", "--device", "cpu")
+        code, out = run_cli("train", "vae", "--out", RUN, "--resume", "--epochs", "2", "--device", "cpu")
         assert code == 0, out
-        code, out = run_cli(capsys, "export", RUN, "--force")
+        code, out = run_cli("export", RUN, "--force")
         assert code == 0, out
         assert [p for p in stale if p.exists()] == []
         assert all(p.exists() for p in kept) and (run / "bundle-fp16" / "manifest.json").is_file()
@@ -534,7 +534,7 @@ def test_a_read_only_filesystem_is_one_line_exit_3_before_any_work(ws: Path, cap
         read_only(ro)
         before = snapshot(ws)
         for argv in READ_ONLY:
-            code, out = run_cli(capsys, *argv)
+            code, out = run_cli(*argv)
             assert code == 3, (argv, out)
             assert "Traceback" not in out and out.count("error:") == 1, (argv, out)
             assert "Read-only file system" in out and "ro" in out, (argv, out)
@@ -557,7 +557,7 @@ def test_a_full_disk_is_one_line_exit_3_and_leaves_nothing_behind(ws: Path, caps
                 with contextlib.suppress(OSError), open(full / "filler", "wb") as f:
                     f.write(b"x" * 8192)
             before = snapshot(full)
-            code, out = run_cli(capsys, *argv)
+            code, out = run_cli(*argv)
             assert code == 3, (argv, out)
             assert "Traceback" not in out and out.count("error:") == 1, (argv, out)
             assert "No space left on device" in out, (argv, out)
