@@ -63,7 +63,7 @@ RESULT = {"generator_bytes": gen, "total_bytes": total}
 
 TORCH = """
 import torch
-from bigmodel.export.onnx import load_model
+from bigmodel.export.bundle import load_model
 from bigmodel.models.base import Decode
 model, _ = load_model(__import__("pathlib").Path(RUN + "/checkpoint.pt"))
 gen = Decode(model.generator).eval()
@@ -78,7 +78,7 @@ RESULT = {"seconds": time.perf_counter() - t, "weights": sum(p.numel() * 4 for p
 
 EXPORT = """
 from bigmodel.export import ExportOptions, export_bundle
-import bigmodel.export.onnx, bigmodel.export.precision, onnxruntime
+import bigmodel.export.bundle, bigmodel.export.precision, onnxruntime
 BASE = rss()
 t = time.perf_counter()
 r = export_bundle(RUN + "/checkpoint.pt", ExportOptions(out=OUT, force=True, **OPTS))

@@ -288,7 +288,7 @@ def _quality_cell(precision: str, q: dict | None) -> str:
 
 def _checked_err(report) -> float:
     """Max |onnx - torch| over the inputs the 1e-5 bound applies to (validation images, prior, ±4σ)."""
-    from bigmodel.export.onnx import ABS_CHECKED
+    from bigmodel.export.options import ABS_CHECKED
 
     return max((v for k, v in report.max_abs_err.items() if k in ABS_CHECKED), default=0.0)
 

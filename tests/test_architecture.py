@@ -23,7 +23,6 @@ DEPLOY = ("bigmodel.export", "bigmodel.parity", "bigmodel.bench")
 # entry that no longer exists (delete it when its cycle is gone).
 KNOWN_CYCLES = [
     ["bigmodel.bench.adapters", "bigmodel.bench.run"],
-    ["bigmodel.export.int8", "bigmodel.export.onnx", "bigmodel.export.precision"],
 ]
 
 

@@ -21,8 +21,8 @@ from conftest import cli
 import bigmodel
 from bigmodel.errors import BundleError, ExportError
 from bigmodel.export import ExportOptions, export_bundle
+from bigmodel.export.graph import RANDOM_OPS, check_graph
 from bigmodel.export.int8 import to_int8_file
-from bigmodel.export.onnx import RANDOM_OPS, check_graph
 from bigmodel.export.precision import to_fp16, to_fp16_file
 from bigmodel.export.verify import Verifier, with_files
 from bigmodel.manifest import BATCH, read_manifest
@@ -333,7 +333,7 @@ def test_engine_without_tensorrt_names_the_extra(capsys, fp32_bundle):
 
 
 def test_a_failure_mid_export_leaves_the_old_bundle_and_no_temporary_folder(fp32_bundle, tmp_path, monkeypatch):
-    import bigmodel.export.onnx as export_onnx
+    import bigmodel.export.bundle as export_onnx
 
     run, bundle = fp32_bundle("gan", "mlp")
     work = tmp_path / "run"

@@ -130,7 +130,7 @@ def resolve_bundle(target: Path, tmp: Path, say: Callable[[str], None]) -> Path:
     from bigmodel.models.checkpoint import CHECKPOINT_NAME
 
     if (target / CHECKPOINT_NAME).is_file():
-        from bigmodel.export.onnx import ExportOptions, export_bundle
+        from bigmodel.export import ExportOptions, export_bundle
 
         say(f"exporting {target} to a temporary fp32 bundle")
         return export_bundle(target, ExportOptions(out=tmp / "bundle")).bundle

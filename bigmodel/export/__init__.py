@@ -1,5 +1,5 @@
 """Export a trained run to a bundle: one ONNX graph per role, manifest.json, optional engines."""
 
-from bigmodel.export.onnx import ExportOptions, ExportResult, export_bundle
+from bigmodel.export.bundle import ExportOptions, ExportResult, export_bundle
 
 __all__ = ["ExportOptions", "ExportResult", "export_bundle"]

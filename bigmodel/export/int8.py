@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bigmodel.errors import ExportError
-from bigmodel.export.onnx import _import, save_onnx
+from bigmodel.export.graph import import_optional, save_onnx
 
 CALIBRATION_BATCH = 64
 WEIGHT_BLOCK = 128  # int8 weight-only: weights per scale (fewer when a layer has fewer inputs)
@@ -47,7 +47,7 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: np.ndarray | None
     """
     import onnx
 
-    _import("onnxruntime", "int8 quantization")
+    import_optional("onnxruntime", "int8 quantization")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bigmodel.errors import ExportError
+from bigmodel.export.graph import EXTERNAL_DATA_BYTES, check_graph, data_files, file_bytes, save_onnx
 from bigmodel.export.int8 import (
     CALIBRATION_METHODS,
     STRESS_SUFFIX,
@@ -33,15 +34,7 @@ from bigmodel.export.int8 import (
     search,
     to_int8_file,
 )
-from bigmodel.export.onnx import (
-    EXTERNAL_DATA_BYTES,
-    FP32_DIR,
-    ExportOptions,
-    _file_bytes,
-    check_graph,
-    data_files,
-    save_onnx,
-)
+from bigmodel.export.options import FP32_DIR, ExportOptions
 from bigmodel.export.verify import VERIFY_SEED, Verifier, with_files
 from bigmodel.fileio import sha256_file
 from bigmodel.manifest import Manifest
@@ -95,7 +88,7 @@ def convert_bundle(folder: Path, manifest: Manifest, opts: ExportOptions, val: n
         mine = [c for c in cases if c.target.split("->")[-1] == role]  # the role, and chains into it
         quality[role] = {**error_summary(mine), **quality[role]}
         kept = quality[role].get("kept_float")
-        say(f"{role}: {opts.precision} {spec.file} ({_file_bytes(folder / spec.file) / 1e6:.2f} MB) vs fp32 graphs: "
+        say(f"{role}: {opts.precision} {spec.file} ({file_bytes(folder / spec.file) / 1e6:.2f} MB) vs fp32 graphs: "
             f"{'pass' if all(c.passed for c in mine) else 'FAIL'}, {tolerance_used(mine):.0%} of tolerance used"
             + (f", {len(kept)} node(s) kept in float" if kept else ""))
     manifest.precision = opts.precision
@@ -315,5 +308,5 @@ def _keep_external(src: Path, opts: ExportOptions) -> bool:
     """External data for a converted graph: as asked, else when the fp32 one passes 2 GiB."""
     if opts.external_data is not None:
         return opts.external_data
-    return _file_bytes(src) >= EXTERNAL_DATA_BYTES
+    return file_bytes(src) >= EXTERNAL_DATA_BYTES
 

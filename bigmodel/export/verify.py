@@ -1,4 +1,7 @@
-"""Export's verification of fp16/int8 graphs: `bigmodel parity`'s checks, the fp32 graphs as reference.
+"""Export's verification: each fp32 graph against PyTorch, and fp16/int8 graphs against the fp32 ones.
+
+`check_against_reference` holds each fp32 graph to PyTorch's outputs with parity's statistics and
+fp32 tolerances. For fp16/int8, `Verifier` runs `bigmodel parity`'s checks, the fp32 graphs as reference:
 
 The same role-and-chain checks as parity (`bigmodel.parity.check`), on the same probe sets
 (validation, generated and noise images, prior samples, ±4σ codes; parity's default size and
@@ -11,16 +14,46 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bigmodel.manifest import Manifest
+from bigmodel.export.graph import ort_session
+from bigmodel.manifest import Manifest, RoleSpec
 from bigmodel.parity.check import check_targets, model_reference
 from bigmodel.parity.inputs import DEFAULT_SAMPLES, probe_inputs, targets_of
 from bigmodel.parity.report import Case
-from bigmodel.parity.tolerances import tolerances_for
+from bigmodel.parity.stats import compare
+from bigmodel.parity.tolerances import rule, tolerances_for
+
+if TYPE_CHECKING:
+    from bigmodel.export.torch_onnx import Reference
 
 VERIFY_SEED = 0  # parity's default seed: export checks exactly the inputs `bigmodel parity` checks
+
+
+def check_against_reference(path: Path, ref: Reference, spec: RoleSpec,
+                            value_range: tuple[float, float]) -> tuple[dict[str, float], list[str]]:
+    """The graph in onnxruntime against PyTorch's outputs with parity's statistics and fp32 tolerances.
+
+    Returns (max |onnx - torch| per probe set, one line per failed check). For the report, an output
+    whose values pass 1 in size (a decoder's logits at ±4σ codes reach ~50) counts its error relative
+    to that size: float32 rounding there is relative, not absolute (the checks use rtol for it).
+    """
+    tol = tolerances_for("fp32")
+    session = ort_session(path)
+    name = session.get_inputs()[0].name
+    errors: dict[str, float] = {}
+    failures: list[str] = []
+    for (probe, batch), want in ref.outputs.items():
+        got = session.run(None, {name: ref.inputs[probe][:batch]})
+        for t, g, w in zip(spec.outputs, got, want, strict=True):
+            check = compare(g, w, t.kind, rule(tol, t.kind, probe), value_range, t.name)
+            size = max(1.0, float(np.max(np.abs(w)))) if w.size else 1.0
+            errors[probe] = max(errors.get(probe, 0.0), check.stats.get("max_abs", float("inf")) / size)
+            failures += [f"{path.stem} output {t.name!r} ({t.kind}; {probe} inputs, batch {batch}): {f.describe()}"
+                         for f in check.failures]
+    return errors, failures
 
 
 def runtime_model(folder: Path, manifest: Manifest):
