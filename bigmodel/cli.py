@@ -262,7 +262,9 @@ def export(
     if result.triton:
         console.print(f"Triton model repository: {result.triton}")
     if json_out:
-        _write_json(json_out, _export_report(result))
+        from bigmodel.fileio import write_json
+
+        write_json(json_out, _export_report(result))
     console.print(f"next: bigmodel parity {result.bundle}")
 
 
@@ -300,14 +302,6 @@ def _export_report(result) -> dict:
             "quality": result.quality, "failures": result.failures,
             "triton": str(result.triton) if result.triton else None,
             "manifest": result.manifest.to_dict()}
-
-
-def _write_json(path: Path, data) -> None:
-    import json
-
-    from bigmodel.fileio import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 # -------------------------------------------------------------------------------------------- parity
@@ -377,7 +371,9 @@ def parity(
         files = write_inputs(bundle, save_inputs, samples=samples, seed=seed, data=data)
         console.print(f"inputs for polygraphy --load-inputs: {', '.join(str(f) for f in files)}", soft_wrap=True)
     if json_out:
-        _write_json(json_out, report.to_dict())
+        from bigmodel.fileio import write_json
+
+        write_json(json_out, report.to_dict())
         console.print(f"report: {json_out}", markup=False)
     checks = sum(len(c.outputs) for b in report.ran for c in b.cases)
     ran = ", ".join(b.backend for b in report.ran)
@@ -836,7 +832,9 @@ def bench(
         report = run_bench(bundle, settings, progress=report_progress)
     _bench_table(console, report)
     if json_out:
-        _write_json(json_out, report)
+        from bigmodel.fileio import write_json
+
+        write_json(json_out, report)
         console.print(f"JSON report: {json_out}")
     if plot:
         write_plot(report, plot)
@@ -980,7 +978,9 @@ def eval_cmd(
         console.print(table)
         out.update({"compare": reports[1], "deltas": deltas})
     if json_out:
-        _write_json(json_out, out)
+        from bigmodel.fileio import write_json
+
+        write_json(json_out, out)
         console.print(f"report: {json_out}", markup=False)
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from bigmodel.checksum import sha256_file  # noqa: F401  (re-exported: the writers' one import)
 from bigmodel.errors import InputError, StorageError
 
 MANIFEST_NAME = "manifest.json"  # == bigmodel.manifest.MANIFEST_NAME (not imported: keep this module leaf-level)
@@ -36,6 +36,11 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCE
 def temp_prefix(name: str) -> str:
     """Prefix of a temporary file or folder for `name`, carrying this process's id."""
     return f".{name}.{os.getpid()}."
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """`data` as indented JSON (non-JSON values as str), written atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def make_temp_dir(final: Path) -> Path:
@@ -150,14 +155,6 @@ def replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------- errors

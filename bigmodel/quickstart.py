@@ -9,8 +9,6 @@ nothing (the CLI draws progress from the `stage` and `train_progress` callbacks)
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel.errors import ConfigError
+from bigmodel.fileio import write_json
+from bigmodel.threads import torch_threads
 
 # Epochs for about two minutes on 2 CPU cores. The VAE's samples are blurry digits at 10 epochs,
 # clear ones from about 30 (mnist-5k, batch 128: 35 steps an epoch). Other families: their own
@@ -92,7 +92,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
     say("train", f"training {family}/mlp on mnist-5k for {epochs} epoch(s) -> {out}")
     from bigmodel.training.loop import TrainSettings, train
 
-    with _torch_threads(threads):
+    with torch_threads(threads):
         result = train(TrainSettings(family=family, arch="mlp", dataset="mnist-5k", epochs=epochs, seed=seed,
                                      device="cpu", out=str(out), max_train=max_train, force=force),
                        progress=train_progress)
@@ -116,7 +116,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
     kwargs = {} if parity_samples is None else {"samples": parity_samples}
     report = run_parity(bundle, backends=["ort-cpu"], threads=threads, **kwargs)
     parity_json = out / "parity.json"
-    _write_json(parity_json, report.to_dict())
+    write_json(parity_json, report.to_dict())
     files["parity"] = parity_json
     seconds["parity"] = time.perf_counter() - t
 
@@ -129,7 +129,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
                                             batch_sizes=tuple(batch_sizes), warmup=5, duration=bench_duration,
                                             threads=threads, seed=seed))
     bench_json = out / "bench.json"
-    _write_json(bench_json, bench)
+    write_json(bench_json, bench)
     files["bench"] = bench_json
     speedups = {r["batch"]: r["speedup_vs_torch"] for r in bench["results"] if r["backend"] == "ort-cpu"}
     latency: dict[str, dict[int, float]] = {}
@@ -191,23 +191,3 @@ def next_commands(out: Path, bundle: Path, family: str) -> list[str]:
     return [f"{cmd:{width}}  # {note}" if note else cmd for cmd, note in pairs]
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int | None):
-    """Train on `threads` CPU threads when asked (restored afterwards)."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from bigmodel.fileio import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

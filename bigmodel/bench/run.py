@@ -28,6 +28,7 @@ from bigmodel.bench.adapters import (
 from bigmodel.bench.stats import NOISY_CV, add_speedups, summarize
 from bigmodel.errors import BackendUnavailable, BigmodelError, InputError
 from bigmodel.manifest import Manifest, read_manifest
+from bigmodel.threads import torch_threads
 
 
 @dataclass
@@ -126,7 +127,7 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
     used: dict[str, dict[str, Any]] = {}
     total = len(backends) * len(roles) * len(settings.batch_sizes)
     done = 0
-    with _torch_threads(threads, backends):
+    with torch_threads(threads if any(b in TORCH_BACKENDS for b in backends) else None):  # as ort
         for name in backends:
             reason = unavailable(name, settings.device, status)
             if reason is not None:
@@ -212,25 +213,6 @@ def measure(adapter, role: str, feeds: dict[str, np.ndarray], warmup: int, iters
         run()
         times.append((clock() - t) / 1e9)
     return prepare, first, times
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int, backends: tuple[str, ...]):
-    """torch runs on the same thread count as onnxruntime; restored afterwards."""
-    if not any(b in TORCH_BACKENDS for b in backends):
-        yield
-        return
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _one_line(e: BaseException) -> str:

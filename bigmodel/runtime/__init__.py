@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
 
+from bigmodel.checksum import sha256_file
 from bigmodel.errors import BackendUnavailable, BundleError, InputError
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.runtime.backends import registry
@@ -24,14 +24,6 @@ DEVICES = ("auto", "cpu", "cuda")
 GPU_BACKENDS = registry.names_for("cuda")
 
 __all__ = ["BACKENDS", "DEVICES", "Model", "load", "backend_status", "resolve_backend", "verify_files"]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def member(bundle: Path, file: str, what: str) -> Path:
@@ -78,7 +70,7 @@ def verify_files(path: str | os.PathLike, manifest: Manifest, engines: bool = Fa
         f = member(path, file, what)
         if not f.is_file():
             raise BundleError(f"bundle {path} is incomplete: {what} expects {file}, which is missing")
-        got = _sha256(f)
+        got = sha256_file(f)
         if got != expected:
             raise BundleError(f"{f} does not match the manifest: expected sha256 {expected[:16]}..., "
                               f"got {got[:16]}... (the file changed after export; re-export the bundle)")

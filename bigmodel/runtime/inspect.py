@@ -14,7 +14,8 @@ from bigmodel.manifest import read_manifest
 
 
 def _check(bundle: Path, file: str, expected: str) -> str:
-    from bigmodel.runtime import _sha256, member
+    from bigmodel.checksum import sha256_file
+    from bigmodel.runtime import member
 
     try:
         path = member(bundle, file, "file")
@@ -22,7 +23,7 @@ def _check(bundle: Path, file: str, expected: str) -> str:
         return "outside the bundle"
     if not path.is_file():
         return "missing"
-    return "ok" if _sha256(path) == expected else "sha256 mismatch"
+    return "ok" if sha256_file(path) == expected else "sha256 mismatch"
 
 
 def describe(bundle: str | os.PathLike) -> dict[str, Any]:
