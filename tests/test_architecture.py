@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bigmodel"
 
 # The torch-free core: an application that only loads bundles gets these and nothing heavier.
 CORE = ("bigmodel.runtime", "bigmodel.manifest", "bigmodel.errors", "bigmodel.fileio", "bigmodel.priors",
-        "bigmodel.checksum", "bigmodel.threads")
+        "bigmodel.checksum")
 CORE_MAY_NOT_IMPORT = ("torch", "bigmodel.models", "bigmodel.training", "bigmodel.export", "bigmodel.parity",
                        "bigmodel.bench", "bigmodel.eval", "bigmodel.data", "bigmodel.cli", "bigmodel.quickstart")
 # Deployment code reads checkpoints through models/, never through the training loop.
