@@ -157,7 +157,7 @@ def test_device_cuda_without_a_gpu_says_what_was_looked_for(bundle):
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_bench_writes_json_and_a_png(bundle, tmp_path, capsys):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
-    code, text = cli(capsys, "bench", str(bundle), "--backends", "torch,ort-cpu,ort-trt", "--roles", "decoder",
+    code, text = cli("bench", str(bundle), "--backends", "torch,ort-cpu,ort-trt", "--roles", "decoder",
                      "--batch-sizes", "1,3", "--warmup", "1", "--iters", "4", "--threads", "1",
                      "--json", str(out_json), "--plot", str(out_png))
     assert code == 0, text
@@ -180,13 +180,13 @@ def test_cli_bench_device_cuda_without_gpu_exits_2(bundle, capsys):
 
     if has_gpu(gpu_presence()):
         pytest.skip("this machine has a GPU")
-    code, text = cli(capsys, "bench", str(bundle), "--device", "cuda")
+    code, text = cli("bench", str(bundle), "--device", "cuda")
     assert code == 2
     assert "torch.cuda" in text and "onnxruntime providers" in text and "TensorRT" in text
 
 
 def test_cli_bench_bad_batch_sizes_exit_2(bundle, capsys):
-    code, text = cli(capsys, "bench", str(bundle), "--batch-sizes", "1,two")
+    code, text = cli("bench", str(bundle), "--batch-sizes", "1,two")
     assert code == 2 and "--batch-sizes" in text
 
 

@@ -60,11 +60,11 @@ def test_gather_survives_missing_torch_and_onnxruntime(monkeypatch):
 
 
 def test_cli_doctor_json_and_table_exit_0(capsys):
-    code, text = cli(capsys, "doctor", "--json")
+    code, text = cli("doctor", "--json")
     assert code == 0
     report = json.loads(text)
     assert {"python", "platform", "packages", "gpu", "backends"} <= set(report)
-    code, text = cli(capsys, "doctor")
+    code, text = cli("doctor")
     assert code == 0
     for word in ("torch", "onnxruntime", "CPUExecutionProvider", "tensorrt", "ort-cpu", "ort-cuda", "bigmodel[gpu]"):
         assert word in text

@@ -25,7 +25,7 @@ PRECISIONS = [("fp16", "static"), ("int8", "static"), ("int8", "dynamic"), ("int
 def export_then_parity(capsys, run: Path, precision: str, mode: str, *extra: str) -> str:
     """`bigmodel export` then `bigmodel parity --backend ort-cpu`: both pass, or export exits 1 and writes nothing."""
     out = run / f"bundle-{precision}-{mode}"
-    code, text = cli(capsys, "export", str(run), "--out", str(out), "--precision", precision, "--int8-mode", mode,
+    code, text = cli("export", str(run), "--out", str(out), "--precision", precision, "--int8-mode", mode,
                      *extra)
     if code == 1:  # refused: the message names the failure, and nothing is left at (or beside) the final path
         assert "no bundle was written" in text and "inputs, batch" in text and "got " in text, text
@@ -33,7 +33,7 @@ def export_then_parity(capsys, run: Path, precision: str, mode: str, *extra: str
         return "refused"
     assert code == 0, text
     assert "check against the fp32 graphs" in text and "pass" in text, text
-    code, text = cli(capsys, "parity", str(out), "--backend", "ort-cpu")
+    code, text = cli("parity", str(out), "--backend", "ort-cpu")
     assert code == 0, text
     assert f"({precision} tolerances)" in text
     return "pass"
@@ -70,7 +70,7 @@ def test_other_precisions_pass_parity_or_export_refuses(trained_run, tmp_path, c
                          ids=[f"{m.family}-{m.arch}" for m in list_models()])
 def test_every_model_trained_3_epochs_every_precision(tmp_path, capsys, family, arch):
     run = tmp_path / "run"
-    code, text = cli(capsys, "train", family, "--arch", arch, "--epochs", "3", "--out", str(run))
+    code, text = cli("train", family, "--arch", arch, "--epochs", "3", "--out", str(run))
     assert code == 0, text
     verdicts = {f"{p} {m}": export_then_parity(capsys, run, p, m) for p, m in PRECISIONS}
     assert set(verdicts.values()) <= {"pass", "refused"}
@@ -86,7 +86,7 @@ def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_r
     monkeypatch.setitem(TOLERANCES, "int8", {k: IMPOSSIBLE for k in TOLERANCES["int8"]})
     run = run_copy(trained_run("vae", "mlp"), tmp_path / "run")
     out = run / "bundle"
-    code, text = cli(capsys, "export", str(run), "--out", str(out), "--precision", "int8", "--int8-mode", "dynamic")
+    code, text = cli("export", str(run), "--out", str(out), "--precision", "int8", "--int8-mode", "dynamic")
     assert code == 1, text
     text = " ".join(text.split())
     assert "int8 graphs fail" in text and "no bundle was written" in text
@@ -94,7 +94,7 @@ def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_r
     assert "int8 encoder output" in text and "inputs, batch" in text and "got " in text and "want " in text
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
 
-    code, text = cli(capsys, "export", str(run), "--out", str(out), "--precision", "int8", "--int8-mode", "dynamic",
+    code, text = cli("export", str(run), "--out", str(out), "--precision", "int8", "--int8-mode", "dynamic",
                      "--allow-failing")
     assert code == 0, text
     assert "FAIL int8 " in text and "recorded in" in text
@@ -104,10 +104,10 @@ def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_r
     assert verification["failures"][0].startswith("int8 encoder")
     for q in manifest["extra"]["quality"].values():
         assert q["tolerance_used"] > 1 and q["kept_float"] == [] and q["attempts"] > 1  # searched, then gave up
-    code, text = cli(capsys, "info", str(out))
+    code, text = cli("info", str(out))
     assert code == 0, text
     text = " ".join(text.split())
     assert "FAILED (written with --allow-failing)" in text and "FAIL int8 encoder" in text
     # parity, with the same table, gives the same verdict
-    code, text = cli(capsys, "parity", str(out), "--backend", "ort-cpu")
+    code, text = cli("parity", str(out), "--backend", "ort-cpu")
     assert code == 1 and "parity failed" in text

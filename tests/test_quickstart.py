@@ -10,7 +10,7 @@ from conftest import run_cli as cli
 
 def test_quickstart_end_to_end_small(tmp_path, capsys):
     out = tmp_path / "qs"
-    code, text = cli(capsys, "quickstart", "--out", str(out), "--epochs", "1", "--max-train", "256",
+    code, text = cli("quickstart", "--out", str(out), "--epochs", "1", "--max-train", "256",
                      "--bench-duration", "0.05", "--threads", "1")
     assert code == 0, text
     for stage in ("[1/5] train", "[2/5] export", "[3/5] parity", "[4/5] bench", "[5/5] samples"):

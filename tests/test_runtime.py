@@ -552,7 +552,7 @@ def test_cli_errors_are_one_line_and_exit_2(vae, tmp_path, capsys):
     if backend_status()["ort-cuda"] is None:
         cases.pop(-2)
     for args, message in cases:
-        code, out = _cli(capsys, *args)
+        code, out = _cli(*args)
         assert code == 2, (args, out)
         assert "error:" in out and message in out, (args, out)
         assert "Traceback" not in out
@@ -560,12 +560,12 @@ def test_cli_errors_are_one_line_and_exit_2(vae, tmp_path, capsys):
 
 def test_cli_sample_with_fallback_and_info_on_a_damaged_bundle(vae, tmp_path, capsys):
     bundle = copy_bundle(vae, tmp_path)
-    code, out = _cli(capsys, "sample", str(bundle), "-n", "4", "--out", str(tmp_path / "g.png"), "--threads", "1",
+    code, out = _cli("sample", str(bundle), "-n", "4", "--out", str(tmp_path / "g.png"), "--threads", "1",
                      "--latents", str(tmp_path / "z.npy"))
     assert code == 0, out
     np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), load(bundle).sample_latent(4, seed=0))
     _tamper(bundle)
-    code, out = _cli(capsys, "info", str(bundle), "--json")
+    code, out = _cli("info", str(bundle), "--json")
     assert code == 1, out  # the report, then one line saying the bundle is damaged
     report, error = out.split("error: ")
     assert "decoder.onnx sha256 mismatch" in error
