@@ -64,6 +64,14 @@ class ExportResult:
     triton: Path | None = None
     failures: list[str] = field(default_factory=list)  # fp16/int8 checks that failed (only with allow_failing)
 
+    def to_dict(self) -> dict:
+        """The export report as JSON-ready data (`bigmodel export --json`)."""
+        from dataclasses import asdict
+
+        return {"bundle": str(self.bundle), "seconds": self.seconds, "roles": [asdict(r) for r in self.roles],
+                "quality": self.quality, "failures": self.failures,
+                "triton": str(self.triton) if self.triton else None, "manifest": self.manifest.to_dict()}
+
 
 def validate_options(opts: ExportOptions) -> None:
     """Refuse bad option values before any work starts."""

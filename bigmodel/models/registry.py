@@ -75,3 +75,14 @@ def create_model(family: str, arch: str = "mlp", data: DataSpec | None = None, *
     cls = family_class(family)
     get_arch(arch)  # an unknown arch is a ConfigError naming the registered ones
     return cls(arch, data or MNIST_SPEC, make_config(family, **cfg))
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """`bigmodel models --json`: per (family, arch) its roles, latent size, description and default settings."""
+    rows = []
+    for info in list_models():
+        defaults = family_class(info.family).config_cls()
+        rows.append({"family": info.family, "arch": info.arch, "roles": list(info.roles),
+                     "latent_dim": defaults.latent_dim, "description": info.description,
+                     "settings": {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}})
+    return rows

@@ -78,6 +78,20 @@ class ParityReport:
         """True when at least one backend ran and every check of every backend that ran passed."""
         return bool(self.ran) and all(b.passed for b in self.ran)
 
+    @property
+    def checks(self) -> int:
+        """Output checks made, over every backend that ran."""
+        return sum(len(c.outputs) for b in self.ran for c in b.cases)
+
+    @property
+    def failed_checks(self) -> int:
+        return sum(1 for b in self.ran for c in b.cases for o in c.outputs if not o.passed)
+
+    def where(self) -> str:
+        """'ort-cpu against PyTorch (fp32 tolerances), 1.2s': what ran, for one-line verdicts."""
+        ran = ", ".join(b.backend for b in self.ran)
+        return f"{ran} against PyTorch ({self.tolerance_precision} tolerances), {self.seconds:.1f}s"
+
     def failures(self) -> list[tuple[BackendRun, Case, OutputCheck, Failure]]:
         return [(b, c, o, f) for b in self.ran for c in b.cases for o in c.outputs for f in o.failures]
 

@@ -84,6 +84,7 @@ class TrainResult:
     out: Path
     history: list[dict[str, Any]]  # every epoch of the run, restored ones included
     epochs_run: int = 0  # epochs trained by this call
+    reports: bool = True  # False on torchrun ranks other than 0: only rank 0 writes and reports
 
 
 def resolve_device(name: str) -> torch.device:
@@ -407,7 +408,7 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
                     )
                 )
         ranks.barrier()
-    return TrainResult(out, history, max(0, settings.epochs + 1 - start_epoch))
+    return TrainResult(out, history, max(0, settings.epochs + 1 - start_epoch), reports=ranks.main)
 
 
 def _config_record(settings: TrainSettings, model, spec: DataSpec) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""The Typer app, the options several commands share, and output-file checks made before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="bigmodel",
+    help="Train generative models (AE, VAE, GAN, AAE), export them to ONNX/TensorRT, check parity, benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+_state = {"debug": False}
+
+
+# Options several commands share (one definition each; Typer reads the Annotated metadata).
+BundleArg = Annotated[Path, typer.Argument(help="Bundle folder (manifest.json + role graphs).")]
+
+
+BackendOpt = Annotated[str, typer.Option(help="auto, ort, ort-cpu, ort-cuda, ort-trt, tensorrt or ov-cpu.")]
+
+
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads (default: the physical cores).")]
+
+
+FallbackOpt = Annotated[bool, typer.Option("--fallback", help="Run on the CPU (with a warning) if the GPU can't.")]
+
+
+JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="Write the report as JSON to this file.")]
+
+
+
+def _version(value: bool) -> None:
+    if value:
+        from bigmodel import __version__
+
+        typer.echo(f"bigmodel {__version__}")
+        raise typer.Exit()
+
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+
+def _check_outputs(force: bool, *outputs: tuple[Path | None, str, tuple[str, ...], str]) -> None:
+    """Each (path, what, suffixes, flag) output file usable before any work starts; no two the same file."""
+    from bigmodel.errors import InputError
+    from bigmodel.fileio import check_output_file
+
+    seen: dict[Path, str] = {}
+    for path, what, suffixes, flag in outputs:
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise InputError(f"{flag} and {seen[key]} name the same file {path}; expected different files")
+        seen[key] = flag
+        check_output_file(path, force, what, suffixes, flag)

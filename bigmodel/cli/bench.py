@@ -1,0 +1,107 @@
+"""`bigmodel bench`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bigmodel import console as ui
+from bigmodel.cli.app import _check_outputs, app
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (manifest.json + role graphs) from `bigmodel export`.")],
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (torch runs there too).")] = "cpu",
+    backends: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated, from torch,torch-cudagraph,ort-cpu,ort-cuda,ort-trt,tensorrt,ov-cpu "
+            "(default: torch and the CPU backends on cpu; all of them on cuda). Unavailable ones are listed "
+            "as skipped."
+        ),
+    ] = None,
+    roles: Annotated[
+        str | None, typer.Option(help="Comma-separated roles, e.g. decoder (default: every role).")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16,256,1024",
+    warmup: Annotated[int, typer.Option(help="Untimed runs per backend, role and batch before timing.")] = 10,
+    iters: Annotated[
+        int | None, typer.Option(help="Timed runs per backend, role and batch (instead of --duration).")
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Seconds of timed runs per backend, role and batch (default 1; at least 5 runs)."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch and onnxruntime alike (default: physical cores).")
+    ] = None,
+    copies: Annotated[
+        bool,
+        typer.Option(
+            "--copies/--no-copies", help="CUDA: include host<->device copies of inputs and outputs in each timed run."
+        ),
+    ] = True,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint for the torch baseline (default: BUNDLE/../checkpoint.pt).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    tf32: Annotated[
+        bool,
+        typer.Option(
+            "--tf32", help="CUDA: let fp32 MatMul/Conv use TF32 (torch, onnxruntime, TensorRT alike); off by default."
+        ),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="onnxruntime GPU backends: no node may fall back to the CPU "
+            "provider (the backend is skipped with the reason otherwise).",
+        ),
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON to this file.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write latency and throughput against batch size to this PNG.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing --json / --plot files.")] = False,
+) -> None:
+    """Latency and throughput of every backend side by side, against PyTorch eager in the same run.
+
+    Per backend, role and batch: cold phases (load, first run), warm p50/p90/p99/mean/min/max/cv,
+    samples/s and speed-up over torch (torch p50 / backend p50).
+
+    Example: bigmodel bench runs/vae/bundle --batch-sizes 1,256 --plot bench.png
+    """
+    from bigmodel.bench import BenchSettings, parse_list, run_bench, write_plot
+
+    _check_outputs(force, (json_out, "bench report", (), "--json"), (plot, "plot", (".png",), "--plot"))
+    settings = BenchSettings(
+        device=device,
+        backends=parse_list(backends, str, "--backends"),
+        roles=parse_list(roles, str, "--roles"),
+        batch_sizes=parse_list(batch_sizes, int, "--batch-sizes") or (),
+        warmup=warmup,
+        iters=iters,
+        duration=duration,
+        threads=threads,
+        copies=copies,
+        checkpoint=checkpoint,
+        seed=seed,
+        tf32=tf32,
+        strict=strict,
+    )
+    console = ui.table_console()
+    with ui.BenchProgress(console) as report_progress:
+        report = run_bench(bundle, settings, progress=report_progress)
+    ui.bench_table(console, report)
+    if json_out:
+        from bigmodel.fileio import write_json
+
+        write_json(json_out, report)
+        console.print(f"JSON report: {json_out}")
+    if plot:
+        write_plot(report, plot)
+        console.print(f"plot: {plot}")

@@ -1,0 +1,103 @@
+"""`bigmodel export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bigmodel import console as ui
+from bigmodel.cli.app import _check_outputs, app
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding checkpoint.pt (or the checkpoint file).")],
+    out: Annotated[Path | None, typer.Option(help="Bundle folder (default RUN_DIR/bundle).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset to write (18 up to what the installed onnx knows).")] = 18,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8: the precision of the bundle's graphs.")] = "fp32",
+    io: Annotated[
+        str, typer.Option("--io", help="fp16 bundles: dtype of graph inputs/outputs, fp32 or fp16.")
+    ] = "fp32",
+    int8_mode: Annotated[
+        str,
+        typer.Option(
+            help="int8: static (QDQ, calibrated on validation images), dynamic, or weights (weight-only, "
+            "onnxruntime MatMulNBits: fastest at batch 1 on big MLPs)."
+        ),
+    ] = "static",
+    calibration: Annotated[
+        int, typer.Option(help="int8 static: validation images (or prior samples) to calibrate on.")
+    ] = 256,
+    max_batch: Annotated[
+        int, typer.Option(help="Largest batch of the TensorRT profile and Triton's max_batch_size.")
+    ] = 1024,
+    opt_batch: Annotated[int, typer.Option(help="Batch size TensorRT tunes for (and Triton prefers).")] = 64,
+    engine: Annotated[
+        bool, typer.Option("--engine", help="Also build a TensorRT engine per role (needs a GPU).")
+    ] = False,
+    triton: Annotated[Path | None, typer.Option(help="Also write a Triton model repository to this folder.")] = None,
+    external_data: Annotated[
+        bool | None,
+        typer.Option(
+            "--external-data/--no-external-data", help="Weights beside each graph (default: only over 2 GiB)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a bundle (and Triton repository, --json file) that "
+            "bigmodel wrote before; a folder holding anything else is never replaced.",
+        ),
+    ] = False,
+    allow_failing: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failing",
+            help="fp16/int8: write the bundle even when its checks fail, with the failures "
+            "recorded in its manifest (bigmodel info shows them).",
+        ),
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the export report as JSON to this file.")
+    ] = None,
+) -> None:
+    """Export a trained run: one ONNX graph per role + manifest.json, verified against PyTorch.
+
+    Every graph has a dynamic batch axis, no random operators, passes onnx.checker (full check) and
+    matches PyTorch within 1e-5 at fp32 on validation images, prior samples and ±4σ latents, or the
+    export fails and nothing is written. fp16/int8 graphs then pass `bigmodel parity`'s checks
+    (same inputs, statistics and tolerances) against the fp32 graphs, or the export exits 1 and
+    writes nothing; int8 first tries other calibration methods and keeps the most sensitive nodes
+    in float. The report gives each role's error against fp32.
+
+    Example: bigmodel export runs/vae --precision fp16 --triton models/
+    """
+
+    from bigmodel.export import ExportOptions, export_bundle
+
+    _check_outputs(force, (json_out, "export report", (), "--json"))
+    console = ui.console()
+    opts = ExportOptions(
+        out=out,
+        opset=opset,
+        precision=precision,
+        io=io,
+        int8_mode=int8_mode,
+        calibration=calibration,
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        engine=engine,
+        triton=triton,
+        force=force,
+        external_data=external_data,
+        allow_failing=allow_failing,
+    )
+    result = export_bundle(run_dir, opts, progress=lambda msg: console.print(f"  {msg}", markup=False))
+    ui.print_export(console, result)
+    if json_out:
+        from bigmodel.fileio import write_json
+
+        write_json(json_out, result.to_dict())
