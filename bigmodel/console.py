@@ -1,6 +1,6 @@
 """Everything the `bigmodel` command line shows: consoles, progress bars, tables and summaries.
 
-The commands in `cli.py` parse, call one library function and hand its result to a function here;
+The commands in `bigmodel/cli/` parse, call one library function and hand its result to a function here;
 rich is imported inside each function, so importing this module costs nothing.
 """
 

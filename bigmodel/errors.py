@@ -1,4 +1,4 @@
-"""Error kinds raised by library code; `cli.py` turns them into one line and an exit code."""
+"""Error kinds raised by library code; the command line (`bigmodel.cli`) turns them into one line and an exit code."""
 
 
 class BigmodelError(Exception):
