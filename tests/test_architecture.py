@@ -1,6 +1,7 @@
 """The package's import graph, read from the source (no module is imported): no cycle, and the arrows hold.
 
-Every `import` counts, the ones inside functions too: a lazy import still makes the dependency.
+Every `import` counts, the ones inside functions too: a lazy import still makes the dependency
+(only imports under `if TYPE_CHECKING:` do not: they never run).
 A `from package import name` counts as an edge to `package.name` when that is a module, else to `package`.
 """
 
@@ -20,11 +21,6 @@ CORE_MAY_NOT_IMPORT = ("torch", "bigmodel.models", "bigmodel.training", "bigmode
 # Deployment code reads checkpoints through models/, never through the training loop.
 DEPLOY = ("bigmodel.export", "bigmodel.parity", "bigmodel.bench")
 
-# Cycles still being cut apart (issue 13). The list only shrinks: a new cycle fails, and so does an
-# entry that no longer exists (delete it when its cycle is gone).
-KNOWN_CYCLES = [
-    ["bigmodel.bench.adapters", "bigmodel.bench.run"],
-]
 
 
 def module_name(path: Path) -> str:
@@ -41,7 +37,12 @@ def imports(path: Path, known: set[str]) -> set[str]:
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:  # `if TYPE_CHECKING:` imports never run
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -55,6 +56,11 @@ def imports(path: Path, known: set[str]) -> set[str]:
             if len(subs) < len(node.names):
                 found.add(mod)
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def graph() -> dict[str, set[str]]:
@@ -112,7 +118,8 @@ def test_import_parser_resolves_relative_and_package_imports(tmp_path, monkeypat
     pkg.mkdir(parents=True)
     (tmp_path / "bigmodel" / "__init__.py").write_text("")
     (pkg / "__init__.py").write_text("from . import a\nfrom bigmodel.sub.a import f\n")
-    (pkg / "a.py").write_text("import torch\ndef g():\n    from bigmodel.sub import VALUE\n")
+    (pkg / "a.py").write_text("import torch\nif TYPE_CHECKING:\n    import numpy\n"
+                              "def g():\n    from bigmodel.sub import VALUE\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "bigmodel")
     g = graph()
     assert g["bigmodel.sub"] == {"bigmodel.sub.a"}
@@ -121,11 +128,7 @@ def test_import_parser_resolves_relative_and_package_imports(tmp_path, monkeypat
 
 
 def test_no_import_cycle_between_modules():
-    found = cycles(graph())
-    new = [c for c in found if not any(set(c) <= set(k) for k in KNOWN_CYCLES)]
-    assert new == [], f"import cycle(s): {new}"
-    gone = [k for k in KNOWN_CYCLES if not any(set(c) <= set(k) for c in found)]
-    assert gone == [], f"these cycles are gone; delete them from KNOWN_CYCLES: {gone}"
+    assert cycles(graph()) == []
 
 
 def test_runtime_manifest_errors_import_nothing_heavier():

@@ -113,7 +113,7 @@ def test_an_unreadable_table_is_ignored_with_a_warning(bundle):
 def test_tune_measures_every_backend_per_role_and_batch_and_info_shows_it(bundle, capsys):
     from bigmodel.runtime.backends import registry
 
-    code, text = cli(capsys, "tune", str(bundle), "--batch-sizes", "1,3", "--threads", "1", "--seconds", "0.03")
+    code, text = cli("tune", str(bundle), "--batch-sizes", "1,3", "--threads", "1", "--seconds", "0.03")
     assert code == 0, text
     table = read_table(bundle)
     ran = [n for n in registry.names_for("cpu") if n not in table["skipped"]]
@@ -129,7 +129,7 @@ def test_tune_measures_every_backend_per_role_and_batch_and_info_shows_it(bundle
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load(bundle, threads=1)  # the fresh table applies
-    code, text = cli(capsys, "info", str(bundle))
+    code, text = cli("info", str(bundle))
     assert code == 0 and "tuning table applies here" in text
-    code, text = cli(capsys, "info", str(bundle), "--json")
+    code, text = cli("info", str(bundle), "--json")
     assert json.loads(text)["tuning"]["stale"] is None
