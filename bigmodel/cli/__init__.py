@@ -14,6 +14,7 @@ from bigmodel import console as ui
 
 # isort: off
 from bigmodel.cli import train, export, parity, runtime, tune, bench, eval, doctor, quickstart  # noqa: F401  (order of --help)
+
 # isort: on
 from bigmodel.cli.app import _state, app
 from bigmodel.errors import BigmodelError
@@ -33,7 +34,6 @@ MISSING_EXTRA = {
     "onnxruntime": "runtime",
     "PIL": "runtime",
 }
-
 
 
 def main() -> None:

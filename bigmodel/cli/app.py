@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from bigmodel.runtime.backends import registry
+
 app = typer.Typer(
     name="bigmodel",
     help="Train generative models (AE, VAE, GAN, AAE), export them to ONNX/TensorRT, check parity, benchmark.",
@@ -23,7 +25,9 @@ _state = {"debug": False}
 BundleArg = Annotated[Path, typer.Argument(help="Bundle folder (manifest.json + role graphs).")]
 
 
-BackendOpt = Annotated[str, typer.Option(help="auto, ort, ort-cpu, ort-cuda, ort-trt, tensorrt or ov-cpu.")]
+# Backend names come from the runtime's registry: a new backend shows up in every --help by itself.
+BACKEND_NAMES = ", ".join(registry.NAMES)
+BackendOpt = Annotated[str, typer.Option(help=f"auto, ort, or one of: {BACKEND_NAMES}.")]
 
 
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -38,14 +42,12 @@ FallbackOpt = Annotated[bool, typer.Option("--fallback", help="Run on the CPU (w
 JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="Write the report as JSON to this file.")]
 
 
-
 def _version(value: bool) -> None:
     if value:
         from bigmodel import __version__
 
         typer.echo(f"bigmodel {__version__}")
         raise typer.Exit()
-
 
 
 @app.callback()
@@ -56,7 +58,6 @@ def _root(
     ] = False,
 ) -> None:
     _state["debug"] = debug
-
 
 
 def _check_outputs(force: bool, *outputs: tuple[Path | None, str, tuple[str, ...], str]) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
-from bigmodel.cli.app import _check_outputs, app
+from bigmodel.cli.app import BACKEND_NAMES, _check_outputs, app
 
 
 @app.command()
@@ -18,7 +18,7 @@ def bench(
     backends: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated, from torch,torch-cudagraph,ort-cpu,ort-cuda,ort-trt,tensorrt,ov-cpu "
+            help=f"Comma-separated, from torch, torch-cudagraph, {BACKEND_NAMES} "
             "(default: torch and the CPU backends on cpu; all of them on cuda). Unavailable ones are listed "
             "as skipped."
         ),

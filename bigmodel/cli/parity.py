@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
-from bigmodel.cli.app import BundleArg, _check_outputs, app
+from bigmodel.cli.app import BACKEND_NAMES, BundleArg, _check_outputs, app
 
 
 @app.command()
@@ -24,7 +24,7 @@ def parity(
         list[str] | None,
         typer.Option(
             "--backend",
-            help="ort-cpu, ort-cuda, ort-trt, tensorrt, ov-cpu, or all (the default; repeat or comma-separate). all: "
+            help=f"{BACKEND_NAMES}, or all (the default; repeat or comma-separate). all: "
             "those unavailable here are listed as skipped; a backend named here that cannot run is an error (exit 2).",
         ),
     ] = None,
@@ -131,7 +131,6 @@ def parity(
             f"parity failed: {report.failed_checks} of {report.checks} checks on {report.where()}; "
             f"first: {report.messages()[0]}"
         )
-
 
 
 def _check_inputs_folder(bundle: Path, folder: Path, force: bool) -> None:

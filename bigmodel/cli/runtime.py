@@ -17,7 +17,6 @@ def _runtime_model(bundle: Path, backend: str, device: str, threads: int | None,
     return load(bundle, backend=backend, device=device, threads=threads, fallback=fallback)
 
 
-
 def _read_npy(path: Path):
     import numpy as np
 
@@ -33,7 +32,6 @@ def _read_npy(path: Path):
         raise InputError(f"{path}: expected a .npy array file; got {type(e).__name__}: {e}") from e
 
 
-
 def _write_npy(path: Path, array) -> None:
     import numpy as np
 
@@ -46,7 +44,6 @@ def _write_npy(path: Path, array) -> None:
     atomic_write(path, write)
 
 
-
 def _save_images(path: Path, images, manifest, ncol: int = 8) -> None:
     """A PNG grid of images in the bundle's data range (mapped to [0, 1] for the picture)."""
     from bigmodel.images import save_grid
@@ -56,7 +53,6 @@ def _save_images(path: Path, images, manifest, ncol: int = 8) -> None:
 
 
 SAMPLE_MAX = 10_000  # images in one PNG grid
-
 
 
 @app.command("sample")
@@ -119,7 +115,6 @@ def sample_cmd(
     )
 
 
-
 @app.command("encode")
 def encode_cmd(
     bundle: BundleArg,
@@ -142,7 +137,6 @@ def encode_cmd(
     codes = model.encode(_read_npy(images))
     _write_npy(out, codes)
     ui.console().print(f"wrote {out}: codes {tuple(codes.shape)} float32 (backend {model.backend_name})")
-
 
 
 @app.command("decode")
@@ -171,7 +165,6 @@ def decode_cmd(
     ui.console().print(f"wrote {out}{also}: images {tuple(images.shape)} float32 (backend {model.backend_name})")
 
 
-
 @app.command("info")
 def info_cmd(
     bundle: BundleArg,
@@ -192,7 +185,6 @@ def info_cmd(
         return
     ui.print_info(ui.console(), bundle, d)
     _info_verdict(bundle, d)
-
 
 
 def _info_verdict(bundle: Path, d: dict) -> None:

@@ -92,7 +92,6 @@ def train(
         ui.print_train(console, result)
 
 
-
 @app.command()
 def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
     """List the registered model families and architectures, with their roles and default settings."""
