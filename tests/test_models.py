@@ -169,7 +169,8 @@ def test_vae_gaussian_likelihood_is_half_squared_error(mnist5k) -> None:
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_gan_losses_use_logits_detach_fakes_for_d_and_are_non_saturating_for_g(arch: str, mnist5k) -> None:
-    model = _build("gan", arch)
+    # without spectral norm: its power iteration moves D's weights a little at every train-mode forward
+    model = _build("gan", arch, spectral_norm=False)
     x = torch.from_numpy(mnist5k.train[:16])
     rec = Recorder()
     model.train_step(x, torch.Generator().manual_seed(5), rec)
@@ -192,6 +193,35 @@ def test_gan_losses_use_logits_detach_fakes_for_d_and_are_non_saturating_for_g(a
     model.zero_grad(set_to_none=True)
     rec.loss("generator").backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+
+
+def test_gan_spectral_norm_bounds_d_and_ema_generator_is_the_exported_one(mnist5k) -> None:
+    model = _build("gan", "mlp", ema=0.9).train()
+    x = torch.from_numpy(mnist5k.train[:64])
+    step = make_step(model.optimizers(), Ranks(CPU))
+    live0 = [p.detach().clone() for p in model.generator.parameters()]
+    avg0 = [p.detach().clone() for p in model.generator_ema.parameters()]
+    model.train_step(x, torch.Generator().manual_seed(0), step)
+    # one step: average = 0.9 * old average + 0.1 * new live weights
+    for a0, a, live in zip(avg0, model.generator_ema.parameters(), model.generator.parameters(), strict=True):
+        torch.testing.assert_close(a, 0.9 * a0 + 0.1 * live)
+    assert any(not torch.equal(a, b) for a, b in zip(live0, model.generator.parameters(), strict=True))
+    model.eval()
+    assert model.role_module("generator").net is model.generator_ema
+    for _ in range(20):  # spectral norm's power iteration runs in train-mode forwards
+        model.train()
+        model.discriminator(x)
+    model.eval()
+    for layer in (m for m in model.discriminator.modules() if isinstance(m, torch.nn.Linear)):
+        assert float(torch.linalg.matrix_norm(layer.weight.detach(), ord=2)) == pytest.approx(1.0, abs=0.05)
+    # a checkpoint without the average (saved before it existed) starts it at the generator
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("generator_ema.")}
+    fresh = _build("gan", "mlp", seed=1, ema=0.9)
+    fresh.load_state_dict(state)
+    for a, live in zip(fresh.generator_ema.parameters(), fresh.generator.parameters(), strict=True):
+        assert torch.equal(a, live)
+    with pytest.raises(ConfigError, match="ema must be in"):
+        _build("gan", "mlp", ema=1.0)
 
 
 @pytest.mark.parametrize("prior", ["normal", "mixture"])
