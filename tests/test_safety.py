@@ -279,6 +279,7 @@ CASES = [
     Case("eval-json-folder", ("eval", BUNDLE, "--json", "mine"), 2, "--json mine is a folder"),
     Case("eval-picture-jpg", ("eval", BUNDLE, "--picture", "n.jpg"), 2, "expected a .png"),
     Case("eval-picture-existing", ("eval", BUNDLE, "--picture", "grid.png"), 2, "grid.png already exists"),
+    Case("tune-not-a-bundle", ("tune", "mine"), 2, "not a bundle"),
     Case("train-seed-negative", ("train", "vae", "--out", NEW, "--seed", "-1"), 2, "--seed must be an integer"),
     Case("sample-seed-negative", ("sample", BUNDLE, "--out", "s.png", "--seed", "-1"), 2, "--seed must be"),
     Case("sample-n-billion", ("sample", BUNDLE, "--out", "s.png", "-n", "1000000000"), 2, "-n must be at most 10,000"),
@@ -525,6 +526,7 @@ READ_ONLY = [
     ("parity", BUNDLE, "--json", "ro/p.json"),
     ("bench", BUNDLE, "--json", "ro/deeper/b.json"),
     ("quickstart", "--out", "ro/q"),
+    ("tune", "ro/old-bundle"),
 ]
 
 

@@ -43,7 +43,11 @@ def tune(
 
     from bigmodel.bench import parse_list
     from bigmodel.bench.tune import tune_bundle
+    from bigmodel.fileio import check_writable
+    from bigmodel.manifest import read_manifest
 
+    read_manifest(bundle)  # a bundle, and one whose folder takes tuning.json, before minutes of measuring
+    check_writable(bundle)
     console = ui.table_console()
     with console.status("tuning") as status:
         table = tune_bundle(
