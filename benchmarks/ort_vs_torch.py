@@ -8,9 +8,15 @@ threads=T)`; torch runs the same module eagerly (eval, `torch.inference_mode()`,
 so drift on a shared machine hits all three alike; each side's figure is the median over all its
 runs. Goals (2 CPU cores, T = 2):
 
-    onnxruntime vs torch eager, batch 1    >= 2.5x   (torch p50 / runtime p50)
+    onnxruntime vs torch eager, batch 1    >= 2.5x   (torch p50 / runtime p50), Model.run and Model.decode
     onnxruntime vs torch eager, batch 256  >= 1.3x
     onnxruntime GFLOP/s at batch 1024      >= 75% of numpy's float32 matmuls of the same FLOP count
+    Model.decode vs a bare session.run on the same session, batch 1   <= 1.05 (p50 ratio)
+
+The same bundles then go through `bigmodel bench`'s harness (`run_bench`, torch and ort-cpu, same
+threads) in the same process, and both speed-ups are printed side by side: this script alternates
+short rounds of every side, bench measures each backend for a second in turn; both time
+`Model.run` (every output of the role) against the role's PyTorch module.
 
 FLOPs per sample are 2 * sum(in * out) over the Linear layers (bias and activations not
 counted). numpy's figure is the same chain of GEMMs, (B, in) @ (in, out) per layer, float32, on
@@ -37,6 +43,7 @@ import numpy as np
 
 GOALS = {1: 2.5, 256: 1.3}  # batch -> minimum speed-up over torch eager
 GFLOPS_GOAL = 0.75  # of numpy's GEMM chain, at batch 1024
+DECODE_OVERHEAD = 1.05  # Model.decode p50 / session.run p50 (the image output only), batch 1
 IMAGE_ROLE = {"vae": "decoder", "ae": "decoder", "aae": "decoder", "gan": "generator"}
 
 
@@ -101,7 +108,9 @@ def anatomy_sides(runtime, role: str, name: str, z: np.ndarray, module, zt) -> d
             for m in layers:
                 h = torch.nn.functional.linear(h, m.weight, m.bias)
 
-    return {"session": lambda: session.run(None, {name: z}), "identity": lambda: empty.run(None, {"z": z}),
+    image = [runtime.manifest.roles[role].outputs[0].name]
+    return {"session": lambda: session.run(None, {name: z}),
+            "session_image": lambda: session.run(image, {name: z}), "identity": lambda: empty.run(None, {"z": z}),
             "torch_linears": torch_linears}
 
 
@@ -112,6 +121,17 @@ def print_anatomy(p50: dict[str, float]) -> None:
           f"cost of any call (an Identity graph) is {us['identity']:.1f}")
     print(f"{'':15s}torch eager {us['torch']:.1f} = its 3 Linear calls {us['torch_linears']:.1f} + ReLU/Unflatten/"
           f"Sigmoid {us['torch'] - us['torch_linears']:.1f}; numpy's 3 GEMVs on the same shapes {us['numpy']:.1f}")
+
+
+def bench_side_by_side(bundle, role: str, batches: list[int], threads: int, ours: dict[int, float]) -> None:
+    """`bigmodel bench`'s harness on the same bundle and threads: its speed-ups beside this script's."""
+    from bigmodel.bench import BenchSettings, run_bench
+
+    report = run_bench(bundle, BenchSettings(backends=("torch", "ort-cpu"), roles=(role,), batch_sizes=tuple(batches),
+                                             threads=threads, duration=1.0, roofline=False))
+    bench = {r["batch"]: r["speedup_vs_torch"] for r in report["results"] if r["backend"] == "ort-cpu"}
+    print(f"{'':15s}bigmodel bench harness, same bundle: " + ", ".join(
+        f"batch {b} {bench[b]:.2f}x (this script {ours[b]:.2f}x)" for b in batches if b in bench and b in ours))
 
 
 def alternate(sides: dict, rounds: int, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
@@ -168,6 +188,7 @@ def main() -> int:
             folder.mkdir()
             model, bundle = make_bundle(family, folder)
             module = model.role_module(role).eval()
+            speedups: dict[int, float] = {}
             shapes = linear_shapes(module)
             flops = 2 * sum(i * o for i, o in shapes)
             runtime = load(bundle, backend="ort-cpu", device="cpu", threads=threads)
@@ -197,11 +218,13 @@ def main() -> int:
                 def run_square(a=sq_a):
                     np.matmul(a, a)
 
-                sides = {"torch": run_torch, "ort": run_ort, "numpy": run_numpy, "square": run_square}
+                sides = {"torch": run_torch, "ort": run_ort, "numpy": run_numpy, "square": run_square,
+                         "decode": lambda z=z, runtime=runtime: runtime.decode(z)}
                 if batch == 1:
                     sides.update(anatomy_sides(runtime, role, name, z, module, zt))
                 p50, p10 = alternate(sides, args.rounds, args.round_seconds)
                 speedup = p50["torch"] / p50["ort"]
+                speedups[batch] = speedup
                 gflops = {k: flops * batch / p50[k] / 1e9 for k in ("torch", "ort", "numpy")}
                 gflops["square"] = 2 * side**3 / p50["square"] / 1e9
                 line = (f"  batch {batch:5d}: torch {p50['torch'] * 1e3:9.3f} ms  "
@@ -222,6 +245,15 @@ def main() -> int:
                           f"{best / gflops['torch']:.2f}x at this batch")
                 if batch == 1:
                     print_anatomy(p50)
+                    dec = p50["torch"] / p50["decode"]
+                    over = p50["decode"] / p50["session_image"]
+                    print(f"{'':15s}Model.decode: {p50['decode'] * 1e6:.1f} us, {dec:.2f}x torch (goal >= "
+                          f"{GOALS[1]}x: {'met' if dec >= GOALS[1] else 'MISSED'}); / bare session.run "
+                          f"{over:.3f} (goal <= {DECODE_OVERHEAD}: {'met' if over <= DECODE_OVERHEAD else 'MISSED'})")
+                    if dec < GOALS[1]:
+                        missed.append(f"{family} batch 1 Model.decode speed-up {dec:.2f}x < {GOALS[1]}x")
+                    if over > DECODE_OVERHEAD:
+                        missed.append(f"{family} batch 1 Model.decode / session.run {over:.3f} > {DECODE_OVERHEAD}")
                 if batch == 1024:
                     ratio = gflops["ort"] / gflops["numpy"]
                     ok = ratio >= GFLOPS_GOAL
@@ -231,6 +263,7 @@ def main() -> int:
                     if not ok:
                         missed.append(f"{family} batch 1024 GFLOP/s ratio {ratio:.2f} < {GFLOPS_GOAL}")
             getattr(runtime, "close", lambda: None)()
+            bench_side_by_side(bundle, role, batches, threads, speedups)
             print()
     blas.restore_original_limits()
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"

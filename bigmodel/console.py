@@ -320,6 +320,10 @@ def bench_table(console, report) -> None:
         for name, used in report.get("backend_settings", {}).items():
             if used:
                 console.print(f"[dim]{name}: {escape(', '.join(f'{k}={v}' for k, v in used.items()))}[/dim]")
+    from bigmodel.bench.roofline import ceiling_lines
+
+    for line in ceiling_lines(report.get("roofline")):
+        console.print(line, markup=False, soft_wrap=True)
     for sk in report["skipped"]:
         where = f" {sk['role']} batch {sk['batch']}" if "role" in sk else ""
         console.print(f"[dim]skipped {sk['backend']}{where}: {escape(sk['reason'])}[/dim]")

@@ -92,7 +92,7 @@ def test_role_inputs_follow_the_manifest(bundle):
 
 # ------------------------------------------------------------------------------------------ the harness
 def test_report_shape_and_speedups(report):
-    assert set(report) == {"machine", "settings", "backend_settings", "results", "skipped"}
+    assert set(report) == {"machine", "settings", "backend_settings", "results", "skipped", "roofline"}
     assert report["backend_settings"]["ort-cpu"]["tf32"] is False and report["settings"]["tf32"] is False
     assert report["settings"]["threads"] == 1 and report["settings"]["batch_sizes"] == [1, 3]
     assert report["machine"]["physical_cores"] >= 1 and report["machine"]["onnxruntime"]
@@ -111,10 +111,15 @@ def test_report_shape_and_speedups(report):
         else:
             want = p50[("torch", r["role"], r["batch"])] / w["p50"]
             assert r["speedup_vs_torch"] == pytest.approx(want, rel=1e-12)
+        roof = r["roofline"]  # the same work per (role, batch) whichever backend did it, as % of one ceiling
+        flops = report["roofline"]["costs"][r["role"]]["flops_per_sample"] * r["batch"]
+        assert roof["gflops"] == pytest.approx(flops / w["p50"] / 1e9)
+        assert roof["gflops_pct"] == pytest.approx(100 * roof["gflops"] / roof["gemm_ceiling_gflops"])
+    assert report["roofline"]["memcpy_gbs"] > 0
     assert report["skipped"] == []
     json.dumps(report)  # plain data
     rows = table_rows(report)
-    assert len(rows) == 8 and rows[0].cells[-1] == "1.00x"
+    assert len(rows) == 8 and rows[0].cells[10] == "1.00x" and "%)" in rows[0].cells[11]
 
 
 def test_unavailable_backend_is_listed_as_skipped_with_the_reason(bundle):

@@ -28,7 +28,7 @@ def write_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     results = report["results"]
     roles = list(dict.fromkeys(r["role"] for r in results)) or ["(none)"]
     backends = list(dict.fromkeys(r["backend"] for r in results))
-    fig, axes = plt.subplots(len(roles), 2, figsize=(11, 3.8 * len(roles)), squeeze=False)
+    fig, axes = plt.subplots(len(roles), 3, figsize=(16, 3.8 * len(roles)), squeeze=False)
     s = report["settings"]
     for row, role in zip(axes, roles, strict=True):
         for name in backends:
@@ -44,10 +44,17 @@ def write_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
                 if name != "torch" and up is not None:
                     row[1].annotate(f"{up:.1f}x", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                                     color=line.get_color())
+            pct = sorted((r["batch"], r["roofline"]["gflops_pct"]) for r in results if r["role"] == role
+                         and r["backend"] == name and (r.get("roofline") or {}).get("gflops_pct") is not None)
+            if pct:
+                row[2].plot(*zip(*pct, strict=True), **style)
         row[0].set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (ms)",
                    title=f"{role}: latency (lower is better)")
         row[1].set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples / s",
                    title=f"{role}: throughput (higher is better)")
+        row[2].set(xscale="log", xlabel="batch size", ylabel="% of the GEMM ceiling",
+                   title=f"{role}: GFLOP/s as % of the best numpy GEMM")
+        row[2].axhline(100, color="grey", linewidth=0.8, linestyle=":")
         batches = sorted({r["batch"] for r in results if r["role"] == role})
         row[1].margins(x=0.08, y=0.12)  # room for the speed-up labels
         for ax in row:
@@ -100,12 +107,24 @@ def table_rows(report: dict[str, Any]) -> list[TableRow]:
             r["backend"], r["role"], str(r["batch"]), _ms(c["load_s"]), _ms(c["first_run_s"]),
             _ms(w["p50"]), _ms(w["p90"]), _ms(w["p99"]), f"{w['cv'] * 100:.1f}%" + (" !" if r["noisy"] else ""),
             f"{r['throughput']:,.0f}" if r["throughput"] else "-", f"{speed:.2f}x" if speed is not None else "-",
+            *_roofline_cells(r.get("roofline")),
         ], r["noisy"]))
     return rows
 
 
+def _roofline_cells(roof: dict[str, Any] | None) -> list[str]:
+    """'GFLOP/s (% of the GEMM ceiling)' and 'GB/s of weights (% of memcpy bandwidth)'."""
+    if not roof:
+        return ["-", "-"]
+
+    def cell(value: float, pct: float | None) -> str:
+        return f"{value:,.1f}" + (f" ({pct:.0f}%)" if pct is not None else "")
+
+    return [cell(roof["gflops"], roof["gflops_pct"]), cell(roof["weights_gbs"], roof["bandwidth_pct"])]
+
+
 TABLE_COLUMNS = ("backend", "role", "batch", "load ms", "first ms", "p50 ms", "p90 ms", "p99 ms", "cv",
-                 "samples/s", "vs torch")
+                 "samples/s", "vs torch", "GFLOP/s (%GEMM)", "GB/s (%bw)")
 
 
 def _ms(seconds: float | None) -> str:

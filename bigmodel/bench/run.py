@@ -50,6 +50,7 @@ class BenchSettings:
     tf32: bool = False  # CUDA: let fp32 MatMul/Conv use TF32 (torch, onnxruntime, TensorRT alike)
     strict: bool = False  # onnxruntime GPU backends: no node may fall back to the CPU provider
     device_id: int = 0  # set from device="cuda:N"
+    roofline: bool = True  # measure the machine's GEMM and memcpy ceilings and report % of them
 
 
 @dataclass
@@ -150,6 +151,11 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
             adapters[name] = adapter
 
         results: list[dict[str, Any]] = []
+        ceilings = None
+        if settings.roofline and adapters:
+            from bigmodel.bench.roofline import add_roofline, measure_bandwidth, measure_cell, start_ceilings
+
+            ceilings = start_ceilings(bundle, manifest, roles, threads, settings.device)
         try:
             for role in roles:
                 for batch in settings.batch_sizes:
@@ -174,14 +180,21 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                             "noisy": warm["cv"] > NOISY_CV,
                         })
                         done += 1
+                    if ceilings is not None:  # the ceiling of this cell, right after it: the same machine state
+                        say(BenchEvent(done, total, f"GEMM ceiling {role} batch {batch}"))
+                        measure_cell(ceilings, role, batch)
         finally:
             for adapter in adapters.values():
                 adapter.close()
     add_speedups(results)
+    if ceilings is not None and results:
+        say(BenchEvent(done, total, "measuring memory bandwidth"))
+        measure_bandwidth(ceilings)
+        add_roofline(results, ceilings)
     say(BenchEvent(total, total, "done"))
     return {"machine": machine_info(settings.device, gpu), "settings": _settings_record(bundle, manifest, settings,
                                                                                          backends, roles, duration),
-            "backend_settings": used, "results": results, "skipped": skipped}
+            "backend_settings": used, "results": results, "skipped": skipped, "roofline": ceilings}
 
 
 def measure(adapter, role: str, feeds: dict[str, np.ndarray], warmup: int, iters: int | None,

@@ -8,6 +8,7 @@ machine hits all of them alike) through `Model.run`, the path `auto` will dispat
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +22,11 @@ DEFAULT_BATCHES = (1, 4, 16, 64, 256, 1024)
 
 def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float,
               warmup: int = 3) -> dict[str, list[float]]:
-    """Run each side in turn, `rounds` times, about `seconds` each -> every run's seconds per side."""
+    """Run each side in turn, `rounds` times, about `seconds` each -> every run's seconds per side.
+
+    Each round runs the sides in a new (seeded) random order, so no side always follows the same
+    other (an engine's idle worker threads can still hold a core for a moment after its last call).
+    """
     clock = time.perf_counter_ns
     per_run = {}
     for name, fn in sides.items():
@@ -31,8 +36,12 @@ def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float,
         fn()
         per_run[name] = max((clock() - t) / 1e9, 1e-6)
     times: dict[str, list[float]] = {k: [] for k in sides}
+    order = random.Random(0)
+    names = list(sides)
     for _ in range(rounds):
-        for name, fn in sides.items():
+        order.shuffle(names)
+        for name in names:
+            fn = sides[name]
             for _ in range(int(min(5000, max(3, seconds / per_run[name])))):
                 t = clock()
                 fn()

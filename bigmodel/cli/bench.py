@@ -62,6 +62,14 @@ def bench(
             "provider (the backend is skipped with the reason otherwise).",
         ),
     ] = False,
+    roofline: Annotated[
+        bool,
+        typer.Option(
+            "--roofline/--no-roofline",
+            help="Measure this machine's GEMM and memcpy ceilings in the same run and report GFLOP/s and GB/s as % "
+            "of them.",
+        ),
+    ] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON to this file.")] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write latency and throughput against batch size to this PNG.")
@@ -71,7 +79,9 @@ def bench(
     """Latency and throughput of every backend side by side, against PyTorch eager in the same run.
 
     Per backend, role and batch: cold phases (load, first run), warm p50/p90/p99/mean/min/max/cv,
-    samples/s and speed-up over torch (torch p50 / backend p50).
+    samples/s, speed-up over torch (torch p50 / backend p50), and GFLOP/s and GB/s of weights read
+    as % of this machine's ceilings measured in the same run (best numpy GEMM on the graph's shapes,
+    a large memcpy).
 
     Example: bigmodel bench runs/vae/bundle --batch-sizes 1,256 --plot bench.png
     """
@@ -92,6 +102,7 @@ def bench(
         seed=seed,
         tf32=tf32,
         strict=strict,
+        roofline=roofline,
     )
     console = ui.table_console()
     with ui.BenchProgress(console) as report_progress:

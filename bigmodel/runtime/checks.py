@@ -156,6 +156,26 @@ def _first_index(mask: np.ndarray, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), shape))
 
 
+def finite_check(what: str):
+    """A compiled `check(out) -> out` for one output of one role: `check_finite_output` with its common case
+    (a contiguous float32 output of at most _SMALL values, the size seen before) reduced to one dot
+    product with a zero vector kept per size -- 0 unless a value is NaN or Inf."""
+    zeros: dict[int, np.ndarray] = {}
+    f32 = np.dtype(np.float32)
+    isfinite = math.isfinite
+
+    def check(out: np.ndarray) -> np.ndarray:
+        z = zeros.get(out.size)
+        if z is not None and out.dtype is f32 and out.flags.c_contiguous:
+            if isfinite(out.ravel().dot(z)):
+                return out
+        elif out.size <= _SMALL:
+            zeros[out.size] = np.zeros(out.size, np.float32)
+        return check_finite_output(out, what)
+
+    return check
+
+
 def check_finite_output(out: np.ndarray, what: str) -> np.ndarray:
     """`out` if every value is finite, else InputError naming the first sample that came back NaN/Inf."""
     if out.flags.c_contiguous and _all_finite_fast(out, out.dtype == np.float32):

@@ -15,7 +15,7 @@ import numpy as np
 from bigmodel.errors import BundleError, InputError
 from bigmodel.manifest import Manifest
 from bigmodel.priors import Prior, slerp
-from bigmodel.runtime.checks import Input, check_finite_output, check_sample_request
+from bigmodel.runtime.checks import Input, check_finite_output, check_sample_request, finite_check
 
 IMAGE_ROLES = ("decoder", "generator")
 # method -> roles it needs (beyond the image role every family has)
@@ -189,11 +189,11 @@ class Model:
                 return out if out.dtype == F32 else out.astype(F32)
 
             return call
-        what = f"{role} output {wanted[0]!r}"
+        finite = finite_check(f"{role} output {wanted[0]!r}")
 
         def checked_call(x) -> np.ndarray:
             out = run({name: prepare(x)})[first]
-            return check_finite_output(out if out.dtype == F32 else out.astype(F32), what)
+            return finite(out if out.dtype is F32 else out.astype(F32))
 
         return checked_call
 
