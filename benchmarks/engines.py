@@ -18,7 +18,6 @@ Goals (2 CPU cores, T = 2):
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -28,22 +27,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ort_vs_torch import IMAGE_ROLE, make_bundle  # noqa: E402  (same bundles as the torch comparison)
+from ort_vs_torch import IMAGE_ROLE, make_bundle, parse_args  # noqa: E402  (same bundles as the torch comparison)
 
 AUTO_GOAL = 0.95
 CEILING_GOAL = 90.0  # percent of the GEMM ceiling, best engine, at batch 256 and 1024
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
-    ap.add_argument("--round-seconds", type=float, default=0.3, help="seconds per side per round")
-    ap.add_argument("--families", default="vae,gan")
-    ap.add_argument("--batch-sizes", default="1,16,256,1024")
-    args = ap.parse_args()
+    args, batches = parse_args(__doc__, "1,16,256,1024")
     threads = args.threads
-    batches = [int(b) for b in args.batch_sizes.split(",")]
 
     from bigmodel.bench.roofline import blas_threads, gemm_ceiling, graph_cost
     from bigmodel.bench.tune import alternate, tune_bundle

@@ -149,16 +149,21 @@ def alternate(sides: dict, rounds: int, seconds: float) -> tuple[dict[str, float
             {k: float(np.percentile(v, 10)) for k, v in times.items()})
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(doc: str, batch_sizes: str) -> tuple[argparse.Namespace, list[int]]:
+    """The options this script and benchmarks/engines.py share: (args, batch sizes)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
     ap.add_argument("--round-seconds", type=float, default=0.3, help="seconds per side per round")
     ap.add_argument("--families", default="vae,gan")
-    ap.add_argument("--batch-sizes", default="1,256,1024")
+    ap.add_argument("--batch-sizes", default=batch_sizes)
     args = ap.parse_args()
+    return args, [int(b) for b in args.batch_sizes.split(",")]
+
+
+def main() -> int:
+    args, batches = parse_args(__doc__, "1,256,1024")
     threads = args.threads
-    batches = [int(b) for b in args.batch_sizes.split(",")]
 
     import threadpoolctl
     import torch
