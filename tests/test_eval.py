@@ -242,7 +242,13 @@ def test_evaluate_lower_precision_bundles_stays_near_fp32(eval_bundle, eval_data
     assert deltas["fid"]["this"] == base["fid"]
 
 
-def test_eval_cli_on_a_run_folder_with_json(trained_run, eval_cache, capsys, tmp_path):
+def test_eval_cli_on_a_run_folder_with_json(trained_run, eval_cache, tmp_path, monkeypatch):
+    import functools
+
+    import bigmodel.eval
+
+    # the command's own code path, with the tiny feature classifier the other tests share (cached once)
+    monkeypatch.setattr(bigmodel.eval, "EvalOptions", functools.partial(EvalOptions, classifier=TINY))
     out = tmp_path / "report.json"
     code, text = run_cli("eval", str(trained_run("vae")), "--k", "2", "--nll-images", "8", "--samples", "100",
                          "--cache-dir", str(eval_cache), "--picture", str(tmp_path / "p.png"), "--json", str(out))
