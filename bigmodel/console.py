@@ -282,7 +282,8 @@ def bench_table(console, report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from bigmodel.bench import NOISY_CV, TABLE_COLUMNS, table_rows
+    from bigmodel.bench.report import TABLE_COLUMNS, table_rows
+    from bigmodel.bench.stats import NOISY_CV
 
     s, m = report["settings"], report["machine"]
     where = m.get("gpu", {}).get("name") if s["device"].startswith("cuda") and m.get("gpu") else m.get("cpu")

@@ -32,7 +32,7 @@ def test_every_entry_names_a_module_with_a_probe_and_a_factory():
 
 def test_runtime_doctor_bench_and_parity_read_the_registry():
     from bigmodel import doctor
-    from bigmodel.bench import ALL_BACKENDS, DEFAULT_BACKENDS, RUNTIME_BACKENDS
+    from bigmodel.bench.adapters import ALL_BACKENDS, DEFAULT_BACKENDS, RUNTIME_BACKENDS
     from bigmodel.parity.run import _backend_names
     from bigmodel.runtime import BACKENDS, GPU_BACKENDS, backend_status
 

@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import run_cli as cli
 
-from bigmodel.bench import (
-    BenchSettings,
-    add_speedups,
-    parse_list,
-    percentile,
-    role_inputs,
-    run_bench,
-    summarize,
-    table_rows,
-)
+from bigmodel.bench import BenchSettings, parse_list, run_bench
+from bigmodel.bench.adapters import role_inputs
+from bigmodel.bench.report import table_rows
+from bigmodel.bench.stats import add_speedups, percentile, summarize
 from bigmodel.errors import BackendUnavailable, InputError
 from bigmodel.manifest import read_manifest
 
@@ -149,7 +143,7 @@ def test_bad_settings_are_input_errors(bundle):
 
 
 def test_device_cuda_without_a_gpu_says_what_was_looked_for(bundle):
-    from bigmodel.bench import gpu_presence, has_gpu
+    from bigmodel.bench.adapters import gpu_presence, has_gpu
 
     if has_gpu(gpu_presence()):
         pytest.skip("this machine has a GPU")
@@ -181,7 +175,7 @@ def test_cli_bench_writes_json_and_a_png(bundle, tmp_path, capsys):
 
 
 def test_cli_bench_device_cuda_without_gpu_exits_2(bundle, capsys):
-    from bigmodel.bench import gpu_presence, has_gpu
+    from bigmodel.bench.adapters import gpu_presence, has_gpu
 
     if has_gpu(gpu_presence()):
         pytest.skip("this machine has a GPU")

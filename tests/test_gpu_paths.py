@@ -207,7 +207,7 @@ def test_require_gpu_turns_a_skipped_gpu_test_into_a_failure(pytester, monkeypat
 
 
 def test_has_gpu_needs_a_gpu_reached_not_an_importable_tensorrt():
-    from bigmodel.bench import has_gpu
+    from bigmodel.bench.adapters import has_gpu
 
     nothing = {"torch.cuda": "torch 2.13.0+cpu: no CUDA GPU 0 (torch.cuda.is_available() is False)",
                "onnxruntime providers": "onnxruntime 1.32.0 here has no CUDAExecutionProvider",

@@ -10,22 +10,8 @@ every backend. Speed-up = torch p50 / backend p50 for the same role and batch.
 >>> report["results"][0]["warm"]["p50"]
 """
 
-from bigmodel.bench.adapters import (
-    ALL_BACKENDS,
-    RUNTIME_BACKENDS,
-    TORCH_BACKENDS,
-    RuntimeAdapter,
-    TorchAdapter,
-    gpu_presence,
-    has_gpu,
-    role_inputs,
-    unavailable,
-)
-from bigmodel.bench.report import TABLE_COLUMNS, TableRow, parse_list, table_rows, write_plot
-from bigmodel.bench.run import DEFAULT_BACKENDS, BenchEvent, BenchSettings, machine_info, measure, run_bench
-from bigmodel.bench.stats import NOISY_CV, STAT_KEYS, add_speedups, percentile, summarize
+from bigmodel.bench.report import parse_list, write_plot
+from bigmodel.bench.run import BenchEvent, BenchSettings, run_bench
 
-__all__ = ["ALL_BACKENDS", "BenchEvent", "BenchSettings", "DEFAULT_BACKENDS", "NOISY_CV", "RUNTIME_BACKENDS",
-           "STAT_KEYS", "TABLE_COLUMNS", "TORCH_BACKENDS", "RuntimeAdapter", "TableRow", "TorchAdapter",
-           "add_speedups", "gpu_presence", "has_gpu", "machine_info", "measure", "parse_list", "percentile",
-           "role_inputs", "run_bench", "summarize", "table_rows", "unavailable", "write_plot"]
+# The public API; the parts (adapters, stats, report tables) are imported from their modules.
+__all__ = ["BenchEvent", "BenchSettings", "parse_list", "run_bench", "write_plot"]
