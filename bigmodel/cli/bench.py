@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
+from bigmodel import tables
 from bigmodel.cli.app import BACKEND_NAMES, _check_outputs, app
 
 
@@ -107,7 +108,7 @@ def bench(
     console = ui.table_console()
     with ui.BenchProgress(console) as report_progress:
         report = run_bench(bundle, settings, progress=report_progress)
-    ui.bench_table(console, report)
+    tables.bench_table(console, report)
     if json_out:
         from bigmodel.fileio import write_json
 

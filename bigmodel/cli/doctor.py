@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from bigmodel import console as ui
+from bigmodel import tables
 from bigmodel.cli.app import app
 
 
@@ -26,4 +26,4 @@ def doctor(json_out: Annotated[bool, typer.Option("--json", help="Print JSON ins
     if json_out:
         typer.echo(json.dumps(report, indent=2, default=str))
         return
-    ui.print_doctor(report)
+    tables.print_doctor(report)

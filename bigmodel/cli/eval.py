@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
+from bigmodel import tables
 from bigmodel.cli.app import BackendOpt, _check_outputs, app
 
 
@@ -86,11 +87,11 @@ def eval_cmd(
         with console.status(f"evaluating {path}") as status:
             report = evaluate(path, opts, data, progress=lambda m, s=status, p=path: s.update(f"{p}: {m}"))
         reports.append(report)
-        ui.print_eval(console, path, report, samples)
+        tables.print_eval(console, path, report, samples)
     out = {"report": reports[0]}
     if compare:
         deltas = compare_reports(reports[0], reports[1])
-        ui.print_eval_comparison(console, target, compare, deltas)
+        tables.print_eval_comparison(console, target, compare, deltas)
         out.update({"compare": reports[1], "deltas": deltas})
     if json_out:
         from bigmodel.fileio import write_json

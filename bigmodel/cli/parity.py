@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
+from bigmodel import tables
 from bigmodel.cli.app import BACKEND_NAMES, BundleArg, _check_outputs, app
 
 
@@ -116,7 +117,7 @@ def parity(
             strict=strict,
             tf32=tf32,
         )
-    ui.print_parity(console, report)
+    tables.print_parity(console, report)
     if save_inputs:
         files = write_inputs(bundle, save_inputs, samples=samples, seed=seed, data=data)
         console.print(f"inputs for polygraphy --load-inputs: {', '.join(str(f) for f in files)}", soft_wrap=True)
@@ -125,7 +126,7 @@ def parity(
 
         write_json(json_out, report.to_dict())
         console.print(f"report: {json_out}", markup=False)
-    ui.print_parity_verdict(console, report)
+    tables.print_parity_verdict(console, report)
     if not report.passed:
         raise CheckFailed(
             f"parity failed: {report.failed_checks} of {report.checks} checks on {report.where()}; "

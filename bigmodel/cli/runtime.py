@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
+from bigmodel import tables
 from bigmodel.cli.app import BackendOpt, BundleArg, DeviceOpt, FallbackOpt, ThreadsOpt, _check_outputs, app
 
 
@@ -183,7 +184,7 @@ def info_cmd(
         typer.echo(json.dumps(d, indent=2, default=str))
         _info_verdict(bundle, d)
         return
-    ui.print_info(ui.console(), bundle, d)
+    tables.print_info(ui.console(), bundle, d)
     _info_verdict(bundle, d)
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
+from bigmodel import tables
 from bigmodel.cli.app import BundleArg, app
 
 
@@ -62,6 +63,6 @@ def tune(
     if json_out:
         typer.echo(json.dumps(table, indent=2))
         return
-    ui.tuning_table(console, {"file": str(bundle / "tuning.json"), "stale": None, "table": table})
+    tables.tuning_table(console, {"file": str(bundle / "tuning.json"), "stale": None, "table": table})
     for name, reason in table.get("skipped", {}).items():
         console.print(f"[dim]skipped {name}: {reason}[/dim]", soft_wrap=True, markup=False)

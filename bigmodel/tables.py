@@ -1,0 +1,331 @@
+"""The command line's tables: parity per backend, bench, bundle info, doctor, eval (rich, imported inside each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bigmodel.console import PARITY_SHOWN, quality_cell, table_console, wide_console
+
+
+def parity_table(report, run):
+    """One backend's checks: a row per role or chain, probe set, batch and output."""
+    from rich.table import Table
+
+    def e(v):
+        return "" if v is None else f"{v:.1e}"
+
+    tol = report.tolerance_precision
+    table = Table(
+        "role / chain",
+        "output",
+        "inputs",
+        "max abs",
+        "mean abs",
+        "max rel",
+        "1 - cos",
+        "image / logit",
+        "verdict",
+        box=None,
+        header_style="bold",
+        title_justify="left",
+        pad_edge=False,
+        title=f"{run.backend} vs PyTorch, {report.family}/{report.arch} {report.bundle_precision} bundle, "
+        f"{tol} tolerances ({run.seconds:.1f}s)",
+    )
+    for column in table.columns:
+        column.no_wrap = True
+    relaxed = any(t.stress is not None for t in report.tolerances.values())
+    if relaxed:
+        table.caption = (
+            "* stress inputs (±4σ codes, noise images) lie outside the calibrated range and are held "
+            f"to the {tol} stress rule (see TOLERANCES)"
+        )
+        table.caption_justify = "left"
+    as_p = report.tolerances.get("logit") is not None and report.tolerances["logit"].probability
+    if as_p:
+        table.caption = (table.caption + "\n" if table.caption else "") + (
+            "(p): discriminator logits compared as probabilities, sigmoid(logit)"
+        )
+        table.caption_justify = "left"
+    last = None
+    for c in run.cases:
+        for o in c.outputs:
+            s = o.stats
+            if "psnr" in s:
+                extra = f"{s['psnr']:.1f} dB, {s['uint8_changed']:.2%} u8"
+            elif "sign_agreement" in s:
+                extra = f"sign {s['sign_agreement']:.1%}"
+            else:
+                extra = ""
+            verdict = (
+                "[green]pass[/green]"
+                if o.passed
+                else "[red]FAIL " + ",".join(f.statistic for f in o.failures) + "[/red]"
+            )
+            cos = s.get("cosine")
+            inputs = f"{c.probe} x{c.batch}" + ("*" if relaxed and c.stress else "")
+            name = f"{o.output} (p)" if as_p and o.kind == "logit" else o.output
+            table.add_row(
+                c.target if c.target != last else "",
+                name,
+                inputs,
+                e(s.get("max_abs")),
+                e(s.get("mean_abs")),
+                e(s.get("max_rel")),
+                e(None if cos is None else 1 - cos),
+                extra,
+                verdict,
+            )
+            last = c.target
+    return table
+
+
+
+def print_parity(console, report) -> None:
+    """One table per backend that ran, then the skipped ones with the reason (and GPU node placement)."""
+    wide = console if console.is_terminal else wide_console()
+    for b in report.ran:
+        wide.print(parity_table(report, b))
+    for b in report.backends:
+        if b.status == "skipped":
+            console.print(f"skipped {b.backend}: {b.reason}", soft_wrap=True, markup=False)
+        elif b.settings.get("placement"):
+            console.print(f"{b.backend} nodes per provider: {b.settings['placement']}", soft_wrap=True, markup=False)
+
+
+
+def print_parity_verdict(console, report) -> None:
+    """The last lines of `bigmodel parity`: passed, or the first failures (--json has every one)."""
+    if report.passed:
+        console.print(f"[green]parity passed[/green]: {report.checks} checks on {report.where()}")
+        return
+    from rich.markup import escape
+
+    messages = report.messages()
+    for m in messages[:PARITY_SHOWN]:
+        console.print(f"[red]FAIL[/red] {escape(m)}", soft_wrap=True)
+    if len(messages) > PARITY_SHOWN:
+        console.print(f"... and {len(messages) - PARITY_SHOWN} more failures (all of them in --json)")
+
+
+
+def print_verification(console, m: dict) -> None:
+    """fp16/int8 bundles: export's check against the fp32 graphs, per role's cost, and any failures."""
+    from rich.markup import escape
+
+    v, quality = m["extra"].get("verification"), m["extra"].get("quality", {})
+    if not v:
+        return
+    verdict = "[green]passed[/green]" if v.get("passed") else "[red]FAILED (written with --allow-failing)[/red]"
+    console.print(
+        f"{m['precision']} check at export against the fp32 graphs ({v.get('tolerances')} tolerances): {verdict}"
+    )
+    for role, q in quality.items():
+        console.print(f"  {role}: {escape(quality_cell(m['precision'], q).strip())}", soft_wrap=True)
+    failures = v.get("failures") or []
+    for line in failures[:PARITY_SHOWN]:
+        console.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
+    if len(failures) > PARITY_SHOWN:
+        console.print(f"... and {len(failures) - PARITY_SHOWN} more (all in manifest.json, extra.verification)")
+
+
+
+def check_cell(check: str) -> str:
+    return "[green]ok[/green]" if check == "ok" else f"[red]{check}[/red]"
+
+
+
+def bench_table(console, report) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bigmodel.bench.report import TABLE_COLUMNS, table_rows
+    from bigmodel.bench.stats import NOISY_CV
+
+    s, m = report["settings"], report["machine"]
+    where = m.get("gpu", {}).get("name") if s["device"].startswith("cuda") and m.get("gpu") else m.get("cpu")
+    table = Table(
+        *TABLE_COLUMNS,
+        box=None,
+        title=f"{s['family']}/{s['arch']} {s['precision']} on {s['device']} ({where}; {s['threads']} threads)",
+        title_justify="left",
+    )
+    for col in table.columns[2:]:
+        col.justify = "right"
+    last = None
+    for row in table_rows(report):
+        if last is not None and (row.role, row.batch) != last:
+            table.add_section()
+        last = (row.role, row.batch)
+        cells = list(row.cells)
+        if row.noisy:
+            cells[8] = f"[yellow]{cells[8]}[/yellow]"
+        table.add_row(*cells)
+    console.print(table)
+    if any(r["noisy"] for r in report["results"]):
+        console.print(
+            f"[yellow]warning[/yellow]: cv > {NOISY_CV:.0%} marked '!': timings vary a lot (a busy or "
+            "noisy machine); compare p50s with care, or rerun with a longer --duration"
+        )
+    load = m.get("load_average_1m")
+    if load is not None and load > m.get("logical_cpus", 1):
+        console.print(
+            f"[yellow]warning[/yellow]: load average {load:.1f} on {m['logical_cpus']} CPUs while "
+            "benchmarking: other processes compete for the cores, so these figures understate both sides"
+        )
+    if s["device"].startswith("cuda"):
+        console.print(f"copies: {escape(s['copies_note'])}")
+        for name, used in report.get("backend_settings", {}).items():
+            if used:
+                console.print(f"[dim]{name}: {escape(', '.join(f'{k}={v}' for k, v in used.items()))}[/dim]")
+    from bigmodel.bench.roofline import ceiling_lines
+
+    for line in ceiling_lines(report.get("roofline")):
+        console.print(line, markup=False, soft_wrap=True)
+    for sk in report["skipped"]:
+        where = f" {sk['role']} batch {sk['batch']}" if "role" in sk else ""
+        console.print(f"[dim]skipped {sk['backend']}{where}: {escape(sk['reason'])}[/dim]")
+
+
+
+def print_info(console, bundle: Path, d: dict) -> None:
+    """`bigmodel info`: the bundle's header, roles, engines, export verification, versions, backends here."""
+    from rich.table import Table
+
+    m = d["manifest"]
+    data, latent = m["data"], m["latent"]
+    params = f" ({len(latent['params'].get('means', []))} components)" if latent["prior"] == "mixture" else ""
+    console.print(
+        f"[bold]{bundle}[/bold]: {m['family']}/{m['arch']}, precision {m['precision']}, "
+        f"opset {m['opset']}, format {m['format_version']}"
+    )
+    console.print(
+        f"data: {data['source']} {tuple(data['shape'])} in {tuple(data['value_range'])}   "
+        f"latent: {latent['dim']}, prior {latent['prior']}{params}   methods: {', '.join(d['methods'])}"
+    )
+    console.print(f"prior: {latent['params'].get('source') or 'set by the model family (not fitted to data)'}")
+    roles = Table("role", "file", "MB", "sha256", "inputs", "outputs", box=None, title="roles", title_justify="left")
+    for name, r in d["roles"].items():
+        ios = [
+            ", ".join(f"{t['name']} {t['dtype']} ({', '.join(map(str, t['shape']))})" for t in r[k])
+            for k in ("inputs", "outputs")
+        ]
+        roles.add_row(name, r["file"], f"{r['bytes'] / 1e6:.2f}", check_cell(r["check"]), *ios)
+    console.print(roles)
+    if d["engines"]:
+        eng = Table(
+            "role",
+            "file",
+            "precision",
+            "TensorRT",
+            "GPU",
+            "profile min/opt/max",
+            "sha256",
+            "here",
+            box=None,
+            title="TensorRT engines",
+            title_justify="left",
+        )
+        for e in d["engines"]:
+            p = e["profile"]
+            eng.add_row(
+                e["role"],
+                e["file"],
+                e["precision"],
+                e["tensorrt_version"],
+                f"sm {e['compute_capability']} {e['device_name']}".strip(),
+                f"{p.get('min')}/{p.get('opt')}/{p.get('max')}",
+                check_cell(e["check"]),
+                e["here"].split(":", 1)[0],
+            )
+        console.print(eng)
+    else:
+        console.print("TensorRT engines: none (build them on the target GPU with `bigmodel export RUN_DIR --engine`)")
+    print_verification(console, m)
+    console.print("versions: " + "  ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    console.print(
+        "backends here: "
+        + "  ".join(f"{k} [green]yes[/green]" if v is None else f"{k} [dim]no[/dim]" for k, v in d["backends"].items())
+    )
+    console.print("TF32 on the GPU: " + "; ".join(f"{k} {v}" for k, v in d.get("tf32", {}).items()), markup=False)
+    if d.get("tuning"):
+        tuning_table(console, d["tuning"])
+
+
+
+def tuning_table(console, tuning: dict) -> None:
+    """The tuning table (p50 ms per backend, the fastest marked) and whether it applies here."""
+    from rich.table import Table
+
+    t = tuning["table"]
+    if t is None:
+        console.print(f"[red]tuning table: {tuning['stale']}[/red]", soft_wrap=True)
+        return
+    m = t["machine"]
+    state = "[green]applies here[/green]" if tuning["stale"] is None else f"[yellow]stale: {tuning['stale']}[/yellow]"
+    table = Table("role", "batch", *[f"{b} ms" for b in t["backends"]], "fastest", box=None, title_justify="left",
+                  title=f"tuning ({tuning['file']}: {m['cpu']}, {m['threads']} threads)")
+    for role, cells in t["roles"].items():
+        for batch, cell in cells.items():
+            table.add_row(role, batch, *[f"{cell['p50_s'][b] * 1e3:.3f}" if b in cell["p50_s"] else "-"
+                                         for b in t["backends"]], cell["best"])
+    console.print(table)
+    console.print(f"tuning table {state}", soft_wrap=True)
+
+
+
+def print_doctor(report: dict) -> None:
+    """`bigmodel doctor`: packages found, and each backend here or why not (and what installs it)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = table_console()
+    packages = Table("package", "version", "detail", box=None, title="found", title_justify="left")
+    for p in report["packages"]:
+        version = p["version"] if p["found"] else f"[red]{p['version'] or 'missing'}[/red]"
+        packages.add_row(p["name"], version, escape(p["detail"]))
+    console.print(packages)
+    backends = Table("backend", "here", "why not / what installs it", box=None, title="backends", title_justify="left")
+    for b in report["backends"]:
+        backends.add_row(
+            b["name"],
+            "[green]yes[/green]" if b["ok"] else "[red]no[/red]",
+            ""
+            if b["ok"]
+            else escape(b["why"])
+            + ("" if "install" in b["why"] else f"\n[dim]install: {escape(b['extra'] or '')}[/dim]"),
+        )
+    console.print(backends)
+    if report.get("error"):
+        console.print(f"[red]doctor could not finish[/red]: {escape(report['error'])}")
+
+
+
+def print_eval(console, path: Path, report: dict, samples: int) -> None:
+    """One `bigmodel eval` report: a metric table and where the nearest-neighbour picture went."""
+    from rich.table import Table
+
+    from bigmodel.eval.report import summary_rows
+
+    m, d = report["model"], report["data"]
+    table = Table("metric", "value", "note", box=None, title_justify="left",
+                  title=f"{path}: {m['family']}/{m['arch']} {m['precision']} on {m['backend']}, "
+                        f"{d['images']} {d['source']} validation images, {samples} samples ({report['seconds']}s)")
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"samples above their nearest training images: {report['picture']}", markup=False)
+
+
+
+def print_eval_comparison(console, target: Path, compare: Path, deltas: dict) -> None:
+    """`bigmodel eval --compare`: each metric on both sides and the difference."""
+    from rich.table import Table
+
+    from bigmodel.eval.report import compare_rows
+
+    table = Table("metric", str(target), str(compare), "other - this", box=None, title="comparison",
+                  title_justify="left")
+    for row in compare_rows(deltas):
+        table.add_row(*row)
+    console.print(table)
