@@ -78,7 +78,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
     epochs = default_epochs(family) if epochs is None else epochs
     validate(epochs, max_train, batch_sizes, bench_duration, parity_samples, threads)
     out = Path(out)
-    from bigmodel.training.loop import check_run_folder
+    from bigmodel.training.rundir import check_run_folder
 
     check_run_folder(out, resume=False, force=force, can_resume=False)
     for name in ("parity.json", "bench.json", "samples_onnx.png"):

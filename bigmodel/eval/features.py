@@ -78,7 +78,7 @@ def cache_key(train: np.ndarray, labels: np.ndarray, settings: ClassifierSetting
 
 def default_cache_dir() -> Path:
     """$BIGMODEL_CACHE/eval, else ~/.cache/bigmodel/eval (XDG_CACHE_HOME honoured)."""
-    from bigmodel.runtime.backends.ort import cache_dir
+    from bigmodel.runtime.backends.ort_options import cache_dir
 
     return cache_dir() / "eval"
 

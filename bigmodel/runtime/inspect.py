@@ -60,7 +60,7 @@ def describe(bundle: str | os.PathLike) -> dict[str, Any]:
                 here = f"no: {err}"
         engines.append({**ed, "check": _check(bundle, e.file, e.sha256), "here": here})
     methods = [m for m, need in METHOD_ROLES.items() if all(r in manifest.roles for r in need)]
-    from bigmodel.runtime.backends.ort import tf32_policy
+    from bigmodel.runtime.backends.ort_options import tf32_policy
 
     return {"bundle": str(bundle), "manifest": d, "roles": roles, "engines": engines, "methods": methods,
             "backends": status, "tf32": tf32_policy(manifest), "tuning": tuning_summary(bundle, manifest)}

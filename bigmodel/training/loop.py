@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -20,24 +19,11 @@ import torch
 
 from bigmodel.data import load_data
 from bigmodel.errors import CheckpointError, ConfigError, InputError
-from bigmodel.fileio import (
-    atomic_write_text,
-    check_writable,
-    is_bundle,
-    is_triton_repository,
-    remove_stale_temps,
-    sha256_file,
-)
-from bigmodel.manifest import MANIFEST_NAME, DataSpec
-from bigmodel.models.checkpoint import (
-    CHECKPOINT_NAME,
-    load_checkpoint,
-    model_from_checkpoint,
-    require_fields,
-    save_checkpoint,
-)
+from bigmodel.fileio import atomic_write_text
+from bigmodel.manifest import DataSpec
+from bigmodel.models.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, require_fields
 from bigmodel.models.registry import archs, create_model, family_class, make_config
-from bigmodel.training.artifacts import write_curves, write_pictures
+from bigmodel.training.rundir import check_run_folder, config_record, remove_stale_bundle, write_epoch
 
 VAL_BATCH = 500
 VAL_SEED = 4321  # validation noise is fixed so epochs compare like with like
@@ -167,9 +153,6 @@ def validate(model, val: torch.Tensor, device: torch.device) -> dict[str, float]
 
 # Settings a resumed run may change; every other flag must match the run's own (or be left out).
 RESUMABLE = ("epochs", "device")
-# Files and folders a run directory holds (quickstart adds its reports); anything else is the user's.
-RUN_FILES = frozenset({CHECKPOINT_NAME, "config.json", "metrics.jsonl", "samples.png", "reconstructions.png",
-                       "curves.png", "bundle", "parity.json", "bench.json", "samples_onnx.png"})
 RESUME_FIELDS = ("family", "arch", "config", "data_spec", "settings", "state_dict", "optimizers", "epoch", "rng")
 SEED_MAX = 2**63 - 1
 
@@ -231,62 +214,6 @@ def validate_settings(settings: TrainSettings) -> None:
         make_config(settings.family, **settings.model)
 
 
-def check_run_folder(out: Path, resume: bool, force: bool, can_resume: bool = True) -> Path | None:
-    """May a run be written into `out`? Returns the checkpoint of a run to replace (with --force), else None.
-
-    A folder holding a run is refused unless resuming or forced (what else it holds -- bundles,
-    reports -- is left alone either way). A folder without a run that holds anything but a run's
-    own files is refused always: bigmodel never starts a run among a user's files.
-    """
-    if not out.exists():
-        if not resume:  # (resume: the checkpoint loader says what is missing)
-            check_writable(out)
-        return None
-    if not out.is_dir():
-        raise InputError(f"--out {out} is a file; expected a run directory")
-    remove_stale_temps(out)
-    ckpt = out / CHECKPOINT_NAME
-    if ckpt.exists():
-        if not (resume or force):
-            try:
-                held = f"a run at epoch {load_checkpoint(ckpt).get('epoch', '?')}"
-            except CheckpointError as e:
-                held = f"an unreadable {CHECKPOINT_NAME} ({str(e)[:80]})"
-            hint = "--resume to continue, --force to start over" if can_resume else \
-                "--force to start over, or choose another --out"
-            raise InputError(f"--out {out} holds {held}; {hint}")
-        check_writable(out)
-        return None if resume else ckpt
-    if not resume:
-        foreign = [e for e in sorted(os.listdir(out)) if not _run_entry(out / e)]
-        if foreign:
-            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-            raise InputError(f"--out {out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a run "
-                             f"does not write ({shown}); choose a new or empty run directory")
-        check_writable(out)
-    return None
-
-
-def _run_entry(path: Path) -> bool:
-    """A file or folder a run directory may hold: the run's files, bundles, hidden files (temporaries)."""
-    if path.name.startswith(".") or path.name in RUN_FILES:
-        return True
-    return path.is_dir() and (is_bundle(path) or is_triton_repository(path))
-
-
-def _remove_stale_bundle(out: Path, old_checkpoint: Path) -> None:
-    """Starting over: the bundle exported from the replaced checkpoint no longer describes this run."""
-    bundle = out / "bundle"
-    if not (bundle.is_dir() and is_bundle(bundle) and old_checkpoint.is_file()):
-        return
-    try:
-        exported_from = json.loads((bundle / MANIFEST_NAME).read_text()).get("checkpoint_sha256")
-    except (OSError, ValueError):
-        return
-    if exported_from == sha256_file(old_checkpoint):
-        shutil.rmtree(bundle)
-
-
 def with_defaults(settings: TrainSettings) -> TrainSettings:
     """Fill settings left as None: epochs/batch size from the family's `train_defaults`, then mlp, mnist-5k, 0."""
     defaults = family_class(settings.family).train_defaults
@@ -322,7 +249,7 @@ def train(settings: TrainSettings, progress: Callable[[Progress], None] | None =
                           f"{settings.batch_size}{limit}")
 
     if replaced is not None:
-        _remove_stale_bundle(out, replaced)
+        remove_stale_bundle(out, replaced)
     ranks = Ranks(device)
     try:
         return _run(settings, state, out, device, ranks, train_x, val_x, spec, progress)
@@ -363,7 +290,7 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
         )
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(_config_record(settings, model, spec), indent=2) + "\n")
+        atomic_write_text(out / "config.json", json.dumps(config_record(settings, model, spec), indent=2) + "\n")
 
     curves_at = -math.inf
     for epoch in range(start_epoch, settings.epochs + 1):
@@ -392,7 +319,7 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
             }
             history.append(record)
             curves = epoch == settings.epochs or time.perf_counter() - curves_at >= CURVES_EVERY_S
-            _write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device, curves)
+            write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device, curves)
             curves_at = time.perf_counter() if curves else curves_at
             if progress is not None:
                 progress(
@@ -409,41 +336,3 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
                 )
         ranks.barrier()
     return TrainResult(out, history, max(0, settings.epochs + 1 - start_epoch), reports=ranks.main)
-
-
-def _config_record(settings: TrainSettings, model, spec: DataSpec) -> dict[str, Any]:
-    return {
-        "family": settings.family,
-        "arch": settings.arch,
-        "config": model.config.to_dict(),
-        "data_spec": spec.to_dict(),
-        "latent": asdict(model.latent_spec()),
-        "settings": asdict(settings),
-    }
-
-
-def _write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device, curves) -> None:
-    """Checkpoint first (atomic), then metrics and pictures: a kill loses at most this epoch.
-
-    curves.png only when `curves`: on the last epoch and every CURVES_EVERY_S (metrics.jsonl has every epoch).
-    """
-    save_checkpoint(
-        out / CHECKPOINT_NAME,
-        {
-            "family": settings.family,
-            "arch": settings.arch,
-            "config": model.config.to_dict(),
-            "data_spec": model.data.to_dict(),
-            "settings": asdict(settings),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
-            "epoch": epoch,
-            "rng": {"shuffle": shuffle.get_state(), "noise": noise.get_state()},
-            "history": history,
-        },
-    )
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    write_pictures(model, val_x, out, device)
-    if curves:
-        write_curves(out / "curves.png", history)
-    model.train()
