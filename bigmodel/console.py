@@ -276,3 +276,69 @@ def models_lines(rows: list[dict]) -> list[str]:
     cells += [(r["family"], r["arch"], ", ".join(r["roles"]), str(r["latent_dim"]), r["description"]) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(4)]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4] for row in cells]
+
+
+def print_models(rows: list[dict]) -> None:
+    """`bigmodel models`: one plain line per family/arch (stdout, no rich)."""
+    for line in models_lines(rows):
+        print(line)
+
+
+def print_saved(console, label: str, path, markup: bool = False, soft_wrap: bool = False) -> None:
+    """One 'LABEL: PATH' line for a file a command wrote besides its table (report, plot, inputs)."""
+    console.print(f"{label}: {path}", markup=markup, soft_wrap=soft_wrap)
+
+
+def print_sampled(console, paths: list, n: int, model, seed) -> None:
+    """The line `bigmodel sample` ends with: the files written (grid first), what they hold, the backend."""
+    console.print(f"wrote {', '.join(str(p) for p in paths)}: {n} samples of {model.family}/{model.manifest.arch}, "
+                  f"seed {seed}, backend {model.backend_name}")
+
+
+def print_encoded(console, out, codes, model) -> None:
+    console.print(f"wrote {out}: codes {tuple(codes.shape)} float32 (backend {model.backend_name})")
+
+
+def print_decoded(console, out, png, images, model) -> None:
+    also = f" and {png}" if png else ""
+    console.print(f"wrote {out}{also}: images {tuple(images.shape)} float32 (backend {model.backend_name})")
+
+
+def export_steps(console):
+    """A callback for `export_bundle(progress=...)`: each step message, indented."""
+    return lambda message: console.print(f"  {message}", markup=False)
+
+
+def print_skipped(console, skipped: dict[str, str]) -> None:
+    """`bigmodel tune`: the backends it could not time, and why."""
+    for name, reason in skipped.items():
+        console.print(f"[dim]skipped {name}: {reason}[/dim]", soft_wrap=True, markup=False)
+
+
+class QuickstartProgress:
+    """`bigmodel quickstart`'s screen: a '[i/n] stage: message' line per stage, a training bar during train."""
+
+    def __init__(self, console, stages: tuple[str, ...] | list[str]):
+        self.console, self.stages = console, list(stages)
+        self.bar = TrainProgress(console)
+        self.report = None
+
+    def stage(self, name: str, message: str) -> None:
+        from rich.markup import escape
+
+        self.close()
+        self.console.print(
+            f"[bold]\\[{self.stages.index(name) + 1}/{len(self.stages)}] {name}[/bold]: {escape(message)}",
+            soft_wrap=True,
+        )
+        if name == "train":
+            self.report = self.bar.__enter__()
+
+    def train(self, p) -> None:
+        if self.report is not None:
+            self.report(p)
+
+    def close(self) -> None:
+        if self.report is not None:
+            self.bar.__exit__(None, None, None)
+            self.report = None

@@ -113,7 +113,7 @@ def bench(
         from bigmodel.fileio import write_json
 
         write_json(json_out, report)
-        console.print(f"JSON report: {json_out}")
+        ui.print_saved(console, "JSON report", json_out, markup=True)
     if plot:
         write_plot(report, plot)
-        console.print(f"plot: {plot}")
+        ui.print_saved(console, "plot", plot, markup=True)

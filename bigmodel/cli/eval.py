@@ -97,4 +97,4 @@ def eval_cmd(
         from bigmodel.fileio import write_json
 
         write_json(json_out, out)
-        console.print(f"report: {json_out}", markup=False)
+        ui.print_saved(console, "report", json_out)

@@ -95,7 +95,7 @@ def export(
         external_data=external_data,
         allow_failing=allow_failing,
     )
-    result = export_bundle(run_dir, opts, progress=lambda msg: console.print(f"  {msg}", markup=False))
+    result = export_bundle(run_dir, opts, progress=ui.export_steps(console))
     ui.print_export(console, result)
     if json_out:
         from bigmodel.fileio import write_json

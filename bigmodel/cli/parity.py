@@ -120,12 +120,13 @@ def parity(
     tables.print_parity(console, report)
     if save_inputs:
         files = write_inputs(bundle, save_inputs, samples=samples, seed=seed, data=data)
-        console.print(f"inputs for polygraphy --load-inputs: {', '.join(str(f) for f in files)}", soft_wrap=True)
+        ui.print_saved(console, "inputs for polygraphy --load-inputs", ", ".join(str(f) for f in files), markup=True,
+                      soft_wrap=True)
     if json_out:
         from bigmodel.fileio import write_json
 
         write_json(json_out, report.to_dict())
-        console.print(f"report: {json_out}", markup=False)
+        ui.print_saved(console, "report", json_out)
     tables.print_parity_verdict(console, report)
     if not report.passed:
         raise CheckFailed(

@@ -38,23 +38,7 @@ def quickstart(
     from bigmodel.quickstart import STAGES, run_quickstart
 
     console = ui.console()
-    bar = ui.TrainProgress(console)
-    state = {"report": None}
-
-    def close_bar() -> None:
-        if state["report"] is not None:
-            bar.__exit__(None, None, None)
-            state["report"] = None
-
-    def on_stage(name: str, message: str) -> None:
-        close_bar()
-        from rich.markup import escape
-
-        console.print(
-            f"[bold]\\[{STAGES.index(name) + 1}/{len(STAGES)}] {name}[/bold]: {escape(message)}", soft_wrap=True
-        )
-        if name == "train":
-            state["report"] = bar.__enter__()
+    screen = ui.QuickstartProgress(console, STAGES)
 
     try:
         summary = run_quickstart(
@@ -64,12 +48,12 @@ def quickstart(
             max_train=max_train,
             bench_duration=bench_duration,
             threads=threads,
-            stage=on_stage,
+            stage=screen.stage,
             force=force,
-            train_progress=lambda p: state["report"] and state["report"](p),
+            train_progress=screen.train,
         )
     finally:
-        close_bar()
+        screen.close()
     ui.quickstart_summary(console, summary)
     if not summary.parity_passed:
         raise typer.Exit(1)

@@ -109,11 +109,7 @@ def sample_cmd(
         _write_npy(npy, images)
     if latents:
         _write_npy(latents, z)
-    extra = "".join(f", {p}" for p in (npy, latents) if p)
-    ui.console().print(
-        f"wrote {out}{extra}: {n} samples of {model.family}/{model.manifest.arch}, seed {seed}, "
-        f"backend {model.backend_name}"
-    )
+    ui.print_sampled(ui.console(), [p for p in (out, npy, latents) if p], n, model, seed)
 
 
 @app.command("encode")
@@ -137,7 +133,7 @@ def encode_cmd(
     model = _runtime_model(bundle, backend, device, threads, fallback)
     codes = model.encode(_read_npy(images))
     _write_npy(out, codes)
-    ui.console().print(f"wrote {out}: codes {tuple(codes.shape)} float32 (backend {model.backend_name})")
+    ui.print_encoded(ui.console(), out, codes, model)
 
 
 @app.command("decode")
@@ -162,8 +158,7 @@ def decode_cmd(
     _write_npy(out, images)
     if png:
         _save_images(png, images, model.manifest)
-    also = f" and {png}" if png else ""
-    ui.console().print(f"wrote {out}{also}: images {tuple(images.shape)} float32 (backend {model.backend_name})")
+    ui.print_decoded(ui.console(), out, png, images, model)
 
 
 @app.command("info")

@@ -103,5 +103,4 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON ins
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
-    for line in ui.models_lines(rows):
-        typer.echo(line)
+    ui.print_models(rows)

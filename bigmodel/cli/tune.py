@@ -64,5 +64,4 @@ def tune(
         typer.echo(json.dumps(table, indent=2))
         return
     tables.tuning_table(console, {"file": str(bundle / "tuning.json"), "stale": None, "table": table})
-    for name, reason in table.get("skipped", {}).items():
-        console.print(f"[dim]skipped {name}: {reason}[/dim]", soft_wrap=True, markup=False)
+    ui.print_skipped(console, table.get("skipped", {}))
