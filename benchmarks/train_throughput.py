@@ -30,7 +30,8 @@ import torch
 
 from bigmodel.data import load_data
 from bigmodel.models import create_model
-from bigmodel.training.loop import Progress, TrainSettings, train
+from bigmodel.progress import Progress
+from bigmodel.training.loop import TrainSettings, train
 
 GOAL = 0.9
 
@@ -78,13 +79,14 @@ def bigmodel_run(epochs: int, batch_size: int, seed: int, out: str) -> tuple[lis
     marks: dict[int, float] = {}
     cpu: list[float] = []
 
-    def progress(p: Progress) -> None:  # called after each batch: batch 1 ends where the hand loop's c1 starts
-        if p.done:
+    def progress(p: Progress) -> None:  # "train" after each batch: batch 1 ends where the hand loop's c1 starts
+        if p.stage != "train":
             return
-        if p.batch == 1:
-            marks[p.epoch] = time.process_time()
-        elif p.batch == p.batches:
-            cpu.append((p.batches - 1) * batch_size / (time.process_time() - marks[p.epoch]))
+        epoch = p.metrics["epoch"]
+        if p.done == 1:
+            marks[epoch] = time.process_time()
+        elif p.done == p.total:
+            cpu.append((p.total - 1) * batch_size / (time.process_time() - marks[epoch]))
 
     settings = TrainSettings(family="vae", arch="mlp", dataset="mnist-5k", epochs=epochs, batch_size=batch_size,
                              seed=seed, device="cpu", out=out)

@@ -38,7 +38,7 @@ def error(message: str) -> None:
 
 
 class TrainProgress:
-    """A rich progress bar fed by the training loop's `Progress` callback, refreshed ~10x a second."""
+    """A rich progress bar fed by the training loop's progress events, refreshed ~10x a second."""
 
     def __init__(self, console):
         self.console = console
@@ -62,29 +62,35 @@ class TrainProgress:
         return self.report
 
     def report(self, p) -> None:
+        """Progress("train") after each batch, Progress("train:epoch") after each epoch's validation."""
         import time
 
-        if self.task is None or p.batch == 1 and not p.done:
+        m = p.metrics
+        epoch = f"{m['epoch']}/{m['epochs']}"
+        if self.task is None or p.stage == "train" and p.done == 1:
             if self.task is not None:
                 self.bar.remove_task(self.task)
-            self.task = self.bar.add_task("train", total=p.batches, epoch=f"{p.epoch}/{p.epochs}", info="")
+            self.task = self.bar.add_task("train", total=p.total, epoch=epoch, info="")
         now = time.perf_counter()
-        if p.done:
-            val = " ".join(f"{k}={v:.4g}" for k, v in p.record["val"].items())
-            self.bar.update(self.task, completed=p.batches, info=f"val {val} | {p.samples_per_s:,.0f} samples/s")
-            self.bar.console.print(
-                f"epoch {p.epoch}/{p.epochs}: {val}  ({p.record['seconds']:.1f}s, {p.samples_per_s:,.0f} samples/s)"
-            )
+        if p.stage == "train:epoch":
+            val = " ".join(f"{k}={v:.4g}" for k, v in metric_group(m, "val").items())
+            self.bar.update(self.task, completed=p.total, info=f"val {val} | {m['samples_per_s']:,.0f} samples/s")
+            self.bar.console.print(f"epoch {epoch}: {val}  ({m['seconds']:.1f}s, {m['samples_per_s']:,.0f} samples/s)")
             self.bar.remove_task(self.task)
             self.task = None
-        elif now - self.last > 0.1 or p.batch == p.batches:
+        elif now - self.last > 0.1 or p.done == p.total:
             self.last = now
-            losses = " ".join(f"{k}={float(v):.4g}" for k, v in p.losses.items())
-            self.bar.update(self.task, completed=p.batch, info=f"{losses} | {p.samples_per_s:,.0f} samples/s")
+            losses = " ".join(f"{k}={v:.4g}" for k, v in metric_group(m, "train").items())
+            self.bar.update(self.task, completed=p.done, info=f"{losses} | {m['samples_per_s']:,.0f} samples/s")
 
     def __exit__(self, *exc):
         self.bar.__exit__(*exc)
         return False
+
+
+def metric_group(metrics, group: str) -> dict[str, float]:
+    """The "GROUP/NAME" entries of progress metrics (training's "train/loss", "val/kl"...) as {NAME: value}."""
+    return {k.removeprefix(group + "/"): v for k, v in metrics.items() if k.startswith(group + "/")}
 
 
 def quality_cell(precision: str, q: dict | None) -> str:
@@ -115,7 +121,7 @@ def checked_err(report) -> float:
 
 
 class ParityProgress:
-    """A transient rich progress bar fed by run_parity's (what, done, total) callback."""
+    """A transient rich progress bar fed by run_parity's progress events (`done` of `total` checks)."""
 
     def __init__(self, console):
         self.console = console
@@ -138,10 +144,10 @@ class ParityProgress:
         self.task = None
         return self.report
 
-    def report(self, what: str, done: int, total: int) -> None:
+    def report(self, p) -> None:
         if self.task is None:
-            self.task = self.bar.add_task(what, total=total)
-        self.bar.update(self.task, description=what, completed=done, total=total)
+            self.task = self.bar.add_task(p.message, total=p.total)
+        self.bar.update(self.task, description=p.message, completed=p.done, total=p.total)
 
     def __exit__(self, *exc):
         if self.bar is not None:
@@ -150,7 +156,7 @@ class ParityProgress:
 
 
 class BenchProgress:
-    """A rich progress bar over the bench's (backend, role, batch) cells."""
+    """A rich progress bar over the bench's (backend, role, batch) cells, fed by run_bench's progress events."""
 
     def __init__(self, console):
         self.console = console
@@ -171,8 +177,8 @@ class BenchProgress:
         self.task = self.bar.add_task("starting", total=None)
         return self.report
 
-    def report(self, event) -> None:
-        self.bar.update(self.task, total=event.total, completed=event.done, description=event.what)
+    def report(self, p) -> None:
+        self.bar.update(self.task, total=p.total, completed=p.done, description=p.message)
 
     def __exit__(self, *exc):
         self.bar.__exit__(*exc)
@@ -305,8 +311,13 @@ def print_decoded(console, out, png, images, model) -> None:
 
 
 def export_steps(console):
-    """A callback for `export_bundle(progress=...)`: each step message, indented."""
-    return lambda message: console.print(f"  {message}", markup=False)
+    """A callback for `export_bundle(progress=...)`: each step's message, indented."""
+    return lambda p: console.print(f"  {p.message}", markup=False)
+
+
+def status_progress(status, prefix: str):
+    """A callback that shows each progress message on a rich status line, after `prefix`."""
+    return lambda p: status.update(f"{prefix}{p.message}")
 
 
 def print_skipped(console, skipped: dict[str, str]) -> None:
@@ -316,29 +327,30 @@ def print_skipped(console, skipped: dict[str, str]) -> None:
 
 
 class QuickstartProgress:
-    """`bigmodel quickstart`'s screen: a '[i/n] stage: message' line per stage, a training bar during train."""
+    """`bigmodel quickstart`'s screen: a '[i/n] step: message' line per step, a training bar during train.
 
-    def __init__(self, console, stages: tuple[str, ...] | list[str]):
-        self.console, self.stages = console, list(stages)
+    `report` takes every event of the run: "quickstart:STEP" starts a step, "train"/"train:epoch" feed the
+    bar; the export, parity and bench steps' own events are not shown (their lines would drown the five).
+    """
+
+    def __init__(self, console):
+        self.console = console
         self.bar = TrainProgress(console)
-        self.report = None
+        self.train = None
 
-    def stage(self, name: str, message: str) -> None:
+    def report(self, p) -> None:
         from rich.markup import escape
 
-        self.close()
-        self.console.print(
-            f"[bold]\\[{self.stages.index(name) + 1}/{len(self.stages)}] {name}[/bold]: {escape(message)}",
-            soft_wrap=True,
-        )
-        if name == "train":
-            self.report = self.bar.__enter__()
-
-    def train(self, p) -> None:
-        if self.report is not None:
-            self.report(p)
+        if p.stage.startswith("quickstart:"):
+            self.close()
+            name = p.stage.removeprefix("quickstart:")
+            self.console.print(f"[bold]\\[{p.done + 1}/{p.total}] {name}[/bold]: {escape(p.message)}", soft_wrap=True)
+            if name == "train":
+                self.train = self.bar.__enter__()
+        elif p.stage in ("train", "train:epoch") and self.train is not None:
+            self.train(p)
 
     def close(self) -> None:
-        if self.report is not None:
+        if self.train is not None:
             self.bar.__exit__(None, None, None)
-            self.report = None
+            self.train = None

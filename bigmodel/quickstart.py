@@ -1,7 +1,7 @@
 """The whole job in one call: train on the bundled digits, export, check parity, bench, sample.
 
 `run_quickstart` composes the library's steps and returns a `QuickstartSummary`; it prints
-nothing (the CLI draws progress from the `stage` and `train_progress` callbacks).
+nothing (the CLI draws progress from the one `progress` callback).
 
 >>> summary = run_quickstart("vae", out="runs/quickstart")
 >>> summary.parity_passed, summary.speedups
@@ -10,13 +10,12 @@ nothing (the CLI draws progress from the `stage` and `train_progress` callbacks)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bigmodel.errors import ConfigError
 from bigmodel.fileio import write_json
+from bigmodel.progress import Progress, ProgressFn
 from bigmodel.threads import torch_threads
 
 # Epochs for about two minutes on 2 CPU cores. The VAE's samples are blurry digits at 10 epochs,
@@ -61,13 +60,13 @@ def default_epochs(family: str) -> int:
 def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epochs: int | None = None,
                    max_train: int | None = None, batch_sizes: tuple[int, ...] = (1, 256),
                    bench_duration: float = 1.0, parity_samples: int | None = None, threads: int | None = None,
-                   seed: int = 0, stage: Callable[[str, str], None] | None = None,
-                   train_progress: Callable[[Any], None] | None = None, force: bool = False) -> QuickstartSummary:
+                   seed: int = 0, progress: ProgressFn | None = None, force: bool = False) -> QuickstartSummary:
     """Train `family` (mlp) on mnist-5k into `out`, export `out/bundle` (replacing one), check parity on
     ort-cpu, bench torch eager against ort-cpu on the image role, and write a sample grid from the bundle.
 
-    stage(name, message) is called as each of STAGES starts; train_progress gets the training loop's
-    per-batch `Progress`. A failed parity check does not stop the run: the summary reports it.
+    progress gets Progress("quickstart:NAME", message, done=i, total=len(STAGES)) as each of STAGES starts,
+    and the train, export, parity and bench steps' own events. A failed parity check does not stop the
+    run: the summary reports it.
     Every option and the output folder are checked before training starts; an `out` holding an
     earlier run is refused unless `force`.
     """
@@ -84,7 +83,11 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
     for name in ("parity.json", "bench.json", "samples_onnx.png"):
         if (out / name).is_dir():
             raise ConfigError(f"--out {out}: {out / name} is a folder; expected room for the quickstart's {name}")
-    say = stage or (lambda _name, _msg: None)
+
+    def say(name: str, message: str) -> None:
+        if progress is not None:
+            progress(Progress(f"quickstart:{name}", message, STAGES.index(name), len(STAGES)))
+
     seconds: dict[str, float] = {}
     files: dict[str, Path] = {}
 
@@ -95,7 +98,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
     with torch_threads(threads):
         result = train(TrainSettings(family=family, arch="mlp", dataset="mnist-5k", epochs=epochs, seed=seed,
                                      device="cpu", out=str(out), max_train=max_train, force=force),
-                       progress=train_progress)
+                       progress=progress)
     validation = dict(result.history[-1]["val"]) if result.history else {}
     files.update(checkpoint=out / "checkpoint.pt", training_samples=out / "samples.png",
                  curves=out / "curves.png")
@@ -105,7 +108,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
     say("export", f"exporting every role to ONNX -> {out / 'bundle'}")
     from bigmodel.export import ExportOptions, export_bundle
 
-    bundle = export_bundle(out, ExportOptions(force=True)).bundle
+    bundle = export_bundle(out, ExportOptions(force=True), progress=progress).bundle
     files["bundle"] = bundle
     seconds["export"] = time.perf_counter() - t
 
@@ -114,7 +117,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
     from bigmodel.parity import run_parity
 
     kwargs = {} if parity_samples is None else {"samples": parity_samples}
-    report = run_parity(bundle, backends=["ort-cpu"], threads=threads, **kwargs)
+    report = run_parity(bundle, backends=["ort-cpu"], threads=threads, progress=progress, **kwargs)
     parity_json = out / "parity.json"
     write_json(parity_json, report.to_dict())
     files["parity"] = parity_json
@@ -127,7 +130,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
 
     bench = run_bench(bundle, BenchSettings(device="cpu", backends=("torch", "ort-cpu"), roles=(image_role,),
                                             batch_sizes=tuple(batch_sizes), warmup=5, duration=bench_duration,
-                                            threads=threads, seed=seed))
+                                            threads=threads, seed=seed), progress=progress)
     bench_json = out / "bench.json"
     write_json(bench_json, bench)
     files["bench"] = bench_json

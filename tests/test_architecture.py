@@ -139,3 +139,8 @@ def test_runtime_manifest_errors_import_nothing_heavier():
 def test_export_parity_bench_do_not_import_training():
     bad = {(m, d) for m, deps in graph().items() if under(m, DEPLOY) for d in deps if under(d, ("bigmodel.training",))}
     assert bad == set(), f"deployment code imports the training package: {sorted(bad)}"
+
+
+def test_progress_events_are_a_torch_free_leaf():
+    """Every layer reports through bigmodel.progress, so it may import none of them (nor torch)."""
+    assert {d for d in graph()["bigmodel.progress"] if d == "torch" or d.startswith("bigmodel")} == set()

@@ -15,6 +15,7 @@ from bigmodel.bench.report import table_rows
 from bigmodel.bench.stats import add_speedups, percentile, summarize
 from bigmodel.errors import BackendUnavailable, InputError
 from bigmodel.manifest import read_manifest
+from bigmodel.progress import Progress
 
 STAT_KEYS = {"p50", "p90", "p99", "mean", "min", "max", "cv"}
 
@@ -26,9 +27,27 @@ def bundle(exported) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(bundle) -> dict:
+def bench_run(bundle) -> tuple[dict, list[Progress]]:
+    """One small bench of torch and ort-cpu, every role at batch 1 and 3, and the progress events it reported."""
+    events: list[Progress] = []
     settings = BenchSettings(backends=("torch", "ort-cpu"), batch_sizes=(1, 3), warmup=1, iters=5, threads=1)
-    return run_bench(bundle, settings)
+    return run_bench(bundle, settings, progress=events.append), events
+
+
+@pytest.fixture(scope="module")
+def report(bench_run) -> dict:
+    return bench_run[0]
+
+
+def test_progress_counts_every_cell(bench_run, bundle):
+    events = bench_run[1]
+    assert {p.stage for p in events} == {"bench"}
+    cells = [(r, b, n) for r in read_manifest(bundle).roles for b in (1, 3) for n in ("torch", "ort-cpu")]
+    measured = [(p.done, p.message) for p in events if p.message.startswith(("torch ", "ort-cpu "))]
+    assert measured == [(i, f"{n} {r} batch {b}") for i, (r, b, n) in enumerate(cells)]
+    assert all(p.total == len(cells) for p in events)
+    assert [p.done for p in events] == sorted(p.done for p in events)
+    assert (events[-1].done, events[-1].message) == (len(cells), "done")
 
 
 

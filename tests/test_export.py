@@ -29,6 +29,7 @@ from bigmodel.manifest import BATCH, read_manifest
 from bigmodel.models.probes import EXTREME_SIGMA, role_probes
 from bigmodel.models.registry import family_class, list_models
 from bigmodel.parity.check import error_summary, failure_lines
+from bigmodel.progress import Progress
 from bigmodel.runtime import load
 
 MODELS = [(m.family, m.arch) for m in list_models()]
@@ -256,8 +257,13 @@ def test_cli_int8_static_states_quality_and_writes_triton(fp32_bundle, tmp_path,
 # ---------------------------------------------------------------------------------- external data
 def test_forced_external_data_exports_and_loads_back(fp32_bundle, tmp_path):
     run, plain = fp32_bundle("gan", "mlp")
-    result = export_bundle(run, ExportOptions(out=tmp_path / "big", external_data=True, probes=8))
+    events: list[Progress] = []
+    result = export_bundle(run, ExportOptions(out=tmp_path / "big", external_data=True, probes=8),
+                           progress=events.append)
     m = result.manifest
+    # one step message per role written, then one per role checked against PyTorch
+    assert [(p.stage, p.message.split(": ")[0], p.message.split(" ")[1]) for p in events] == [
+        *[("export", role, "wrote") for role in m.roles], *[("export", role, "fp32") for role in m.roles]]
     for role, spec in m.roles.items():
         graph, data = tmp_path / "big" / spec.file, tmp_path / "big" / f"{spec.file}.data"
         assert data.stat().st_size > graph.stat().st_size  # the weights live beside the graph

@@ -20,6 +20,7 @@ from conftest import run_cli as cli
 from bigmodel.models.registry import list_models
 from bigmodel.parity import PRECISIONS, TOLERANCES, Tolerance, compare, run_parity, save_inputs, tolerances_for
 from bigmodel.parity.tolerances import rule
+from bigmodel.progress import Progress
 
 KINDS = ("image", "latent", "stat", "logit", "image_logit")
 FAST_ARCHS = ("mlp",)  # conv runs train and export far slower on CPU: they are marked slow
@@ -167,8 +168,15 @@ MODELS = [pytest.param(m.family, m.arch, id=f"{m.family}-{m.arch}",
 @pytest.mark.parametrize("family, arch", MODELS)
 def test_exported_bundle_passes_for_every_model(bundle_of, family, arch):
     bundle = bundle_of(family, arch)
-    report = run_parity(bundle, backends="all", samples=5)
+    events: list[Progress] = []
+    report = run_parity(bundle, backends="all", samples=5, progress=events.append)
     assert report.passed, report.messages()
+    assert {p.stage for p in events} == {"parity"}
+    for run in report.ran:  # one event before each check, then done == total as the backend ends
+        mine = [p for p in events if p.message.startswith(run.backend + " ")]
+        n = len(run.cases)
+        assert [(p.done, p.total) for p in mine] == [(i, n) for i in range(n)] + [(n, n)]
+        assert mine[-1].message == f"{run.backend} done"
     assert [b.backend for b in report.ran][:1] == ["ort-cpu"]
     cases = report.ran[0].cases
     roles = set(json.loads((bundle / "manifest.json").read_text())["roles"])

@@ -13,7 +13,8 @@ from PIL import Image
 from bigmodel.errors import CheckpointError, ConfigError
 from bigmodel.models import list_models
 from bigmodel.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from bigmodel.training.loop import Progress, TrainSettings, train
+from bigmodel.progress import Progress
+from bigmodel.training.loop import TrainSettings, train
 
 MODELS = [pytest.param(m.family, m.arch, id=f"{m.family}-{m.arch}") for m in list_models()]
 RUN_FILES = {"checkpoint.pt", "config.json", "metrics.jsonl", "samples.png", "curves.png"}
@@ -325,11 +326,19 @@ def test_weights_that_do_not_fit_the_model_are_a_checkpoint_error(trained_run) -
 def test_progress_reports_every_batch_and_epoch(tmp_path, small) -> None:
     seen: list[Progress] = []
     result = train(small(tmp_path / "run", "gan", epochs=2, max_train=128), progress=seen.append)
-    batches = [p for p in seen if not p.done]
-    epochs = [p for p in seen if p.done]
-    assert [(p.epoch, p.batch) for p in batches] == [(e, b) for e in (1, 2) for b in (1, 2)]
-    assert [p.record for p in epochs] == result.history
-    assert all(p.batches == 2 and p.samples_per_s > 0 and set(p.losses) == {"d_loss", "g_loss"} for p in seen)
+    batches = [p for p in seen if p.stage == "train"]
+    epochs = [p for p in seen if p.stage == "train:epoch"]
+    assert len(batches) + len(epochs) == len(seen)
+    assert [(p.metrics["epoch"], p.done) for p in batches] == [(e, b) for e in (1, 2) for b in (1, 2)]
+    assert all(p.total == 2 and p.metrics["epochs"] == 2 and p.metrics["samples_per_s"] > 0 for p in seen)
+    assert all({k for k in p.metrics if "/" in k} == {"train/d_loss", "train/g_loss"} for p in batches)
+    assert all(type(v) in (int, float) for p in seen for v in p.metrics.values())  # numbers, no tensors
+    # after each epoch: its history record, flattened
+    assert [p.metrics["epoch"] for p in epochs] == [1, 2] and all(p.done == p.total for p in epochs)
+    for p, record in zip(epochs, result.history, strict=True):
+        assert {k: v for k, v in p.metrics.items() if k.startswith("val/")} == {
+            f"val/{k}": v for k, v in record["val"].items()}
+        assert p.metrics["train/d_loss"] == record["train"]["d_loss"] and p.metrics["seconds"] == record["seconds"]
 
 
 def test_batch_size_larger_than_the_data_names_both(tmp_path, small) -> None:

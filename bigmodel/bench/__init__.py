@@ -11,7 +11,7 @@ every backend. Speed-up = torch p50 / backend p50 for the same role and batch.
 """
 
 from bigmodel.bench.report import parse_list, write_plot
-from bigmodel.bench.run import BenchEvent, BenchSettings, run_bench
+from bigmodel.bench.run import BenchSettings, run_bench
 
 # The public API; the parts (adapters, stats, report tables) are imported from their modules.
-__all__ = ["BenchEvent", "BenchSettings", "parse_list", "run_bench", "write_plot"]
+__all__ = ["BenchSettings", "parse_list", "run_bench", "write_plot"]

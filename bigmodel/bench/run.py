@@ -6,7 +6,6 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from bigmodel.bench.adapters import (
 from bigmodel.bench.stats import NOISY_CV, add_speedups, summarize
 from bigmodel.errors import BackendUnavailable, BigmodelError, InputError
 from bigmodel.manifest import Manifest, read_manifest
+from bigmodel.progress import Progress, ProgressFn
 from bigmodel.threads import torch_threads
 
 
@@ -51,15 +51,6 @@ class BenchSettings:
     strict: bool = False  # onnxruntime GPU backends: no node may fall back to the CPU provider
     device_id: int = 0  # set from device="cuda:N"
     roofline: bool = True  # measure the machine's GEMM and memcpy ceilings and report % of them
-
-
-@dataclass
-class BenchEvent:
-    """Progress: `done` of `total` cells measured; `what` is the cell about to run (or a phase)."""
-
-    done: int
-    total: int
-    what: str
 
 
 def _validate(settings: BenchSettings, manifest: Manifest) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -90,12 +81,13 @@ def _validate(settings: BenchSettings, manifest: Manifest) -> tuple[tuple[str, .
 
 
 def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
-              progress: Callable[[BenchEvent], None] | None = None) -> dict[str, Any]:
+              progress: ProgressFn | None = None) -> dict[str, Any]:
     """Benchmark every (backend, role, batch); returns {"machine", "settings", "results", "skipped"}.
 
     Backends are loaded first (cold load timed), then each (role, batch) cell is measured on every
     backend in turn, so all backends see the same machine state. A backend that cannot run here,
-    or fails to load or run, is listed in "skipped" with the reason.
+    or fails to load or run, is listed in "skipped" with the reason. progress: Progress("bench", what runs
+    next, done, total) with `done` of `total` cells measured; done == total at the end.
     """
     from bigmodel.runtime.backends import parse_device
 
@@ -120,7 +112,7 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
     settings = BenchSettings(**{**settings.__dict__, "threads": threads})
     duration = settings.duration if settings.duration is not None or settings.iters is not None else 1.0
     status = backend_status(device_id=gpu) if any(b in RUNTIME_BACKENDS for b in backends) else {}
-    say = progress or (lambda _e: None)
+    say = progress or (lambda _p: None)
 
     skipped: list[dict[str, Any]] = []
     adapters: dict[str, Any] = {}
@@ -135,7 +127,7 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                 skipped.append({"backend": name, "reason": reason})
                 total -= len(roles) * len(settings.batch_sizes)
                 continue
-            say(BenchEvent(done, total, f"{name}: loading"))
+            say(Progress("bench", f"{name}: loading", done, total))
             cls = TorchAdapter if name in TORCH_BACKENDS else RuntimeAdapter
             adapter = cls(name, bundle, manifest, settings)
             try:
@@ -161,7 +153,7 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                 for batch in settings.batch_sizes:
                     feeds = role_inputs(manifest, role, batch, settings.seed)
                     for name, adapter in adapters.items():
-                        say(BenchEvent(done, total, f"{name} {role} batch {batch}"))
+                        say(Progress("bench", f"{name} {role} batch {batch}", done, total))
                         try:
                             prepare, cold, times = measure(adapter, role, feeds, settings.warmup, settings.iters,
                                                            duration, settings.min_iters)
@@ -181,17 +173,17 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                         })
                         done += 1
                     if ceilings is not None:  # the ceiling of this cell, right after it: the same machine state
-                        say(BenchEvent(done, total, f"GEMM ceiling {role} batch {batch}"))
+                        say(Progress("bench", f"GEMM ceiling {role} batch {batch}", done, total))
                         measure_cell(ceilings, role, batch)
         finally:
             for adapter in adapters.values():
                 adapter.close()
     add_speedups(results)
     if ceilings is not None and results:
-        say(BenchEvent(done, total, "measuring memory bandwidth"))
+        say(Progress("bench", "measuring memory bandwidth", done, total))
         measure_bandwidth(ceilings)
         add_roofline(results, ceilings)
-    say(BenchEvent(total, total, "done"))
+    say(Progress("bench", "done", total, total))
     return {"machine": machine_info(settings.device, gpu), "settings": _settings_record(bundle, manifest, settings,
                                                                                          backends, roles, duration),
             "backend_settings": used, "results": results, "skipped": skipped, "roofline": ceilings}

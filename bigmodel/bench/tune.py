@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel.errors import BackendUnavailable, InputError
+from bigmodel.progress import ProgressFn, reporter
 
 DEFAULT_BATCHES = (1, 4, 16, 64, 256, 1024)
 
@@ -52,7 +53,7 @@ def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float,
 def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAULT_BATCHES,
                 threads: int | None = None, backends: tuple[str, ...] | None = None, device: str = "cpu",
                 seconds: float = 0.6, rounds: int = 3, seed: int = 0, write: bool = True,
-                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                progress: ProgressFn | None = None) -> dict[str, Any]:
     """Measure, choose the fastest backend per (role, batch), write BUNDLE/tuning.json; returns the table.
 
     backends: default every registry backend for `device` ('cpu' or 'cuda'); those that cannot run
@@ -82,7 +83,7 @@ def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAUL
     if not available:
         raise BackendUnavailable("no backend to tune can run here: "
                                  + "; ".join(f"{n}: {r}" for n, r in status.items()))
-    say = progress or (lambda _s: None)
+    say = reporter(progress, "tune")
     threads = threads or physical_cores()
     models = {}
     for n in available:

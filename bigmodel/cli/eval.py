@@ -85,7 +85,7 @@ def eval_cmd(
     for path in paths:
         opts.picture = picture if picture and path == target else path.with_name(f"{path.name}-nearest.png")
         with console.status(f"evaluating {path}") as status:
-            report = evaluate(path, opts, data, progress=lambda m, s=status, p=path: s.update(f"{p}: {m}"))
+            report = evaluate(path, opts, data, progress=ui.status_progress(status, f"{path}: "))
         reports.append(report)
         tables.print_eval(console, path, report, samples)
     out = {"report": reports[0]}

@@ -35,10 +35,10 @@ def quickstart(
 
     Example: bigmodel quickstart   (then try the commands it prints)
     """
-    from bigmodel.quickstart import STAGES, run_quickstart
+    from bigmodel.quickstart import run_quickstart
 
     console = ui.console()
-    screen = ui.QuickstartProgress(console, STAGES)
+    screen = ui.QuickstartProgress(console)
 
     try:
         summary = run_quickstart(
@@ -48,9 +48,8 @@ def quickstart(
             max_train=max_train,
             bench_duration=bench_duration,
             threads=threads,
-            stage=screen.stage,
+            progress=screen.report,
             force=force,
-            train_progress=screen.train,
         )
     finally:
         screen.close()

@@ -58,7 +58,7 @@ def tune(
             backends=parse_list(backends, str, "--backends"),
             device=device,
             seconds=seconds,
-            progress=lambda what: status.update(f"tuning: {what}"),
+            progress=ui.status_progress(status, "tuning: "),
         )
     if json_out:
         typer.echo(json.dumps(table, indent=2))

@@ -20,6 +20,7 @@ from bigmodel.errors import InputError
 from bigmodel.eval import metrics
 from bigmodel.eval.features import ClassifierSettings, get_classifier
 from bigmodel.manifest import MANIFEST_NAME, DataSpec
+from bigmodel.progress import ProgressFn, reporter
 
 RARE_CLASS = 0.01  # a class that gets under 1% of the samples is a dropped mode
 PICTURE_PAIRS = 16  # samples shown beside their nearest training images
@@ -106,13 +107,13 @@ def same_data(targets: list[Path]) -> DataSpec:
 
 
 def evaluate(target: str | Path, opts: EvalOptions | None = None, data: EvalData | None = None,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             progress: ProgressFn | None = None) -> dict[str, Any]:
     """Evaluate a bundle folder or a run folder (exported to a temporary fp32 bundle) -> report dict."""
     from bigmodel.runtime import load
 
     opts = opts or EvalOptions()
     opts.validate()
-    say = progress or (lambda _m: None)
+    say = reporter(progress, "eval")
     target = Path(target)
     with tempfile.TemporaryDirectory(prefix="bigmodel-eval-") as tmp:
         bundle = resolve_bundle(target, Path(tmp), say)
@@ -120,7 +121,7 @@ def evaluate(target: str | Path, opts: EvalOptions | None = None, data: EvalData
             m = model.manifest
             name = {"target": str(target), "family": m.family, "arch": m.arch, "precision": m.precision,
                     "backend": model.backend_name}
-            return evaluate_model(model, m.data, name, opts, data, say)
+            return evaluate_model(model, m.data, name, opts, data, progress)
 
 
 def resolve_bundle(target: Path, tmp: Path, say: Callable[[str], None]) -> Path:
@@ -139,8 +140,9 @@ def resolve_bundle(target: Path, tmp: Path, say: Callable[[str], None]) -> Path:
 
 
 def evaluate_model(model, spec: DataSpec, name: dict[str, Any], opts: EvalOptions, data: EvalData | None = None,
-                   say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+                   progress: ProgressFn | None = None) -> dict[str, Any]:
     """Every metric for anything with the runtime Model's methods (family, offers, encode, decode, sample)."""
+    say = reporter(progress, "eval")
     t0 = time.perf_counter()
     opts.validate()
     if data is None:

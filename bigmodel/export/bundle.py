@@ -14,7 +14,6 @@ import contextlib
 import gc
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,10 +37,11 @@ from bigmodel.fileio import (
 from bigmodel.manifest import Manifest
 from bigmodel.models.checkpoint import CHECKPOINT_NAME
 from bigmodel.models.checkpoint import load_model as load_checkpoint_model
+from bigmodel.progress import ProgressFn, reporter
 
 
 def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
-                  progress: Callable[[str], None] | None = None) -> ExportResult:
+                  progress: ProgressFn | None = None) -> ExportResult:
     """Export every role of the run's checkpoint into a bundle folder (default RUN_DIR/bundle).
 
     Everything is written into a temporary folder beside the bundle and renamed at the end:
@@ -63,7 +63,7 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
         from bigmodel.export.tensorrt import require_tensorrt
 
         require_tensorrt()  # before any work: no GPU or no TensorRT is a one-line exit 2, and nothing written
-    say = progress or (lambda _msg: None)
+    say = reporter(progress, "export")
     model, ckpt_sha = load_model(ckpt_path)
 
     out.parent.mkdir(parents=True, exist_ok=True)

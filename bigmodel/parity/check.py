@@ -19,10 +19,10 @@ from bigmodel.parity.inputs import target_name
 from bigmodel.parity.report import Case
 from bigmodel.parity.stats import compare
 from bigmodel.parity.tolerances import STRESS_PROBES, Tolerance, rule
+from bigmodel.progress import Progress, ProgressFn
 
 # (target, (probe, batch), inputs) -> the last role's outputs, in the manifest's order
 Reference = Callable[[tuple[str, ...], tuple[str, int], np.ndarray], list[np.ndarray]]
-Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 def run_target(model, manifest: Manifest, target: tuple[str, ...], x: np.ndarray) -> dict[str, np.ndarray]:
@@ -51,8 +51,11 @@ def model_reference(model, manifest: Manifest) -> Reference:
 
 def check_targets(model, reference: Reference, manifest: Manifest, targets: list[tuple[str, ...]],
                   feeds: dict[tuple[str, str], list[np.ndarray]], tol: dict[str, Tolerance],
-                  progress: Progress | None = None, label: str = "") -> list[Case]:
-    """Every target on every probe set and batch: one `Case` each, outputs judged by `compare`."""
+                  progress: ProgressFn | None = None, label: str = "") -> list[Case]:
+    """Every target on every probe set and batch: one `Case` each, outputs judged by `compare`.
+
+    progress: Progress("parity", "LABEL TARGET PROBE batch N", done, total) before each check.
+    """
     cases: list[Case] = []
     total = sum(len(v) for (t, _), v in feeds.items() if t in {target_name(x) for x in targets})
     for target in targets:
@@ -63,7 +66,7 @@ def check_targets(model, reference: Reference, manifest: Manifest, targets: list
                 continue
             for x in batches:
                 if progress:
-                    progress(f"{label} {tname} {probe} batch {len(x)}".strip(), len(cases), total)
+                    progress(Progress("parity", f"{label} {tname} {probe} batch {len(x)}".strip(), len(cases), total))
                 got = run_target(model, manifest, target, x)
                 want = reference(target, (probe, len(x)), x)
                 outs = [compare(got[t.name], w, t.kind, rule(tol, t.kind, probe), manifest.data.value_range, t.name)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from bigmodel.errors import BackendUnavailable, InputError
 from bigmodel.manifest import Manifest, read_manifest
-from bigmodel.parity.check import Progress, check_targets
+from bigmodel.parity.check import check_targets
 from bigmodel.parity.inputs import DEFAULT_SAMPLES, probe_inputs, targets_of, validation_images
 from bigmodel.parity.reference import TorchReference, find_checkpoint
 from bigmodel.parity.report import BackendRun, ParityReport
 from bigmodel.parity.tolerances import tolerances_for
+from bigmodel.progress import Progress, ProgressFn
 
 
 def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
@@ -21,7 +22,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
                data: str | Path | None = None, atol: float | None = None, rtol: float | None = None,
                tolerances: str | None = None, threads: int | None = None, device: str = "auto",
                tf32: bool = False, strict: bool = False,
-               progress: Progress | None = None) -> ParityReport:
+               progress: ProgressFn | None = None) -> ParityReport:
     """Compare each backend with the PyTorch reference, role by role and chain by chain.
 
     backends: "all" (each of `bigmodel.runtime.BACKENDS`; those unavailable here are reported as
@@ -30,6 +31,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
     tolerances: which precision's row of `TOLERANCES` to apply (default: the bundle's precision;
     "tf32" for an fp32 bundle run with tf32=True). device: "cuda:N" picks the GPU of the GPU backends.
     strict: the onnxruntime GPU backends may not place any node on the CPU provider (CheckFailed).
+    progress: Progress("parity", ...) before each check, and done == total as each backend ends.
     """
     from bigmodel.runtime import BACKENDS, backend_status, load, verify_files
 
@@ -102,7 +104,7 @@ def _run_backend(name, model, manifest, reference, targets, feeds, tol, progress
     run = BackendRun(name, "ran")
     run.cases = check_targets(model, reference, manifest, targets, feeds, tol, progress, label=name)
     if progress:
-        progress(f"{name} done", len(run.cases), len(run.cases))
+        progress(Progress("parity", f"{name} done", len(run.cases), len(run.cases)))
     run.seconds = time.perf_counter() - t0
     return run
 

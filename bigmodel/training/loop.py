@@ -23,6 +23,7 @@ from bigmodel.fileio import atomic_write_text
 from bigmodel.manifest import DataSpec
 from bigmodel.models.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, require_fields
 from bigmodel.models.registry import archs, create_model, family_class, make_config
+from bigmodel.progress import Progress, ProgressFn
 from bigmodel.training.rundir import check_run_folder, config_record, remove_stale_bundle, write_epoch
 
 VAL_BATCH = 500
@@ -49,20 +50,6 @@ class TrainSettings:
 
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/{self.family}")
-
-
-@dataclass
-class Progress:
-    """Reported after every batch and epoch to an optional callback (the CLI draws a bar)."""
-
-    epoch: int
-    epochs: int
-    batch: int
-    batches: int
-    samples_per_s: float
-    losses: dict[str, torch.Tensor]
-    done: bool = False  # True once per epoch, with validation in `record`
-    record: dict[str, Any] | None = None
 
 
 @dataclass
@@ -223,8 +210,12 @@ def with_defaults(settings: TrainSettings) -> TrainSettings:
                    seed=settings.seed if settings.seed is not None else 0)
 
 
-def train(settings: TrainSettings, progress: Callable[[Progress], None] | None = None) -> TrainResult:
+def train(settings: TrainSettings, progress: ProgressFn | None = None) -> TrainResult:
     """Train `settings.family` on `settings.dataset`; writes checkpoint, metrics and pictures to the run dir.
+
+    progress gets Progress("train", done=batch, total=batches) after every batch (metrics: epoch, epochs,
+    samples_per_s, the batch's losses as "train/NAME") and Progress("train:epoch") after each epoch's
+    validation (metrics: the epoch's record, "train/NAME" means and "val/NAME" validation losses).
 
     >>> train(TrainSettings(family="vae", epochs=5, out="runs/vae"))
     """
@@ -302,9 +293,12 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
             losses = model.train_step(x, noise, step)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if progress is not None and ranks.main:
+            if progress is not None and ranks.main:  # losses to floats only here: a device sync per batch
                 rate = (b + 1) * settings.batch_size * ranks.world / (time.perf_counter() - t0)
-                progress(Progress(epoch, settings.epochs, b + 1, batches, rate, losses))
+                floats = torch.stack(list(losses.values())).tolist()
+                metrics = {"epoch": epoch, "epochs": settings.epochs, "samples_per_s": rate,
+                           **{f"train/{k}": v for k, v in zip(losses, floats, strict=True)}}
+                progress(Progress("train", done=b + 1, total=batches, metrics=metrics))
         seconds = time.perf_counter() - t0
         train_means = {k: float(v) / batches for k, v in sums.items()}
         if not all(math.isfinite(v) for v in train_means.values()):
@@ -322,17 +316,14 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
             write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device, curves)
             curves_at = time.perf_counter() if curves else curves_at
             if progress is not None:
-                progress(
-                    Progress(
-                        epoch,
-                        settings.epochs,
-                        batches,
-                        batches,
-                        record["samples_per_s"],
-                        losses,
-                        done=True,
-                        record=record,
-                    )
-                )
+                progress(Progress("train:epoch", f"epoch {epoch}/{settings.epochs}", batches, batches,
+                                  epoch_metrics(record, settings.epochs)))
         ranks.barrier()
     return TrainResult(out, history, max(0, settings.epochs + 1 - start_epoch), reports=ranks.main)
+
+
+def epoch_metrics(record: dict[str, Any], epochs: int) -> dict[str, float]:
+    """An epoch's history record as flat progress metrics: "train/NAME" and "val/NAME" for its losses."""
+    flat = {"epoch": record["epoch"], "epochs": epochs, "seconds": record["seconds"],
+            "samples_per_s": record["samples_per_s"]}
+    return flat | {f"{group}/{k}": v for group in ("train", "val") for k, v in record[group].items()}
