@@ -339,6 +339,9 @@ def test_progress_reports_every_batch_and_epoch(tmp_path, small) -> None:
         assert {k: v for k, v in p.metrics.items() if k.startswith("val/")} == {
             f"val/{k}": v for k, v in record["val"].items()}
         assert p.metrics["train/d_loss"] == record["train"]["d_loss"] and p.metrics["seconds"] == record["seconds"]
+        # the per-batch losses (read after training: they stay the values of their batch) average to the record
+        per_batch = [q.metrics["train/g_loss"] for q in batches if q.metrics["epoch"] == record["epoch"]]
+        assert sum(per_batch) / len(per_batch) == pytest.approx(record["train"]["g_loss"], rel=1e-6)
 
 
 def test_batch_size_larger_than_the_data_names_both(tmp_path, small) -> None:

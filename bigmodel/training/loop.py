@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -293,11 +293,10 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
             losses = model.train_step(x, noise, step)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if progress is not None and ranks.main:  # losses to floats only here: a device sync per batch
+            if progress is not None and ranks.main:
                 rate = (b + 1) * settings.batch_size * ranks.world / (time.perf_counter() - t0)
-                floats = torch.stack(list(losses.values())).tolist()
-                metrics = {"epoch": epoch, "epochs": settings.epochs, "samples_per_s": rate,
-                           **{f"train/{k}": v for k, v in zip(losses, floats, strict=True)}}
+                plain = {"epoch": epoch, "epochs": settings.epochs, "samples_per_s": rate}
+                metrics = LossMetrics(plain, {f"train/{k}": v for k, v in losses.items()})
                 progress(Progress("train", done=b + 1, total=batches, metrics=metrics))
         seconds = time.perf_counter() - t0
         train_means = {k: float(v) / batches for k, v in sums.items()}
@@ -320,6 +319,31 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
                                   epoch_metrics(record, settings.epochs)))
         ranks.barrier()
     return TrainResult(out, history, max(0, settings.epochs + 1 - start_epoch), reports=ranks.main)
+
+
+class LossMetrics(Mapping[str, float]):
+    """Progress metrics whose loss tensors become floats when first read, not when reported: on a GPU a
+    reader that redraws ten times a second costs ten device syncs a second, not one per batch."""
+
+    def __init__(self, plain: dict[str, float], losses: dict[str, torch.Tensor]):
+        self._plain, self._losses = plain, losses
+        self._floats: dict[str, float] | None = None
+
+    def __getitem__(self, key: str) -> float:
+        if key in self._plain:
+            return self._plain[key]
+        if key not in self._losses:
+            raise KeyError(key)
+        if self._floats is None:  # one sync for all losses
+            values = torch.stack([v.detach() for v in self._losses.values()]).tolist()
+            self._floats = dict(zip(self._losses, values, strict=True))
+        return self._floats[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._plain, *self._losses])
+
+    def __len__(self) -> int:
+        return len(self._plain) + len(self._losses)
 
 
 def epoch_metrics(record: dict[str, Any], epochs: int) -> dict[str, float]:
