@@ -9,7 +9,8 @@ runtime (the bundle an application loads); the peers through an adapter with the
 methods (encode(full=True), decode(logits=True), sample).
 
     pip install pythae   # with the CPU torch already installed: it pulls no other torch
-    python benchmarks/quality_vs_peers.py [--only vae,aae,gan,ae,conv] [--seeds 0 1 2] [--k 500] [--json F]
+    python benchmarks/quality_vs_peers.py [--only vae,aae,gan,ae,conv] [--seeds 0 1 2] [--vae-seeds 0 1]
+                                          [--k 500] [--json F]
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def pythae_run(kind: str, train: np.ndarray, out: Path, seed: int) -> tuple[Torc
 
     common = {"output_dir": str(out), "num_epochs": EPOCHS, "per_device_train_batch_size": BATCH,
               "per_device_eval_batch_size": BATCH, "seed": seed, "no_cuda": True}
+    torch.manual_seed(seed)  # the model's initial weights (pythae seeds its trainer, after the model is built)
     if kind == "vae":
         model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=16, reconstruction_loss="bce"))
         config = BaseTrainerConfig(learning_rate=LR, **common)
@@ -139,14 +141,16 @@ def textbook_run(train: np.ndarray, seed: int) -> tuple[TorchAdapter, float]:
     return TorchAdapter("vae", model.encode, model.logits, 20), clock.stop()
 
 
-def bigmodel_run(family: str, arch: str, out: Path, seed: int, budget: bool) -> tuple[Path, float]:
-    """`bigmodel train` (budget: 20 epochs, batch 100; else the family's defaults), then export -> bundle."""
+def bigmodel_run(family: str, arch: str, out: Path, seed: int, budget: bool,
+                 model: dict | None = None) -> tuple[Path, float]:
+    """`bigmodel train` (budget: 20 epochs, batch 100; else the family's defaults; `model`: family
+    settings over the defaults), then export -> bundle."""
     from bigmodel.export import ExportOptions, export_bundle
     from bigmodel.training.loop import TrainSettings, train
 
     extra = {"epochs": EPOCHS, "batch_size": BATCH} if budget else {}
     clock = Clock()
-    train(TrainSettings(family=family, arch=arch, seed=seed, device="cpu", out=str(out), **extra))
+    train(TrainSettings(family=family, arch=arch, seed=seed, device="cpu", out=str(out), model=model or {}, **extra))
     seconds = clock.stop()
     return export_bundle(out, ExportOptions(force=True)).bundle, seconds
 
@@ -163,6 +167,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="vae,aae,gan,ae,conv", help="groups to run: vae, aae, gan, ae, conv")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="GAN seeds")
+    p.add_argument("--vae-seeds", type=int, nargs="+", default=[0, 1],
+                   help="seeds of pythae's VAE and bigmodel's mlp VAE (the textbook VAE: the first)")
     p.add_argument("--k", type=int, default=500, help="importance samples for the IWAE NLL")
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--json", type=Path, default=None)
@@ -180,16 +186,20 @@ def main() -> None:
         rows.append(row(name, evaluate_model(adapter, spec, {"target": name}, opts, ev), seconds))
         print(rows[-1], flush=True)
 
-    def score_ours(name, family, arch, seed=0, budget=True):
-        bundle, seconds = bigmodel_run(family, arch, Path(tmp) / f"{family}-{arch}-{seed}", seed, budget)
+    def score_ours(name, family, arch, seed=0, budget=True, model=None):
+        folder = Path(tmp) / f"{family}-{arch}-{seed}-{len(rows)}"
+        bundle, seconds = bigmodel_run(family, arch, folder, seed, budget, model)
         rows.append(row(name, evaluate(bundle, opts, ev), seconds))
         print(rows[-1], flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         if "vae" in groups:
-            score_peer("pythae VAE (MLP 784-512, latent 16)", *pythae_run("vae", data.train, Path(tmp) / "pv", 0))
-            score_peer("textbook VAE 784-400-20", *textbook_run(data.train, 0))
-            score_ours("bigmodel vae mlp", "vae", "mlp")
+            for i, seed in enumerate(args.vae_seeds):
+                score_peer(f"pythae VAE (MLP 784-512, latent 16), seed {seed}",
+                           *pythae_run("vae", data.train, Path(tmp) / f"pv{seed}", seed))
+                if i == 0:
+                    score_peer(f"textbook VAE 784-400-20, seed {seed}", *textbook_run(data.train, seed))
+                score_ours(f"bigmodel vae mlp, seed {seed}", "vae", "mlp", seed)
         if "conv" in groups:
             score_ours("bigmodel vae conv", "vae", "conv")
         if "aae" in groups:
@@ -199,7 +209,9 @@ def main() -> None:
             for seed in args.seeds:
                 score_ours(f"bigmodel gan mlp (defaults), seed {seed}", "gan", "mlp", seed, budget=False)
         if "conv" in groups:
-            score_ours("bigmodel gan conv (defaults)", "gan", "conv", budget=False)
+            score_ours("bigmodel gan conv (defaults: no spectral norm)", "gan", "conv", budget=False)
+            score_ours("bigmodel gan conv, spectral norm on D", "gan", "conv", budget=False,
+                       model={"spectral_norm": True})
         if "ae" in groups:
             score_ours("bigmodel ae mlp: sample() from the fitted prior", "ae", "mlp")
 

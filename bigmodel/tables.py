@@ -314,7 +314,8 @@ def print_eval(console, path: Path, report: dict, samples: int) -> None:
     for row in summary_rows(report):
         table.add_row(*row)
     console.print(table)
-    console.print(f"samples above their nearest training images: {report['picture']}", markup=False)
+    if "picture" in report:
+        console.print(f"samples above their nearest training images: {report['picture']}", markup=False)
 
 
 

@@ -258,6 +258,22 @@ def test_eval_cli_on_a_run_folder_with_json(trained_run, eval_cache, tmp_path, m
     assert report["nll"]["k"] == 2 and (tmp_path / "p.png").is_file()
 
 
+def test_eval_cli_writes_no_picture_unless_asked(eval_bundle, eval_cache, monkeypatch):
+    import functools
+
+    import bigmodel.eval
+
+    monkeypatch.setattr(bigmodel.eval, "EvalOptions", functools.partial(EvalOptions, classifier=TINY))
+    target, other = eval_bundle("ae"), eval_bundle("ae", "fp16")
+    folders = {target.parent, other.parent}
+    before = {f: sorted(p.name for p in f.iterdir()) for f in folders}
+    code, text = run_cli("eval", str(target), "--compare", str(other), "--samples", "100",
+                         "--cache-dir", str(eval_cache))
+    assert code == 0, text
+    assert {f: sorted(p.name for p in f.iterdir()) for f in folders} == before  # nothing new beside either bundle
+    assert "nearest training images" not in text
+
+
 def test_eval_cli_bad_inputs_exit_2(trained_run, eval_cache, capsys, tmp_path, mnist_npy):
     code, out = run_cli("eval", str(tmp_path / "nothing"))
     assert code == 2 and "bundle folder" in out

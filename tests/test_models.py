@@ -225,33 +225,38 @@ def test_gan_spectral_norm_bounds_d_and_ema_generator_is_the_exported_one(mnist5
 
 
 @pytest.mark.parametrize("prior", ["normal", "mixture"])
-def test_aae_three_steps_per_batch(prior: str, mnist5k) -> None:
-    model = _build("aae", "mlp", prior=prior)
+def test_aae_two_steps_per_batch(prior: str, mnist5k) -> None:
+    model = _build("aae", "mlp", prior=prior, adv_weight=3.0)
     x = torch.from_numpy(mnist5k.train[:16])
     rec = Recorder()
     terms = model.train_step(x, torch.Generator().manual_seed(0), rec)
-    assert [name for name, _ in rec.calls] == ["autoencoder", "discriminator", "encoder"]
+    assert [name for name, _ in rec.calls] == ["autoencoder", "discriminator"]
+    assert set(model.optimizers()) == {"autoencoder", "discriminator"}
     assert set(terms) == {"recon", "d_loss", "g_loss"}
 
-    # (1) reconstruction: summed BCE on logits, batch mean.
-    logits = model.decoder(model.encoder(x))
-    torch.testing.assert_close(rec.loss("autoencoder"), F.binary_cross_entropy_with_logits(
-        logits, x, reduction="sum") / len(x))
+    # (1) autoencoder: summed BCE on logits (batch mean) + adv_weight * BCE(D(E(x)), 1), the encoder
+    # as generator; reaches encoder and decoder.
+    codes = model.encoder(x)
+    recon = F.binary_cross_entropy_with_logits(model.decoder(codes), x, reduction="sum") / len(x)
+    fool = -F.logsigmoid(model.discriminator(codes)).mean()
+    torch.testing.assert_close(terms["recon"], recon.detach())
+    torch.testing.assert_close(terms["g_loss"], fool.detach())
+    torch.testing.assert_close(rec.loss("autoencoder"), recon + 3.0 * fool)
+    model.zero_grad(set_to_none=True)
+    rec.loss("autoencoder").backward()
+    assert all(p.grad is not None for p in [*model.encoder.parameters(), *model.decoder.parameters()])
     # (2) discriminator: prior samples labelled 1, codes labelled 0; codes detached from the encoder.
     z_prior = model.prior(16, torch.Generator().manual_seed(0))
-    codes = model.encoder(x)
     expected_d = -F.logsigmoid(model.discriminator(z_prior)).mean() - F.logsigmoid(-model.discriminator(codes)).mean()
     torch.testing.assert_close(rec.loss("discriminator"), expected_d)
     model.zero_grad(set_to_none=True)
     rec.loss("discriminator").backward()
     assert all(p.grad is None for p in model.encoder.parameters())
-    # (3) regularisation: the encoder as generator, BCE(D(E(x)), 1), reaching the encoder.
-    torch.testing.assert_close(rec.loss("encoder"), -F.logsigmoid(model.discriminator(codes)).mean())
-    model.zero_grad(set_to_none=True)
-    rec.loss("encoder").backward()
-    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.discriminator.parameters())
     # The discriminator looks at codes, not images.
     assert model.discriminator[0].in_features == model.config.latent_dim
+    with pytest.raises(ConfigError, match="adv_weight"):
+        _build("aae", "mlp", adv_weight=-1.0)
 
 
 def test_aae_priors_draw_their_laws() -> None:

@@ -40,8 +40,8 @@ def eval_cmd(
     picture: Annotated[
         Path | None,
         typer.Option(
-            help="PNG of samples above their nearest training images "
-            "(default: TARGET-nearest.png beside the target folder)."
+            help="Also draw the target's samples above their nearest training images into this new PNG "
+            "(memorisation at a glance; nothing is drawn without it)."
         ),
     ] = None,
     json_out: Annotated[
@@ -82,8 +82,8 @@ def eval_cmd(
     with console.status("loading data and the feature classifier"):
         data = load_eval_data(same_data(paths), opts)  # one dataset and classifier for both sides
     reports = []
-    for path in paths:
-        opts.picture = picture if picture and path == target else path.with_name(f"{path.name}-nearest.png")
+    for i, path in enumerate(paths):
+        opts.picture = picture if i == 0 else None  # only the target's, and only when asked: eval writes no other file
         with console.status(f"evaluating {path}") as status:
             report = evaluate(path, opts, data, progress=ui.status_progress(status, f"{path}: "))
         reports.append(report)

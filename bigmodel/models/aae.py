@@ -1,8 +1,9 @@
 """Adversarial autoencoder (Makhzani et al., 2015): no KL term; a discriminator on latent codes.
 
-Per mini-batch: (1) reconstruction step on encoder + decoder; (2) discriminator step, prior
-samples labelled 1 and codes E(x) labelled 0; (3) regularisation step, the encoder as generator
-with BCE(D(E(x)), 1). Roles: `encoder` x -> z, `decoder` z -> x̂, `discriminator` z -> logit.
+Per mini-batch, from one encoder pass z = E(x): (1) an autoencoder step on reconstruction +
+adv_weight * BCE(D(z), 1), the encoder acting as the generator; (2) a discriminator step, prior
+samples labelled 1 and the same codes z (detached) labelled 0. Roles: `encoder` x -> z, `decoder`
+z -> x̂, `discriminator` z -> logit.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bigmodel.errors import ConfigError
 from bigmodel.manifest import LatentSpec
 from bigmodel.models import nets
 from bigmodel.models.base import (
+    GAN_BETAS,
     IMAGE_IN,
     IMAGE_OUT,
     LATENT_IN,
@@ -25,10 +27,10 @@ from bigmodel.models.base import (
     GenerativeModel,
     RoleIO,
     StepFn,
+    adam,
     bce_const,
     bce_logits_sum,
 )
-from bigmodel.models.gan import adam_gan
 from bigmodel.models.registry import register_model
 
 PRIORS = ("normal", "mixture")
@@ -42,10 +44,17 @@ class AAEConfig(BaseConfig):
     latent_dim: int = 8
     prior: str = "normal"
     disc_hidden: tuple[int, ...] = (256, 256)
-    adv_lr: float = 2e-4
+    adv_lr: float = 2e-4  # the discriminator's
+    # Weight of the encoder's adversarial term beside the reconstruction (nats summed per image). One
+    # joint step instead of separate reconstruction and regularisation steps (mnist-5k, 20 epochs, batch
+    # 100, seeds 0/1): FID 167/152 at weight 3, 173/196 at 10, 240 at 1 (seed 0), against 204 for the
+    # three-step scheme at ~1.45x this CPU time (benchmarks/quality_vs_peers.py).
+    adv_weight: float = 3.0
 
     def validate(self) -> None:
         super().validate()
+        if not self.adv_weight >= 0 or not math.isfinite(self.adv_weight):
+            raise ConfigError(f"adv_weight must be a number >= 0; got {self.adv_weight!r}")
         if self.prior not in PRIORS:
             raise ConfigError(f"prior must be one of {', '.join(PRIORS)}; got {self.prior!r}")
 
@@ -108,20 +117,18 @@ class AAE(GenerativeModel):
     def optimizers(self):
         c = self.config
         return {
-            "autoencoder": torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=c.lr),
-            "discriminator": adam_gan(self.discriminator.parameters(), c.adv_lr),
-            "encoder": adam_gan(self.encoder.parameters(), c.adv_lr),
+            "autoencoder": adam([*self.encoder.parameters(), *self.decoder.parameters()], c.lr),
+            "discriminator": adam(self.discriminator.parameters(), c.adv_lr, GAN_BETAS),
         }
 
     def train_step(self, x: Tensor, noise, step: StepFn):
-        recon = bce_logits_sum(self.decoder(self.encoder(x)), x)
-        step("autoencoder", recon)
+        z = self.encoder(x)  # (B, latent): one pass serves both steps
+        recon = bce_logits_sum(self.decoder(z), x)
+        g_loss = bce_const(self.discriminator(z), 1.0)
+        step("autoencoder", recon + self.config.adv_weight * g_loss)
         z_prior = self.prior(len(x), noise).to(x.device)
-        codes = self.encoder(x).detach()  # (B, latent)
-        d_loss = bce_const(self.discriminator(z_prior), 1.0) + bce_const(self.discriminator(codes), 0.0)
-        step("discriminator", d_loss)
-        g_loss = bce_const(self.discriminator(self.encoder(x)), 1.0)
-        step("encoder", g_loss)
+        d_loss = bce_const(self.discriminator(z_prior), 1.0) + bce_const(self.discriminator(z.detach()), 0.0)
+        step("discriminator", d_loss)  # its gradients from the autoencoder step are zeroed first
         return {"recon": recon.detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
     def eval_losses(self, x: Tensor, noise):

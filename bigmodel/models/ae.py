@@ -10,7 +10,17 @@ from torch import Tensor
 
 from bigmodel.manifest import LatentSpec
 from bigmodel.models import nets
-from bigmodel.models.base import IMAGE_IN, IMAGE_OUT, LATENT_IN, BaseConfig, Decode, GenerativeModel, RoleIO, StepFn
+from bigmodel.models.base import (
+    IMAGE_IN,
+    IMAGE_OUT,
+    LATENT_IN,
+    BaseConfig,
+    Decode,
+    GenerativeModel,
+    RoleIO,
+    StepFn,
+    adam,
+)
 from bigmodel.models.base import bce_logits_sum as recon_loss
 from bigmodel.models.registry import register_model
 
@@ -37,7 +47,7 @@ class AE(GenerativeModel):
         self.decoder = nets.decoder(arch, c.latent_dim, data.shape, c.hidden, c.width)
 
     def optimizers(self):
-        return {"autoencoder": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+        return {"autoencoder": adam(self.parameters(), self.config.lr)}
 
     def train_step(self, x: Tensor, noise, step: StepFn):
         loss = recon_loss(self.decoder(self.encoder(x)), x)

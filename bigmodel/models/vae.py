@@ -22,6 +22,7 @@ from bigmodel.models.base import (
     GenerativeModel,
     RoleIO,
     StepFn,
+    adam,
     bce_logits_sum,
 )
 from bigmodel.models.registry import register_model
@@ -83,7 +84,7 @@ class VAE(GenerativeModel):
         self.decoder = nets.decoder(arch, c.latent_dim, data.shape, c.hidden, c.width)
 
     def optimizers(self):
-        return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+        return {"vae": adam(self.parameters(), self.config.lr)}
 
     def _terms(self, x: Tensor, noise: torch.Generator) -> dict[str, Tensor]:
         mu, logvar = self.encoder(x)
