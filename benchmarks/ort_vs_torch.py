@@ -11,7 +11,7 @@ runs. Goals (2 CPU cores, T = 2):
     onnxruntime vs torch eager, batch 1    >= 2.5x   (torch p50 / runtime p50), Model.run and Model.decode
     onnxruntime vs torch eager, batch 256  >= 1.3x
     onnxruntime GFLOP/s at batch 1024      >= 75% of numpy's float32 matmuls of the same FLOP count
-    Model.decode vs a bare session.run on the same session, batch 1   <= 1.05 (p50 ratio)
+    Model.decode vs a bare session.run on the same session, batch 1   <= 1.05 (p50 ratio, calls interleaved)
 
 The same bundles then go through `bigmodel bench`'s harness (`run_bench`, torch and ort-cpu, same
 threads) in the same process, and both speed-ups are printed side by side: this script alternates
@@ -149,6 +149,22 @@ def alternate(sides: dict, rounds: int, seconds: float) -> tuple[dict[str, float
             {k: float(np.percentile(v, 10)) for k, v in times.items()})
 
 
+def decode_overhead(decode, bare, seconds: float) -> tuple[float, float]:
+    """Model.decode / bare session.run on the same session at batch 1: (p50 ratio, p10 ratio).
+
+    The calls of the two sides are randomly interleaved one by one (runtime_overhead.py's method), so
+    a busy spell hits both alike: the rounds of a few hundred ms that the speed-ups use leave a few
+    percent of drift between two sides that differ by a few microseconds.
+    """
+    from runtime_overhead import interleaved
+
+    sides = {"decode": lambda _: decode(), "bare": lambda _: bare()}
+    interleaved(sides, None, min(1.0, seconds / 4))  # warm-up
+    t = interleaved(sides, None, seconds, seed=1)
+    return (statistics.median(t["decode"]) / statistics.median(t["bare"]),
+            float(np.percentile(t["decode"], 10) / np.percentile(t["bare"], 10)))
+
+
 def parse_args(doc: str, batch_sizes: str) -> tuple[argparse.Namespace, list[int]]:
     """The options this script and benchmarks/engines.py share: (args, batch sizes)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
@@ -157,6 +173,7 @@ def parse_args(doc: str, batch_sizes: str) -> tuple[argparse.Namespace, list[int
     ap.add_argument("--round-seconds", type=float, default=0.3, help="seconds per side per round")
     ap.add_argument("--families", default="vae,gan")
     ap.add_argument("--batch-sizes", default=batch_sizes)
+    ap.add_argument("--overhead-seconds", type=float, default=4.0, help="Model.decode vs session.run, batch 1")
     args = ap.parse_args()
     return args, [int(b) for b in args.batch_sizes.split(",")]
 
@@ -251,10 +268,11 @@ def main() -> int:
                 if batch == 1:
                     print_anatomy(p50)
                     dec = p50["torch"] / p50["decode"]
-                    over = p50["decode"] / p50["session_image"]
+                    over, over10 = decode_overhead(sides["decode"], sides["session_image"], args.overhead_seconds)
                     print(f"{'':15s}Model.decode: {p50['decode'] * 1e6:.1f} us, {dec:.2f}x torch (goal >= "
                           f"{GOALS[1]}x: {'met' if dec >= GOALS[1] else 'MISSED'}); / bare session.run "
-                          f"{over:.3f} (goal <= {DECODE_OVERHEAD}: {'met' if over <= DECODE_OVERHEAD else 'MISSED'})")
+                          f"{over:.3f}, p10s {over10:.3f} (calls interleaved one by one; goal <= {DECODE_OVERHEAD}: "
+                          f"{'met' if over <= DECODE_OVERHEAD else 'MISSED'})")
                     if dec < GOALS[1]:
                         missed.append(f"{family} batch 1 Model.decode speed-up {dec:.2f}x < {GOALS[1]}x")
                     if over > DECODE_OVERHEAD:

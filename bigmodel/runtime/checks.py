@@ -21,7 +21,7 @@ class Input:
     """One graph input's contract, compiled from its TensorSpec and the bundle's data spec."""
 
     __slots__ = ("name", "what", "dtype", "shape", "tail", "rank", "kind", "u8_div", "u8_add", "f32", "lo", "hi",
-                 "range_text")
+                 "range_text", "prepare")
 
     def __init__(self, spec: TensorSpec, data: DataSpec, what: str, check_range: bool = True):
         self.name = spec.name
@@ -47,9 +47,52 @@ class Input:
             slack = RANGE_SLACK * (hi - lo)
             self.lo, self.hi = lo - slack, hi + slack
         self.range_text = f"[{lo:g}, {hi:g}]"
+        # prepare(value): `value` as a C-contiguous array of the graph's dtype with a batch axis, or InputError
+        self.prepare = self._compile_prepare()
 
-    def prepare(self, value) -> np.ndarray:
-        """`value` as a C-contiguous array of the graph's dtype with a batch axis, or InputError."""
+    def _compile_prepare(self):
+        """The `prepare` closure: the common call (a C-contiguous batch of the graph's dtype whose values
+        pass) checked with every constant bound at load and no other call; anything else, or values
+        that fail the fast check, goes to `_convert`, which converts, re-checks exactly and explains."""
+        ndarray, dtype, rank, tail, f32 = np.ndarray, self.dtype, self.rank, self.tail, self.f32
+        lo, hi = self.lo, self.hi
+        convert, finite_flat = self._convert, _all_finite_flat
+
+        if lo is not None:
+            def prepare_image(value) -> np.ndarray:
+                if type(value) is ndarray and value.dtype is dtype:
+                    shape = value.shape
+                    if len(shape) == rank and shape[1:] == tail and shape[0] and value.flags.c_contiguous:
+                        flat = value.ravel()  # a view; min/max propagate NaN: one comparison covers NaN, Inf, range
+                        if _min(flat) >= lo and _max(flat) <= hi:
+                            return value
+                return convert(value)
+
+            return prepare_image
+
+        def prepare(value) -> np.ndarray:
+            if type(value) is ndarray and value.dtype is dtype:
+                shape = value.shape
+                if len(shape) == rank and shape[1:] == tail and shape[0] and value.flags.c_contiguous:
+                    if finite_flat(value.ravel(), f32):
+                        return value
+            return convert(value)
+
+        return prepare
+
+    def _check_values(self, x: np.ndarray) -> np.ndarray:
+        """`x` (C-contiguous, graph dtype) if its values are finite and, for images, in the data range."""
+        flat = x.ravel()  # a view; 1-D reductions are numpy's fastest path
+        if self.lo is not None:
+            # min/max propagate NaN, so one comparison covers NaN, Inf and the range
+            if not (_min(flat) >= self.lo and _max(flat) <= self.hi):
+                self._refuse(x)
+        elif not _all_finite_flat(flat, self.f32):
+            self._refuse(x)
+        return x
+
+    def _convert(self, value) -> np.ndarray:
+        """`prepare` for everything but the common call: other dtypes, one sample, lists, strided arrays."""
         x = value if type(value) is np.ndarray else _as_array(value, self.what)
         dt = x.dtype
         checked = False  # True once the values are known finite and in range (uint8 pixels are)
@@ -78,16 +121,7 @@ class Input:
             raise InputError(f"{self.what}: expected at least one sample; got an empty batch of shape {shape}")
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
-        if checked:
-            return x
-        if self.lo is not None:
-            # min/max propagate NaN, so one comparison covers NaN, Inf and the range
-            flat = x.ravel()  # a view (x is C-contiguous); 1-D reductions are numpy's fastest path
-            if not (_min(flat) >= self.lo and _max(flat) <= self.hi):
-                self._refuse(x)
-        elif not _all_finite_fast(x, self.f32):
-            self._refuse(x)
-        return x
+        return x if checked else self._check_values(x)
 
     def _refuse(self, x: np.ndarray) -> None:
         """Raise the InputError that explains why `x` failed the fast check (if it really fails)."""
@@ -115,26 +149,34 @@ RANGE_SLACK = 0.05  # of the data range's width
 _min = np.minimum.reduce
 _max = np.maximum.reduce
 _TINY = 64
-_SMALL = 8192
-_ZEROS = np.zeros(_SMALL, np.float32)
+_SMALL = 1 << 16
+_ZEROS = np.zeros(_SMALL, np.float32)  # 256 KiB, read-only; its slices are the zero vectors of the dot check
 _ZEROS.flags.writeable = False
+# size -> _ZEROS[:size] for the sizes met (calls repeat them): `x.ravel().dot(ZERO_VIEWS[x.size])` is 0 unless
+# x holds NaN or Inf (0 * Inf = NaN); model.py inlines that check on its per-call path
+ZERO_VIEWS: dict[int, np.ndarray] = {}
+F32 = np.dtype(np.float32)
 
 
-def _all_finite_fast(x: np.ndarray, f32: bool) -> bool:
-    """True if every value of contiguous `x` is finite; False means "maybe not" (check exactly).
+def _all_finite_flat(flat: np.ndarray, f32: bool) -> bool:
+    """True if every value of 1-D `flat` is finite; False means "maybe not" (check exactly). One pass.
 
-    One pass, no temporary array, no floating-point warnings on valid input. Tiny arrays (one
-    code): a sum of Python floats (doubles, so float32 values cannot overflow it) -- in between
-    onnxruntime calls this beats any numpy call, whose dispatch has been evicted from the caches.
-    Small float32 arrays: the dot product with zeros is 0 unless a value is NaN or Inf (0 * Inf =
-    NaN) and cannot overflow. Larger: a sum, finite unless a value is NaN/Inf or the sum overflows.
+    Tiny arrays (one code): a sum of Python floats (doubles: float16/32 values cannot overflow
+    it), no numpy call and no floating-point warning. Float32 up to _SMALL values: the dot product
+    with zeros, 0 unless a value is NaN or Inf (0 * Inf = NaN: numpy warns "invalid value" before the
+    InputError), and it cannot overflow. Larger: a sum, finite unless a value is NaN/Inf or the sum
+    overflows.
     """
-    flat = x.ravel()  # a view: x is C-contiguous
     n = flat.size
     if n <= _TINY:
         return math.isfinite(sum(flat.tolist()))
     if f32 and n <= _SMALL:
-        return math.isfinite(flat.dot(_ZEROS[:n]))
+        zeros = ZERO_VIEWS.get(n)
+        if zeros is None:
+            zeros = _ZEROS[:n]
+            if len(ZERO_VIEWS) < 256:
+                ZERO_VIEWS[n] = zeros
+        return math.isfinite(flat.dot(zeros))
     with np.errstate(over="ignore", invalid="ignore"):
         return math.isfinite(np.add.reduce(flat))
 
@@ -156,29 +198,9 @@ def _first_index(mask: np.ndarray, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), shape))
 
 
-def finite_check(what: str):
-    """A compiled `check(out) -> out` for one output of one role: `check_finite_output` with its common case
-    (a contiguous float32 output of at most _SMALL values, the size seen before) reduced to one dot
-    product with a zero vector kept per size -- 0 unless a value is NaN or Inf."""
-    zeros: dict[int, np.ndarray] = {}
-    f32 = np.dtype(np.float32)
-    isfinite = math.isfinite
-
-    def check(out: np.ndarray) -> np.ndarray:
-        z = zeros.get(out.size)
-        if z is not None and out.dtype is f32 and out.flags.c_contiguous:
-            if isfinite(out.ravel().dot(z)):
-                return out
-        elif out.size <= _SMALL:
-            zeros[out.size] = np.zeros(out.size, np.float32)
-        return check_finite_output(out, what)
-
-    return check
-
-
 def check_finite_output(out: np.ndarray, what: str) -> np.ndarray:
     """`out` if every value is finite, else InputError naming the first sample that came back NaN/Inf."""
-    if out.flags.c_contiguous and _all_finite_fast(out, out.dtype == np.float32):
+    if _all_finite_flat(out.ravel(), out.dtype is F32):  # ravel: a view of a contiguous output
         return out
     finite = np.isfinite(out)
     if finite.all():

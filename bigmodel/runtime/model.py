@@ -8,6 +8,7 @@ input check and the backend run. A Model holds no per-call state, so many thread
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from bigmodel.errors import BundleError, InputError
 from bigmodel.manifest import Manifest
 from bigmodel.priors import Prior, slerp
-from bigmodel.runtime.checks import Input, check_finite_output, check_sample_request, finite_check
+from bigmodel.runtime.checks import ZERO_VIEWS, Input, check_finite_output, check_sample_request
 
 IMAGE_ROLES = ("decoder", "generator")
 # method -> roles it needs (beyond the image role every family has)
@@ -64,6 +65,10 @@ class Model:
         batch_range = getattr(backend, "batch_range", None)
         self._limits = {role: batch_range(role) if batch_range else None for role in roles}
         self._run_backend = backend.run
+        runner = getattr(backend, "runner", None)
+        # role -> checked feeds -> every output: the backend's compiled runner where no batch limits apply
+        self._runs = {role: runner(role) if runner and self._limits[role] is None else
+                      functools.partial(backend.run, role) for role in roles}
         # one closure per single-input role: input check -> backend -> float32 first output, nothing looked up
         self._single_calls = {role: self._compile(role) for role in self._first}
         self._decode = self._single_calls[self._image_role]
@@ -137,11 +142,11 @@ class Model:
     def _execute(self, role: str, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         limits = self._limits[role]
         if limits is None:
-            return self._run_backend(role, arrays)
+            return self._runs[role](arrays)
         n = len(next(iter(arrays.values())))
         lo, hi = limits
         if lo <= n <= hi:
-            return self._run_backend(role, arrays)
+            return self._runs[role](arrays)
         from bigmodel.runtime.engines import split_batches
 
         parts = []
@@ -189,11 +194,18 @@ class Model:
                 return out if out.dtype == F32 else out.astype(F32)
 
             return call
-        finite = finite_check(f"{role} output {wanted[0]!r}")
+        what = f"{role} output {wanted[0]!r}"
+        zeros_for, isfinite = ZERO_VIEWS.get, math.isfinite
 
         def checked_call(x) -> np.ndarray:
             out = run({name: prepare(x)})[first]
-            return finite(out if out.dtype is F32 else out.astype(F32))
+            if out.dtype is F32:  # check_finite_output's common case inlined: one dot with the zeros of its size
+                zeros = zeros_for(out.size)
+                if zeros is not None and isfinite(out.ravel().dot(zeros)):
+                    return out
+            else:
+                out = out.astype(F32)
+            return check_finite_output(out, what)
 
         return checked_call
 
