@@ -18,6 +18,7 @@ from conftest import run_cli as cli
 from bigmodel.manifest import read_manifest
 from bigmodel.models.registry import list_models
 from bigmodel.parity.tolerances import TOLERANCES, Tolerance
+from bigmodel.runtime import load
 
 PRECISIONS = [("fp16", "static"), ("int8", "static"), ("int8", "dynamic"), ("int8", "weights")]
 
@@ -108,6 +109,14 @@ def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_r
     assert code == 0, text
     text = " ".join(text.split())
     assert "FAILED (written with --allow-failing)" in text and "FAIL int8 encoder" in text
-    # parity, with the same table, gives the same verdict
-    code, text = cli("parity", str(out), "--backend", "ort-cpu")
+    # parity, with the same table, gives the same verdict (its load warns like any other)
+    with pytest.warns(RuntimeWarning, match="exported with --allow-failing"):
+        code, text = cli("parity", str(out), "--backend", "ort-cpu")
     assert code == 1 and "parity failed" in text
+    # loading it warns once per load, naming what failed
+    with pytest.warns(RuntimeWarning) as record:
+        load(out, backend="ort-cpu")
+    assert len(record) == 1, [str(r.message) for r in record]
+    message = str(record[0].message)
+    assert "exported with --allow-failing" in message and "int8 graphs failed" in message
+    assert "failing: decoder, encoder, encoder->decoder" in message and "extra.verification" in message

@@ -242,6 +242,27 @@ def test_bundle_errors_at_load(vae, tmp_path, damage, message):
     assert message in str(e.value), str(e.value)
 
 
+def test_a_bundle_written_with_allow_failing_warns_at_each_load(vae, tmp_path):
+    bundle = copy_bundle(vae, tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    line = "fp32 decoder output 'x' (image; prior inputs, batch 7): max_abs 0.3 at [1, 0, 3, 4], got 0.9 want 0.6"
+    for passed, failures in ((True, []), (False, [line, line.replace("decoder", "encoder->decoder")])):
+        manifest["extra"]["verification"] = {"passed": passed, "failures": failures}
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            load(bundle, backend="ort-cpu")
+            load(bundle, backend="ort-cpu")
+        if passed:
+            assert record == []
+            continue
+        assert len(record) == 2 and all(r.category is RuntimeWarning for r in record)
+        text = str(record[0].message)
+        assert "exported with --allow-failing" in text and "failed 2 of export's checks" in text
+        assert "failing: decoder, encoder->decoder" in text
+        assert record[0].filename == __file__  # points at the caller's load()
+
+
 def test_verify_false_skips_the_sha256_check_only(vae, tmp_path):
     bundle = copy_bundle(vae, tmp_path)
     _manifest(bundle, lambda d: d["roles"]["decoder"].update(sha256="0" * 64))

@@ -133,3 +133,11 @@ def test_tune_measures_every_backend_per_role_and_batch_and_info_shows_it(bundle
     assert code == 0 and "tuning table applies here" in text
     code, text = cli("info", str(bundle), "--json")
     assert json.loads(text)["tuning"]["stale"] is None
+    # a second run never replaces the table silently: one-line refusal naming the file, before measuring
+    before = table_path(bundle).read_bytes()
+    code, text = cli("tune", str(bundle), "--batch-sizes", "2", "--threads", "1", "--seconds", "0.03")
+    assert code == 2 and f"{table_path(bundle)} already exists" in text and "--force" in text, text
+    assert table_path(bundle).read_bytes() == before
+    code, text = cli("tune", str(bundle), "--batch-sizes", "2", "--threads", "1", "--seconds", "0.03", "--force")
+    assert code == 0, text
+    assert all(set(cells) == {"2"} for cells in read_table(bundle)["roles"].values())

@@ -53,22 +53,26 @@ def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float,
 def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAULT_BATCHES,
                 threads: int | None = None, backends: tuple[str, ...] | None = None, device: str = "cpu",
                 seconds: float = 0.6, rounds: int = 3, seed: int = 0, write: bool = True,
-                progress: ProgressFn | None = None) -> dict[str, Any]:
+                progress: ProgressFn | None = None, force: bool = False) -> dict[str, Any]:
     """Measure, choose the fastest backend per (role, batch), write BUNDLE/tuning.json; returns the table.
 
     backends: default every registry backend for `device` ('cpu' or 'cuda'); those that cannot run
     here are listed under "skipped" with the reason. seconds: timed seconds per backend and cell,
-    split over `rounds` alternating rounds.
+    split over `rounds` alternating rounds. An existing tuning.json is replaced only with `force`
+    (InputError before anything is measured otherwise).
     """
     from bigmodel.bench.adapters import role_inputs
     from bigmodel.manifest import read_manifest
     from bigmodel.runtime import backend_status, load
     from bigmodel.runtime.backends import registry
     from bigmodel.runtime.backends.ort import physical_cores
-    from bigmodel.runtime.tuning import make_table, write_table
+    from bigmodel.runtime.tuning import make_table, table_path, write_table
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    if write and not force and (table_path(bundle).exists() or table_path(bundle).is_symlink()):
+        raise InputError(f"{table_path(bundle)} already exists (an earlier `bigmodel tune`); pass --force to "
+                         "replace it")
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda; got {device!r}")
     if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):

@@ -31,6 +31,7 @@ def tune(
         float, typer.Option(help="Timed seconds per backend and cell (over 3 alternating rounds).")
     ] = 0.6,
     json_out: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing BUNDLE/tuning.json.")] = False,
 ) -> None:
     """Measure every backend per role and batch size; write BUNDLE/tuning.json for load(backend="auto").
 
@@ -48,7 +49,7 @@ def tune(
     from bigmodel.manifest import read_manifest
 
     read_manifest(bundle)  # a bundle, and one whose folder takes tuning.json, before minutes of measuring
-    check_writable(bundle)
+    check_writable(bundle)  # (and tune_bundle refuses an existing tuning.json without --force, before measuring)
     console = ui.table_console()
     with console.status("tuning") as status:
         table = tune_bundle(
@@ -59,6 +60,7 @@ def tune(
             device=device,
             seconds=seconds,
             progress=ui.status_progress(status, "tuning: "),
+            force=force,
         )
     if json_out:
         typer.echo(json.dumps(table, indent=2))

@@ -76,6 +76,21 @@ def verify_files(path: str | os.PathLike, manifest: Manifest, engines: bool = Fa
                               f"got {got[:16]}... (the file changed after export; re-export the bundle)")
 
 
+def warn_failed_verification(path: Path, manifest: Manifest) -> None:
+    """One RuntimeWarning for a bundle exported with --allow-failing (its manifest records failed checks),
+    naming the roles and chains that failed; nothing for any other bundle."""
+    v = manifest.extra.get("verification")
+    if not isinstance(v, dict) or v.get("passed", True) is not False:
+        return
+    failures = [str(f) for f in v.get("failures") or []]
+    # failure lines read "<precision> <role or chain> output ...": bigmodel.parity.check.failure_lines
+    failed = sorted({f.removeprefix(f"{manifest.precision} ").split(" output ")[0] for f in failures})
+    warnings.warn(f"bundle {path} was exported with --allow-failing: its {manifest.precision} graphs failed "
+                  f"{len(failures)} of export's checks against the fp32 graphs (failing: {', '.join(failed) or '?'}); "
+                  "its outputs may be wrong (every failure: manifest.json, extra.verification)",
+                  RuntimeWarning, stacklevel=3)
+
+
 def backend_status(names: tuple[str, ...] = BACKENDS, device_id: int = 0) -> dict[str, str | None]:
     """Each backend name -> None if it can run here (its registry probe really ran it; GPU ones on GPU
     `device_id`), else the reason it cannot."""
@@ -185,7 +200,8 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     `model.backend.settings["placement"]`.
     check_values: float images outside the bundle's data range are an InputError, and so are outputs
     of encode/decode/sample/... that come back NaN or Inf; False gives the model's raw behaviour.
-    Every file the manifest names must lie inside the bundle folder (always checked).
+    Every file the manifest names must lie inside the bundle folder (always checked). A bundle exported
+    with --allow-failing loads with a RuntimeWarning naming the roles whose checks failed.
 
     With backend='auto' and a tuning table beside the manifest (`bigmodel tune`), each call goes to
     the backend measured fastest for the nearest measured batch size; a table measured on another
@@ -200,6 +216,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     check_containment(path, manifest)
     if verify:
         verify_files(path, manifest)
+    warn_failed_verification(path, manifest)
     from bigmodel.runtime.backends import parse_device
 
     _, gpu = parse_device(device, device_id)
