@@ -2,11 +2,15 @@
 
 For the default MLP VAE decoder and GAN generator (random weights from seed 0, exported exactly as
 `benchmarks/ort_vs_torch.py` does), this script runs `bigmodel tune` on the bundle, then loads
-`ort-cpu`, `ov-cpu` (LATENCY hint, the backend's default), `ov-cpu` with the THROUGHPUT hint, and
-`auto` (dispatching from the fresh table), all with T threads, and times `Model.run` on each in
-alternating rounds at every batch size (so a busy spell on a shared machine hits all alike); each
-figure is the median of all its runs. The GEMM ceiling is the best float32 GEMM numpy's BLAS does
-on the graph's own GEMM shapes at that batch, with T threads, measured in the same rounds.
+`ort-cpu`, `ov-cpu` (LATENCY hint, the backend's default), `ov-cpu` with the THROUGHPUT hint (each
+call's batch split across its infer requests, one per stream), and `auto` (dispatching from the
+fresh table), all with T threads, and times `Model.run` on each in alternating rounds at every
+batch size (so a busy spell on a shared machine hits all alike); times and ratios are medians of
+all runs. The GEMM ceiling is the best float32 GEMM numpy's BLAS does on the graph's own GEMM
+shapes at that batch, with T threads (or 1, if faster), measured right after the cell: the fastest
+of its repeated runs. Each engine's % of it compares like with like: the engine's fastest run
+(the % from its median run is printed beside it; on a busy machine only the fastest runs are
+free of other processes' time slices).
 
 Goals (2 CPU cores, T = 2):
 
@@ -78,6 +82,7 @@ def main() -> int:
                 sides = {k: (lambda m=m, feeds=feeds, role=role: m.run(role, feeds)) for k, m in models.items()}
                 times = alternate(sides, args.rounds, args.round_seconds)
                 p50 = {k: statistics.median(v) for k, v in times.items()}
+                fastest = {k: min(v) for k, v in times.items()}
                 single = min(("ort-cpu", "ov-cpu"), key=p50.get)
                 ratio = p50[single] / p50["auto"]
                 chosen = models["auto"].backend.pick(role, batch).name if hasattr(models["auto"].backend, "pick") \
@@ -90,13 +95,16 @@ def main() -> int:
                     missed.append(f"{family} batch {batch}: auto/best {ratio:.2f} < {AUTO_GOAL}")
                 print(line)
                 if batch in (256, 1024):
-                    ceiling = gemm_ceiling(cost, batch, threads)
-                    pct = {k: 100 * cost.flops_per_sample * batch / p50[k] / 1e9 / ceiling
-                           for k in ("ort-cpu", "ov-cpu", "ov-tput")}
+                    ceiling = gemm_ceiling(cost, batch, threads, seconds=1.0)
+                    engines = ("ort-cpu", "ov-cpu", "ov-tput")
+                    pct = {k: 100 * cost.flops_per_sample * batch / fastest[k] / 1e9 / ceiling for k in engines}
+                    pct50 = {k: 100 * cost.flops_per_sample * batch / p50[k] / 1e9 / ceiling for k in engines}
                     best = max(pct.values())
-                    print(f"{'':15s}GEMM ceiling {ceiling:.1f} GFLOP/s: ort {pct['ort-cpu']:.0f}%  "
-                          f"ov {pct['ov-cpu']:.0f}%  ov-throughput {pct['ov-tput']:.0f}%  "
-                          f"(goal: best >= {CEILING_GOAL:.0f}%: {'met' if best >= CEILING_GOAL else 'MISSED'})")
+                    print(f"{'':15s}GEMM ceiling {ceiling:.1f} GFLOP/s (fastest run); fastest runs: ort "
+                          f"{pct['ort-cpu']:.0f}%  ov {pct['ov-cpu']:.0f}%  ov-throughput {pct['ov-tput']:.0f}% "
+                          f"(goal: best >= {CEILING_GOAL:.0f}%: {'met' if best >= CEILING_GOAL else 'MISSED'}); "
+                          f"median runs: ort {pct50['ort-cpu']:.0f}%  ov {pct50['ov-cpu']:.0f}%  "
+                          f"ov-throughput {pct50['ov-tput']:.0f}%")
                     if best < CEILING_GOAL:
                         missed.append(f"{family} batch {batch}: best engine {best:.0f}% of the GEMM ceiling")
             for m in models.values():

@@ -93,6 +93,27 @@ def test_ov_cpu_matches_ort_cpu_and_honours_threads(vae_bundle):
         ov.decode(np.zeros((2, 3), np.float32))
 
 
+def test_ov_throughput_hint_splits_a_batch_across_its_requests(vae_bundle):
+    pytest.importorskip("openvino", reason=OV_REASON)
+    from bigmodel.manifest import read_manifest
+    from bigmodel.runtime import load
+    from bigmodel.runtime.backends.openvino import OpenVINOBackend
+    from bigmodel.runtime.model import Model
+
+    manifest = read_manifest(vae_bundle)
+    ov = Model(vae_bundle, manifest, OpenVINOBackend(vae_bundle, manifest, threads=2, hint="THROUGHPUT"))
+    role = ov.backend._roles["decoder"]
+    assert role.split == role.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") >= 1
+    ort = load(vae_bundle, backend="ort-cpu", threads=1)
+    for n in (1, 2 * role.split - 1, 2 * role.split + 3, 37):  # below the split, and split into uneven parts
+        z = np.random.default_rng(n).standard_normal((n, ov.latent_dim), dtype=np.float32)
+        got = ov.run("decoder", {"z": z})
+        want = ort.run("decoder", {"z": z})
+        for name in want:
+            assert got[name].shape == want[name].shape
+            np.testing.assert_allclose(got[name], want[name], atol=1e-4)
+
+
 def _graph_with_renamed_outputs(path):
     """y = Identity(t), t = x @ w; a second output s = Neg(x) listed first: OpenVINO names y's tensor {t, y}."""
     import onnx

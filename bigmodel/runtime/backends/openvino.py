@@ -4,7 +4,9 @@ OpenVINO reads ONNX directly (external data included), so nothing is converted o
 Settings per compiled model: the LATENCY performance hint (one stream using every thread: a
 synchronous call is what `Model` makes), INFERENCE_NUM_THREADS = `threads` (default: the physical
 cores), INFERENCE_PRECISION_HINT = f32, so that CPUs with bf16/AMX units do not silently run an
-fp32 bundle in bf16 (OpenVINO's default there), and no thread pinning (see `config`).
+fp32 bundle in bf16 (OpenVINO's default there), and no thread pinning (see `config`). With the
+THROUGHPUT hint (benchmarks/engines.py compares it) one call's batch is split across the compiled
+model's optimal number of infer requests, run at once: one per stream.
 
 OpenVINO gives a tensor several names (an ONNX output that passes through Identity keeps the names
 of both ends), so outputs are found by the manifest's ONNX output name -- `compiled.output(name)` --
@@ -99,35 +101,51 @@ def create(name: str, bundle: Path, manifest: Manifest, options) -> OpenVINOBack
 
 
 class _Role:
-    """One compiled model; an infer request per calling thread (a request is not thread-safe)."""
+    """One compiled model; infer requests per calling thread (a request is not thread-safe).
 
-    def __init__(self, compiled, inputs: list[str], outputs: list[str]):
+    split: how many infer requests one call's batch is divided across, run at once (the THROUGHPUT
+    hint's streams each run one request on their share of the threads); 1 for the LATENCY hint.
+    """
+
+    def __init__(self, compiled, inputs: list[str], outputs: list[str], split: int = 1):
         self.compiled = compiled
         self.in_ports = [compiled.input(n) for n in inputs]
         self.out_ports = [compiled.output(n) for n in outputs]  # by ONNX name: see the module docstring
         self.input_names = inputs
         self.output_names = outputs
+        self.split = max(1, int(split))
         self.local = threading.local()
 
-    def request(self):
-        req = getattr(self.local, "request", None)
-        if req is None:
-            req = self.local.request = self.compiled.create_infer_request()
-        return req
+    def requests(self) -> list:
+        reqs = getattr(self.local, "requests", None)
+        if reqs is None:
+            reqs = self.local.requests = [self.compiled.create_infer_request() for _ in range(self.split)]
+        return reqs
 
     def runner(self, outputs: list[str]):
         """feeds -> [outputs] (fresh arrays), the ports looked up once."""
         ports = [self.out_ports[self.output_names.index(n)] for n in outputs]
         in_ports = list(zip(self.input_names, self.in_ports, strict=True))
-        request = self.request
+        requests, split = self.requests, self.split
         from openvino import Tensor
 
         def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-            req = request()
-            for n, port in in_ports:
-                req.set_tensor(port, Tensor(feeds[n], shared_memory=True))  # no copy: x is C-contiguous
-            req.infer()
-            return [req.get_tensor(p).data.copy() for p in ports]  # the request's buffers are reused
+            reqs = requests()
+            n = len(next(iter(feeds.values())))
+            if split == 1 or n < 2 * split:
+                req = reqs[0]
+                for name, port in in_ports:
+                    req.set_tensor(port, Tensor(feeds[name], shared_memory=True))  # no copy: x is C-contiguous
+                req.infer()
+                return [req.get_tensor(p).data.copy() for p in ports]  # the request's buffers are reused
+            edges = [n * i // split for i in range(split + 1)]
+            for i, req in enumerate(reqs):  # rows edges[i]:edges[i + 1] of a C-contiguous batch: contiguous too
+                for name, port in in_ports:
+                    req.set_tensor(port, Tensor(feeds[name][edges[i]:edges[i + 1]], shared_memory=True))
+                req.start_async()
+            for req in reqs:
+                req.wait()
+            return [np.concatenate([req.get_tensor(p).data for req in reqs]) for p in ports]
 
         return run
 
@@ -149,7 +167,8 @@ class OpenVINOBackend:
             path = bundle / spec.file
             try:
                 compiled = c.compile_model(c.read_model(str(path)), "CPU", props)
-                r = _Role(compiled, [t.name for t in spec.inputs], [t.name for t in spec.outputs])
+                split = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") if hint == "THROUGHPUT" else 1
+                r = _Role(compiled, [t.name for t in spec.inputs], [t.name for t in spec.outputs], split)
             except Exception as e:  # OpenVINO raises RuntimeError with its own text
                 # an operator OpenVINO lacks (a contrib op, a newer opset): this backend cannot serve the
                 # bundle, which parity and bench report as skipped with this reason
