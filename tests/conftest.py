@@ -107,12 +107,45 @@ def trained_run(tmp_path_factory) -> Callable[[str, str], Path]:
 
 
 
+CALIBRATION = ("--calibration", "64")  # int8 static bundles of the session calibrate on 64 images
+
+
 @pytest.fixture(scope="session")
-def exported(trained_run, tmp_path_factory) -> Callable[..., Path]:
+def cli_exported(trained_run, tmp_path_factory) -> Callable[..., tuple[CliRun, Path]]:
+    """Factory: `cli_exported(family, precision, mode, *extra)` -> (the CLI's result, the bundle path) of
+    `bigmodel export RUN --out RUN/bundle-PRECISION-MODE --precision PRECISION --int8-mode MODE EXTRA...`,
+    run once per session through the real entry point on a copy of `trained_run(family, "mlp")`.
+
+    The bundle exists (checkpoint.pt beside it, in RUN) only when the export passed; a refused export
+    (exit 1) leaves nothing. test_precision checks every verdict; `exported` serves the passed ones.
+    """
+    import shutil
+
+    runs: dict[str, Path] = {}
+    cache: dict[tuple[str, ...], tuple[CliRun, Path]] = {}
+
+    def get(family: str, precision: str, mode: str, *extra: str) -> tuple[CliRun, Path]:
+        key = (family, precision, mode, *extra)
+        if key not in cache:
+            if family not in runs:
+                runs[family] = tmp_path_factory.mktemp(f"cli-{family}-mlp")
+                shutil.copy(trained_run(family, "mlp") / "checkpoint.pt", runs[family] / "checkpoint.pt")
+            out = runs[family] / f"bundle-{precision}-{mode}"
+            r = cli("export", runs[family], "--out", out, "--precision", precision, "--int8-mode", mode, *extra)
+            cache[key] = (r, out)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, cli_exported, tmp_path_factory) -> Callable[..., Path]:
     """Factory: `exported(family, arch="mlp", precision="fp32")` -> a bundle folder with its run's
     checkpoint.pt beside it (where parity and bench look), exported once per session for every module.
 
-    Shared by every test that reads a bundle: copy it (shutil.copytree) before altering anything.
+    fp32: `export_bundle` with 16 probes. fp16 and int8 (static, 64 calibration images) MLP bundles are
+    `cli_exported`'s, the very exports test_precision checks. Shared by every test that reads a bundle:
+    copy it (shutil.copytree) before altering anything.
     """
     import shutil
 
@@ -123,10 +156,15 @@ def exported(trained_run, tmp_path_factory) -> Callable[..., Path]:
     def get(family: str, arch: str = "mlp", precision: str = "fp32") -> Path:
         key = (family, arch, precision)
         if key not in cache:
-            folder = tmp_path_factory.mktemp(f"bundle-{family}-{arch}-{precision}")
-            shutil.copy(trained_run(family, arch) / "checkpoint.pt", folder / "checkpoint.pt")
-            opts = ExportOptions(out=folder / "bundle", precision=precision, probes=16, calibration=64)
-            cache[key] = export_bundle(folder / "checkpoint.pt", opts).bundle
+            if precision != "fp32" and arch == "mlp":
+                r, bundle = cli_exported(family, precision, "static", *(CALIBRATION if precision == "int8" else ()))
+                assert r.code == 0, f"the shared {family} {precision} export failed:\n{r.text}"
+                cache[key] = bundle
+            else:
+                folder = tmp_path_factory.mktemp(f"bundle-{family}-{arch}-{precision}")
+                shutil.copy(trained_run(family, arch) / "checkpoint.pt", folder / "checkpoint.pt")
+                opts = ExportOptions(out=folder / "bundle", precision=precision, probes=16, calibration=64)
+                cache[key] = export_bundle(folder / "checkpoint.pt", opts).bundle
         return cache[key]
 
     return get

@@ -8,7 +8,6 @@ whose outputs carry several names.
 from __future__ import annotations
 
 import importlib
-import shutil
 
 import numpy as np
 import pytest
@@ -57,12 +56,9 @@ def test_auto_order_and_device_rules():
 
 
 @pytest.fixture(scope="module")
-def vae_bundle(trained_run, tmp_path_factory):
-    from bigmodel.export import ExportOptions, export_bundle
-
-    folder = tmp_path_factory.mktemp("backends-vae")
-    shutil.copy(trained_run("vae") / "checkpoint.pt", folder / "checkpoint.pt")
-    return export_bundle(folder / "checkpoint.pt", ExportOptions(out=folder / "bundle", probes=4)).bundle
+def vae_bundle(exported):
+    """conftest's shared VAE bundle (only read here)."""
+    return exported("vae")
 
 
 def test_ov_cpu_on_the_cuda_device_is_refused(vae_bundle):

@@ -59,7 +59,7 @@ def test_gather_survives_missing_torch_and_onnxruntime(monkeypatch):
     assert "bigmodel[openvino]" in backends["ov-cpu"]["extra"]
 
 
-def test_cli_doctor_json_and_table_exit_0(capsys):
+def test_cli_doctor_json_and_table_exit_0():
     code, text = cli("doctor", "--json")
     assert code == 0
     report = json.loads(text)

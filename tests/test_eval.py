@@ -164,7 +164,7 @@ def test_mixture_prior_with_bad_stds_is_a_bundle_error():
         Prior(LatentSpec(dim=2, prior="mixture", params={"means": [[0.0, 0.0]], "stds": [[0.0, 1.0]]}))
 
 
-def test_ae_bundle_carries_a_prior_fitted_to_its_codes_and_samples_from_it(eval_bundle, capsys):
+def test_ae_bundle_carries_a_prior_fitted_to_its_codes_and_samples_from_it(eval_bundle):
     bundle = eval_bundle("ae")
     with load(bundle, device="cpu") as m:
         latent = m.manifest.latent
@@ -229,13 +229,19 @@ def test_evaluate_every_family(eval_bundle, eval_data, eval_cache, family, tmp_p
         assert r["nll"]["k"] == 4 and r["nll"]["images"] == 16
 
 
+@pytest.fixture(scope="module")
+def fp32_vae_report(eval_bundle, eval_data, eval_cache) -> dict:
+    """`evaluate` of the fp32 VAE bundle with tiny_options: what each lower precision is compared with."""
+    return evaluate(eval_bundle("vae"), tiny_options(eval_cache), eval_data)
+
+
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_evaluate_lower_precision_bundles_stays_near_fp32(eval_bundle, eval_data, eval_cache, precision):
+def test_evaluate_lower_precision_bundles_stays_near_fp32(eval_bundle, eval_data, eval_cache, fp32_vae_report,
+                                                          precision):
     from bigmodel.eval import compare
 
-    opts = tiny_options(eval_cache)
-    base = evaluate(eval_bundle("vae"), opts, eval_data)
-    other = evaluate(eval_bundle("vae", precision), opts, eval_data)
+    base = fp32_vae_report
+    other = evaluate(eval_bundle("vae", precision), tiny_options(eval_cache), eval_data)
     assert other["model"]["precision"] == precision
     deltas = compare(base, other)
     assert abs(deltas["nll.iwae"]["delta"]) < 0.05 * base["nll"]["iwae"]
@@ -274,7 +280,7 @@ def test_eval_cli_writes_no_picture_unless_asked(eval_bundle, eval_cache, monkey
     assert "nearest training images" not in text
 
 
-def test_eval_cli_bad_inputs_exit_2(trained_run, eval_cache, capsys, tmp_path, mnist_npy):
+def test_eval_cli_bad_inputs_exit_2(trained_run, eval_cache, tmp_path, mnist_npy):
     code, out = run_cli("eval", str(tmp_path / "nothing"))
     assert code == 2 and "bundle folder" in out
     code, out = run_cli("eval", str(trained_run("vae")), "--k", "0", "--cache-dir", str(eval_cache))

@@ -171,7 +171,7 @@ def test_fp16_keeps_exp_in_fp32_and_onnxruntime_accepts_the_mixed_graph():
     assert x.dtype == np.float32 and np.allclose(x, 1 / (1 + np.exp(-np.exp(4.0))), atol=1e-3)
 
 
-def test_cli_fp16_with_fp16_io_replaces_a_bundle_with_force(fp32_bundle, tmp_path, capsys):
+def test_cli_fp16_with_fp16_io_replaces_a_bundle_with_force(fp32_bundle, tmp_path):
     run, fp32 = fp32_bundle("vae", "mlp")
     out = Path(shutil.copytree(fp32, tmp_path / "bundle"))  # an earlier bundle: --force may replace it
     code, _, err = cli("export", run, "--out", out, "--precision", "fp16", "--io", "fp16")
@@ -230,7 +230,7 @@ def zero_points(graph, inits: dict, op: str) -> list:
     return [inits[n.input[2]] for n in graph.node if n.op_type == op and len(n.input) > 2]
 
 
-def test_cli_int8_static_states_quality_and_writes_triton(fp32_bundle, tmp_path, capsys):
+def test_cli_int8_static_states_quality_and_writes_triton(fp32_bundle, tmp_path):
     from google.protobuf import text_format
 
     model_config_pb2 = triton_schema()
@@ -309,7 +309,7 @@ def _corrupt(run: Path) -> Path:
      "--engine with --precision int8 needs --int8-mode static"),
     ("unknown int8 mode", ["{run}", "--precision", "int8", "--int8-mode", "int4"], "--int8-mode must be one of"),
 ])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(fp32_bundle, capsys, tmp_path, case, args, expect):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(fp32_bundle, tmp_path, case, args, expect):
     if HAVE_TRT and "--engine" in args:
         pytest.skip("tensorrt is installed here: --engine does not fail for want of it")
     run, bundle = fp32_bundle("gan", "mlp")
@@ -325,7 +325,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(fp32_bundle, capsys,
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed here")
-def test_engine_without_tensorrt_names_the_extra(capsys, fp32_bundle):
+def test_engine_without_tensorrt_names_the_extra(fp32_bundle):
     import torch
 
     run, _ = fp32_bundle("gan", "mlp")

@@ -171,15 +171,10 @@ def test_placement_counts_nodes_per_provider_from_a_real_profile(graphs):
     assert len(off) == counts["CPUExecutionProvider"] and "DynamicQuantizeMatMul on CPUExecutionProvider" in off
 
 
-def test_strict_ort_cpu_backend_reports_its_placement(trained_run, tmp_path):
-    import shutil
-
-    from bigmodel.export import ExportOptions, export_bundle
+def test_strict_ort_cpu_backend_reports_its_placement(exported):
     from bigmodel.runtime import load
 
-    shutil.copy(trained_run("gan", "mlp") / "checkpoint.pt", tmp_path / "checkpoint.pt")
-    bundle = export_bundle(tmp_path, ExportOptions(probes=4)).bundle
-    model = load(bundle, backend="ort-cpu", strict=True)
+    model = load(exported("gan"), backend="ort-cpu", strict=True)
     placed = model.backend.settings["placement"]
     assert set(placed) == {"generator", "discriminator"}
     assert all(set(p) == {"CPUExecutionProvider"} and sum(p.values()) > 0 for p in placed.values())
@@ -220,16 +215,12 @@ def test_has_gpu_needs_a_gpu_reached_not_an_importable_tensorrt():
 @pytest.mark.parametrize("mode, form, int8_enable", [("static", "qdq-int8-symmetric", True),
                                                      ("dynamic", "integer-ops", False),
                                                      ("weights", "matmul-nbits", False)])
-def test_our_own_int8_exports_get_the_ort_trt_flags_their_form_allows(trained_run, tmp_path, mode, form, int8_enable):
+def test_our_own_int8_exports_get_the_ort_trt_flags_their_form_allows(exported, tmp_path, mode, form, int8_enable):
     """bigmodel's int8 modes, as export writes them, read back as the form that decides trt_int8_enable."""
-    import shutil
-
-    from bigmodel.export import ExportOptions, export_bundle
     from bigmodel.export.int8 import to_int8_file
     from bigmodel.manifest import read_manifest
 
-    shutil.copy(trained_run("gan", "mlp") / "checkpoint.pt", tmp_path / "checkpoint.pt")
-    bundle = export_bundle(tmp_path, ExportOptions(probes=4)).bundle
+    bundle = exported("gan")  # conftest's shared fp32 bundle: read here, the int8 graph goes to tmp_path
     m = read_manifest(bundle)
     spec = m.roles["generator"]
     calib = np.random.default_rng(0).standard_normal((64, m.latent.dim)).astype(np.float32)

@@ -196,7 +196,7 @@ def test_exported_bundle_passes_for_every_model(bundle_of, family, arch):
         assert "bigmodel[openvino]" in next(b.reason for b in skipped if b.backend == "ov-cpu")
 
 
-def test_cli_passes_and_writes_the_whole_report(bundle_of, capsys, tmp_path):
+def test_cli_passes_and_writes_the_whole_report(bundle_of, tmp_path):
     out = tmp_path / "parity.json"
     code, text = cli("parity", str(bundle_of("vae")), "--samples", "5", "--seed", "3", "--json", str(out))
     assert code == 0, text
@@ -245,7 +245,7 @@ def test_a_changed_decoder_weight_fails_naming_the_decoder(bundle_of, tmp_path):
     assert "FAIL ort-cpu encoder output" not in text  # the untouched encoder still passes
 
 
-def test_usage_errors_exit_2(bundle_of, capsys, tmp_path):
+def test_usage_errors_exit_2(bundle_of, tmp_path):
     from bigmodel.runtime import backend_status
 
     bundle = bundle_of("vae")
@@ -269,7 +269,7 @@ def test_usage_errors_exit_2(bundle_of, capsys, tmp_path):
         assert code == 2 and f"backend {missing[0]} cannot run here" in text
 
 
-def test_fp16_bundle_passes_fp16_tolerances_and_fails_fp32_ones(bundle_of, capsys):
+def test_fp16_bundle_passes_fp16_tolerances_and_fails_fp32_ones(bundle_of):
     pytest.importorskip("bigmodel.export.precision", reason="fp16 export (bigmodel/export/precision.py) not built")
     bundle = bundle_of("vae", precision="fp16")
     assert json.loads((bundle / "manifest.json").read_text())["precision"] == "fp16"

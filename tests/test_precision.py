@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import CALIBRATION
 from conftest import run_cli as cli
 
 from bigmodel.manifest import read_manifest
@@ -23,11 +24,17 @@ from bigmodel.runtime import load
 PRECISIONS = [("fp16", "static"), ("int8", "static"), ("int8", "dynamic"), ("int8", "weights")]
 
 
-def export_then_parity(capsys, run: Path, precision: str, mode: str, *extra: str) -> str:
+def export_then_parity(run: Path, precision: str, mode: str, *extra: str) -> str:
     """`bigmodel export` then `bigmodel parity --backend ort-cpu`: both pass, or export exits 1 and writes nothing."""
     out = run / f"bundle-{precision}-{mode}"
     code, text = cli("export", str(run), "--out", str(out), "--precision", precision, "--int8-mode", mode,
                      *extra)
+    return parity_of(out, code, text, precision)
+
+
+def parity_of(out: Path, code: int, text: str, precision: str) -> str:
+    """The verdict on one `bigmodel export` to `out` that exited `code` saying `text`: "pass" or "refused"."""
+    run = out.parent
     if code == 1:  # refused: the message names the failure, and nothing is left at (or beside) the final path
         assert "no bundle was written" in text and "inputs, batch" in text and "got " in text, text
         assert not out.exists() and not list(run.glob(f".{out.name}*")), text
@@ -49,38 +56,40 @@ def run_copy(src: Path, dest: Path) -> Path:
 MLP = [m.family for m in list_models() if m.arch == "mlp"]
 
 
+# conftest's `cli_exported` runs each export once a session (on a copy of the run); `exported` hands the
+# passing fp16 and int8-static VAE bundles to the eval and parity tests
 @pytest.mark.parametrize("family", MLP)
-def test_int8_static_bundles_pass_parity_or_export_refuses(trained_run, tmp_path, capsys, family):
-    run = run_copy(trained_run(family, "mlp"), tmp_path / "run")
-    export_then_parity(capsys, run, "int8", "static", "--calibration", "64")
-    if (run / "bundle-int8-static").exists():
-        quality = read_manifest(run / "bundle-int8-static").extra["quality"]
+def test_int8_static_bundles_pass_parity_or_export_refuses(cli_exported, family):
+    r, out = cli_exported(family, "int8", "static", *CALIBRATION)
+    parity_of(out, r.code, r.text, "int8")
+    if out.exists():
+        quality = read_manifest(out).extra["quality"]
         for q in quality.values():  # the manifest says per role what the search settled on and what it cost
             assert q["calibration"] in ("MinMax", "Entropy", "Percentile") and isinstance(q["kept_float"], list)
             assert 0 <= q["tolerance_used"] <= 1 and q["max_abs"] >= 0
 
 
 @pytest.mark.parametrize("precision, mode", [p for p in PRECISIONS if p != ("int8", "static")])
-def test_other_precisions_pass_parity_or_export_refuses(trained_run, tmp_path, capsys, precision, mode):
-    run = run_copy(trained_run("vae", "mlp"), tmp_path / "run")
-    export_then_parity(capsys, run, precision, mode)
+def test_other_precisions_pass_parity_or_export_refuses(cli_exported, precision, mode):
+    r, out = cli_exported("vae", precision, mode)
+    parity_of(out, r.code, r.text, precision)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family, arch", [(m.family, m.arch) for m in list_models()],
                          ids=[f"{m.family}-{m.arch}" for m in list_models()])
-def test_every_model_trained_3_epochs_every_precision(tmp_path, capsys, family, arch):
+def test_every_model_trained_3_epochs_every_precision(tmp_path, family, arch):
     run = tmp_path / "run"
     code, text = cli("train", family, "--arch", arch, "--epochs", "3", "--out", str(run))
     assert code == 0, text
-    verdicts = {f"{p} {m}": export_then_parity(capsys, run, p, m) for p, m in PRECISIONS}
+    verdicts = {f"{p} {m}": export_then_parity(run, p, m) for p, m in PRECISIONS}
     assert set(verdicts.values()) <= {"pass", "refused"}
 
 
 IMPOSSIBLE = Tolerance(atol=1e-6, rtol=0.0, min_cosine=0.999999, min_psnr=100.0)  # far below int8's step
 
 
-def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_run, tmp_path, capsys, monkeypatch):
+def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_run, tmp_path, monkeypatch):
     """A graph/tolerance pair where int8 must fail: the MLP VAE held to 1e-6, while one int8 step of a [0, 1]
     image is 1/254. The search (calibration methods, nodes kept in float) keeps at least one weight layer
     int8, so no graph it can make passes."""

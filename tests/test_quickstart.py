@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli as cli
 
 
-def test_quickstart_end_to_end_small(tmp_path, capsys):
+def test_quickstart_end_to_end_small(tmp_path):
     out = tmp_path / "qs"
     code, text = cli("quickstart", "--out", str(out), "--epochs", "1", "--max-train", "256",
                      "--bench-duration", "0.05", "--threads", "1")

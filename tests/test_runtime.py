@@ -577,7 +577,7 @@ def test_cli_sample_encode_decode_info_without_torch(vae, tmp_path):
 
 
 
-def test_cli_errors_are_one_line_and_exit_2(vae, tmp_path, capsys):
+def test_cli_errors_are_one_line_and_exit_2(vae, tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros((2, 7), np.float32))
     (tmp_path / "junk.npy").write_bytes(b"junk")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -603,7 +603,7 @@ def test_cli_errors_are_one_line_and_exit_2(vae, tmp_path, capsys):
         assert "Traceback" not in out
 
 
-def test_cli_sample_with_fallback_and_info_on_a_damaged_bundle(vae, tmp_path, capsys):
+def test_cli_sample_with_fallback_and_info_on_a_damaged_bundle(vae, tmp_path):
     bundle = copy_bundle(vae, tmp_path)
     code, out = _cli("sample", str(bundle), "-n", "4", "--out", str(tmp_path / "g.png"), "--threads", "1",
                      "--latents", str(tmp_path / "z.npy"))

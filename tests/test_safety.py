@@ -406,7 +406,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_refused_in_one_line_and_nothing_changed(case: Case, ws: Path, capsys, monkeypatch) -> None:
+def test_refused_in_one_line_and_nothing_changed(case: Case, ws: Path, monkeypatch) -> None:
     if case.setup:
         case.setup(ws)
     before = snapshot(ws)
@@ -437,7 +437,7 @@ def test_the_table_covers_every_case_of_the_issue_and_forty_more() -> None:
 
 
 # ------------------------------------------------------------------------------------ what --force may do
-def test_force_replaces_what_bigmodel_made_and_nothing_else(ws: Path, capsys) -> None:
+def test_force_replaces_what_bigmodel_made_and_nothing_else(ws: Path) -> None:
     """export --force replaces its bundle; train --force starts over and drops the bundle of the old
     checkpoint; sample --force overwrites its file; a Triton repository bigmodel wrote may be replaced."""
     mine = {k: v for k, v in snapshot(ws).items() if not k.startswith("runs/vae")}
@@ -466,7 +466,7 @@ def test_force_replaces_what_bigmodel_made_and_nothing_else(ws: Path, capsys) ->
             assert after[name] == digest, name
 
 
-def test_stale_temporaries_of_dead_processes_go_and_a_live_ones_stay(ws: Path, capsys) -> None:
+def test_stale_temporaries_of_dead_processes_go_and_a_live_ones_stay(ws: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -530,7 +530,7 @@ READ_ONLY = [
 ]
 
 
-def test_a_read_only_filesystem_is_one_line_exit_3_before_any_work(ws: Path, capsys) -> None:
+def test_a_read_only_filesystem_is_one_line_exit_3_before_any_work(ws: Path) -> None:
     with tmpfs(ws / "ro", "1m") as ro:
         shutil.copytree(ws / BUNDLE, ro / "old-bundle")
         read_only(ro)
@@ -543,7 +543,7 @@ def test_a_read_only_filesystem_is_one_line_exit_3_before_any_work(ws: Path, cap
         assert snapshot(ws) == before
 
 
-def test_a_full_disk_is_one_line_exit_3_and_leaves_nothing_behind(ws: Path, capsys, mnist_npy) -> None:
+def test_a_full_disk_is_one_line_exit_3_and_leaves_nothing_behind(ws: Path, mnist_npy) -> None:
     """Real writes that run out of space: a checkpoint, a bundle's graphs, a PNG, a .npy."""
     cases = [
         (("train", "vae", "--out", "full/run", "--device", "cpu", "--dataset", str(mnist_npy), "--epochs", "1",

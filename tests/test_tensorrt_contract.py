@@ -399,18 +399,14 @@ class FakeSession:
         binding.run()
 
 
-def test_bench_bound_runner_binds_everything_on_the_asked_gpu_and_synchronises(trained_run, tmp_path, monkeypatch):
-    import shutil
-
+def test_bench_bound_runner_binds_everything_on_the_asked_gpu_and_synchronises(exported, monkeypatch):
     import onnxruntime as ort
 
     from bigmodel.bench.adapters import RuntimeAdapter
     from bigmodel.bench.run import BenchSettings
-    from bigmodel.export import ExportOptions, export_bundle
     from bigmodel.runtime import load
 
-    shutil.copy(trained_run("gan", "mlp") / "checkpoint.pt", tmp_path / "checkpoint.pt")
-    bundle = export_bundle(tmp_path, ExportOptions(probes=4)).bundle
+    bundle = exported("gan")  # conftest's shared fp32 bundle, only read
     model = load(bundle, backend="ort-cpu", threads=1)
     monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(lambda x, dev, i: FakeValue(x, dev, i)))
     adapter = RuntimeAdapter("ort-cuda", bundle, model.manifest, BenchSettings(device="cuda", device_id=1,

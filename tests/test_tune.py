@@ -20,17 +20,10 @@ from bigmodel.runtime.tuning import DispatchBackend, chooser, make_table, read_t
 OV = "openvino is not installed (pip install 'bigmodel[openvino]')"
 
 
-@pytest.fixture(scope="module")
-def vae_bundle(trained_run, tmp_path_factory):
-    from bigmodel.export import ExportOptions, export_bundle
-
-    folder = tmp_path_factory.mktemp("tune-vae")
-    return export_bundle(trained_run("vae") / "checkpoint.pt", ExportOptions(out=folder / "bundle", probes=4)).bundle
-
-
 @pytest.fixture
-def bundle(vae_bundle, tmp_path):
-    return shutil.copytree(vae_bundle, tmp_path / "bundle")
+def bundle(exported, tmp_path):
+    """A copy of conftest's shared VAE bundle (without the checkpoint beside it): tune writes its table into it."""
+    return shutil.copytree(exported("vae"), tmp_path / "bundle")
 
 
 def _table(bundle, threads=1, small="ort-cpu", large="ov-cpu"):
@@ -110,7 +103,7 @@ def test_an_unreadable_table_is_ignored_with_a_warning(bundle):
         assert load(bundle, threads=1).backend_name == "ort-cpu"
 
 
-def test_tune_measures_every_backend_per_role_and_batch_and_info_shows_it(bundle, capsys):
+def test_tune_measures_every_backend_per_role_and_batch_and_info_shows_it(bundle):
     from bigmodel.runtime.backends import registry
 
     code, text = cli("tune", str(bundle), "--batch-sizes", "1,3", "--threads", "1", "--seconds", "0.03")
