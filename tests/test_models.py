@@ -195,6 +195,18 @@ def test_gan_losses_use_logits_detach_fakes_for_d_and_are_non_saturating_for_g(a
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
 
 
+def _spectral_normed(model) -> bool:
+    return any(hasattr(m, "parametrizations") for m in model.discriminator.modules())
+
+
+def test_gan_spectral_norm_is_on_by_default_and_none_rebuilds_older_runs() -> None:
+    assert _spectral_normed(_build("gan", "mlp")) and _spectral_normed(_build("gan", "conv"))
+    assert not _spectral_normed(_build("gan", "conv", spectral_norm=False))
+    # runs saved before conv had it store None: mlp on, conv off, as they were trained
+    assert _spectral_normed(_build("gan", "mlp", spectral_norm=None))
+    assert not _spectral_normed(_build("gan", "conv", spectral_norm=None))
+
+
 def test_gan_spectral_norm_bounds_d_and_ema_generator_is_the_exported_one(mnist5k) -> None:
     model = _build("gan", "mlp", ema=0.9).train()
     x = torch.from_numpy(mnist5k.train[:64])
