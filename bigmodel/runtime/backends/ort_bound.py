@@ -44,6 +44,8 @@ def bound_run(session, outputs: list[str], plain, run_options):
     run_bound = getattr(sess, "run_with_iobinding", None)
     if layout is None or run_bound is None or not hasattr(session, "io_binding"):
         return plain
+    if not hasattr(getattr(session.io_binding(), "_iobinding", None), "bind_input"):
+        return plain  # an onnxruntime whose IOBinding internals differ: the plain path, never a failure
     per_sample = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in layout)
     max_batch = BIND_MAX_BYTES // max(1, per_sample)
     sets: dict[int, tuple] = {}  # batch -> (bind_input, raw binding, [bound buffers], IOBinding)
