@@ -14,7 +14,7 @@ free of other processes' time slices).
 
 Goals (2 CPU cores, T = 2):
 
-    auto / best single backend (p50 of the best / p50 of auto)   >= 0.95 at every batch
+    auto / best single backend (p50 of the best / p50 of auto, calls interleaved one by one)   >= 0.95 at every batch
     the best engine's GFLOP/s at batch 256 and 1024               >= 90% of the GEMM ceiling
 
     python benchmarks/engines.py [--threads 2] [--batch-sizes 1,16,256,1024] [--families vae,gan] [--rounds 5]
@@ -37,6 +37,21 @@ AUTO_GOAL = 0.95
 CEILING_GOAL = 90.0  # percent of the GEMM ceiling, best engine, at batch 256 and 1024
 
 
+def auto_over_best(auto, best, seconds: float) -> float:
+    """best single backend's p50 / auto's p50, their calls randomly interleaved one by one.
+
+    Where auto dispatches to that same backend the two differ by one dictionary lookup, which the
+    rounds above cannot see: a busy spell in one round moved that ratio from 0.82 to 1.29 on an idle
+    2-core machine. Interleaving makes a spell hit both sides alike (runtime_overhead.py's method).
+    """
+    from runtime_overhead import interleaved
+
+    sides = {"auto": lambda _: auto(), "best": lambda _: best()}
+    interleaved(sides, None, min(0.5, seconds / 4))  # warm-up
+    t = interleaved(sides, None, seconds, seed=1)
+    return statistics.median(t["best"]) / statistics.median(t["auto"])
+
+
 def main() -> int:
     args, batches = parse_args(__doc__, "1,16,256,1024")
     threads = args.threads
@@ -54,7 +69,8 @@ def main() -> int:
         print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.2f}")
         print(f"versions: onnxruntime {__import__('onnxruntime').__version__}, openvino {version()}, "
               f"numpy {np.__version__}; {threads} threads everywhere; numpy BLAS: {blas}")
-        print("times: Model.run p50 (ms), all outputs; auto/best = best single backend's p50 / auto's p50\n")
+        print("times: Model.run p50 (ms), all outputs, in alternating rounds; auto/best = best single backend's p50 / "
+              "auto's p50 with their calls interleaved one by one\n")
         for family in args.families.split(","):
             role = IMAGE_ROLE[family]
             folder = Path(tmp) / family
@@ -84,12 +100,13 @@ def main() -> int:
                 p50 = {k: statistics.median(v) for k, v in times.items()}
                 fastest = {k: min(v) for k, v in times.items()}
                 single = min(("ort-cpu", "ov-cpu"), key=p50.get)
-                ratio = p50[single] / p50["auto"]
+                ratio = auto_over_best(sides["auto"], sides[single], args.round_seconds * args.rounds)
                 chosen = models["auto"].backend.pick(role, batch).name if hasattr(models["auto"].backend, "pick") \
                     else models["auto"].backend_name
                 line = (f"  batch {batch:5d}: ort {p50['ort-cpu'] * 1e3:8.3f}  ov {p50['ov-cpu'] * 1e3:8.3f}  "
                         f"ov-throughput {p50['ov-tput'] * 1e3:8.3f}  auto {p50['auto'] * 1e3:8.3f} ({chosen})  "
-                        f"auto/best {ratio:.2f}  ort/ov speed {p50['ov-cpu'] / p50['ort-cpu']:.2f}x  "
+                        f"auto/best {ratio:.2f} (rounds: {p50[single] / p50['auto']:.2f})  "
+                        f"ort/ov speed {p50['ov-cpu'] / p50['ort-cpu']:.2f}x  "
                         f"ov THROUGHPUT/LATENCY hint time {p50['ov-tput'] / p50['ov-cpu']:.2f}")
                 if ratio < AUTO_GOAL:
                     missed.append(f"{family} batch {batch}: auto/best {ratio:.2f} < {AUTO_GOAL}")
