@@ -9,7 +9,7 @@ import typer
 
 from bigmodel import console as ui
 from bigmodel import tables
-from bigmodel.cli.app import BACKEND_NAMES, _check_outputs, app
+from bigmodel.cli.app import BACKEND_NAMES, JsonOutOpt, _check_outputs, app
 
 
 @app.command()
@@ -71,7 +71,7 @@ def bench(
             "of them.",
         ),
     ] = True,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON to this file.")] = None,
+    json_out: JsonOutOpt = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write latency and throughput against batch size to this PNG.")
     ] = None,

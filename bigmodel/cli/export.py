@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
-from bigmodel.cli.app import _check_outputs, app
+from bigmodel.cli.app import JsonOutOpt, _check_outputs, app
 
 
 @app.command()
@@ -60,9 +60,7 @@ def export(
             "recorded in its manifest (bigmodel info shows them).",
         ),
     ] = False,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the export report as JSON to this file.")
-    ] = None,
+    json_out: JsonOutOpt = None,
 ) -> None:
     """Export a trained run: one ONNX graph per role + manifest.json, verified against PyTorch.
 

@@ -9,7 +9,7 @@ import typer
 
 from bigmodel import console as ui
 from bigmodel import tables
-from bigmodel.cli.app import BACKEND_NAMES, BundleArg, _check_outputs, app
+from bigmodel.cli.app import BACKEND_NAMES, BundleArg, JsonOutOpt, _check_outputs, app
 
 
 @app.command()
@@ -75,9 +75,7 @@ def parity(
             "--save-inputs", help="Also write each role's inputs to DIR/ROLE.json (for polygraphy --load-inputs)."
         ),
     ] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the whole report as JSON to this file.")
-    ] = None,
+    json_out: JsonOutOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing --json file or --save-inputs files.")
     ] = False,
