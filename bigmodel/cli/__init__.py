@@ -16,7 +16,7 @@ from bigmodel import console as ui
 from bigmodel.cli import train, export, parity, runtime, tune, bench, eval, doctor, quickstart  # noqa: F401  (order of --help)
 
 # isort: on
-from bigmodel.cli.app import _state, app
+from bigmodel.cli.app import _state, app, click_command
 from bigmodel.errors import BigmodelError
 
 __all__ = ["app", "main"]
@@ -39,7 +39,7 @@ MISSING_EXTRA = {
 def main() -> None:
     """Entry point of the `bigmodel` console script."""
     try:
-        app()  # standalone: Typer shows usage errors itself and exits 2
+        click_command()()  # standalone: Click shows usage errors itself and exits 2
     except BigmodelError as e:
         if _state["debug"]:
             raise

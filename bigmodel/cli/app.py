@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,15 @@ app = typer.Typer(
 
 
 _state = {"debug": False}
+
+
+@functools.cache
+def click_command():
+    """The app as one Click command, built once per process (Typer rebuilds it, ~25 ms, on every app() call).
+
+    The same thing `app()` runs: the app sets no pretty-exception hook (pretty_exceptions_enable=False).
+    """
+    return typer.main.get_command(app)
 
 
 # Options several commands share (one definition each; Typer reads the Annotated metadata).

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bigmodel.errors import missing_package
 from bigmodel.fileio import atomic_write_bytes
-from bigmodel.images import save_grid
+from bigmodel.images import line_chart, save_grid
 
 SAMPLE_SEED = 1234  # fixed so successive epochs' sample grids are comparable
 
@@ -31,25 +29,6 @@ def write_pictures(model, val: torch.Tensor, out: Path, device: torch.device) ->
 
 def write_curves(path: Path, history: list[dict[str, Any]]) -> None:
     """One panel per loss term: train and validation against epoch."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise missing_package("matplotlib", "train", "plotting loss curves") from e
-    keys = list(history[-1]["train"])
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-    epochs = [h["epoch"] for h in history]
-    for ax, key in zip(axes[0], keys, strict=False):
-        for split in ("train", "val"):
-            ax.plot(epochs, [h[split].get(key, np.nan) for h in history], marker=".", label=split)
-        ax.set_title(key)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    panels = {key: {split: [(h["epoch"], h[split].get(key, np.nan)) for h in history] for split in ("train", "val")}
+              for key in history[-1]["train"]}
+    atomic_write_bytes(path, line_chart(panels))

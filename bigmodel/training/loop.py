@@ -28,7 +28,6 @@ from bigmodel.training.rundir import check_run_folder, config_record, remove_sta
 
 VAL_BATCH = 500
 VAL_SEED = 4321  # validation noise is fixed so epochs compare like with like
-CURVES_EVERY_S = 30.0  # curves.png costs 0.2-1 s of matplotlib: drawn after epoch 1, then at most this often, and last
 
 
 @dataclass
@@ -283,7 +282,6 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(config_record(settings, model, spec), indent=2) + "\n")
 
-    curves_at = -math.inf
     for epoch in range(start_epoch, settings.epochs + 1):
         order = torch.randperm(len(train_x), generator=shuffle)[ranks.rank :: ranks.world]
         sums: dict[str, torch.Tensor] = {}
@@ -311,9 +309,7 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
                 "samples_per_s": round(batches * settings.batch_size * ranks.world / seconds, 1),
             }
             history.append(record)
-            curves = epoch == settings.epochs or time.perf_counter() - curves_at >= CURVES_EVERY_S
-            write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device, curves)
-            curves_at = time.perf_counter() if curves else curves_at
+            write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device)
             if progress is not None:
                 progress(Progress("train:epoch", f"epoch {epoch}/{settings.epochs}", batches, batches,
                                   epoch_metrics(record, settings.epochs)))

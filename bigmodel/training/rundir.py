@@ -98,11 +98,8 @@ def config_record(settings, model, spec: DataSpec) -> dict[str, Any]:
     }
 
 
-def write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device, curves) -> None:
-    """Checkpoint first (atomic), then metrics and pictures: a kill loses at most this epoch.
-
-    curves.png only when `curves`: on the last epoch and every loop.CURVES_EVERY_S (metrics.jsonl has every epoch).
-    """
+def write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device) -> None:
+    """Checkpoint first (atomic), then metrics and pictures (curves.png too): a kill loses at most this epoch."""
     save_checkpoint(
         out / CHECKPOINT_NAME,
         {
@@ -120,6 +117,5 @@ def write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history
     )
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     write_pictures(model, val_x, out, device)
-    if curves:
-        write_curves(out / "curves.png", history)
+    write_curves(out / "curves.png", history)
     model.train()

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 # ONNX TensorProto.DataType codes used here
 INT8, UINT8 = 3, 2
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -83,7 +85,7 @@ def _tensor(buf: memoryview) -> tuple[str, _Tensor]:
         elif field == 5:
             ints.append(int(v))  # type: ignore[arg-type]
     if raw is not None and t.data_type in (INT8, UINT8):
-        t.values = tuple(int.from_bytes(raw[k:k + 1], "little", signed=t.data_type == INT8) for k in range(len(raw)))
+        t.values = tuple(np.frombuffer(raw, np.int8 if t.data_type == INT8 else np.uint8).tolist())
     elif ints:
         t.values = tuple(x - (1 << 64) if x >= 1 << 63 else x for x in ints)
     return name, t
