@@ -80,10 +80,12 @@ def fit_mixture(codes: np.ndarray, components: int = 10, seed: int = 0, iters: i
     means = x[rng.choice(n, size=components, replace=False)]  # (K, d)
     var = np.tile(np.maximum(x.var(0), min_var), (components, 1))  # (K, d)
     weights = np.full(components, 1.0 / components)
+    xx = x * x  # (n, d)
     previous = -np.inf
     for _ in range(iters):
-        # E step: log N(x | mean_k, var_k) + log w_k, (n, K)
-        sq = ((x[:, None, :] - means[None]) ** 2 / var[None]).sum(-1)
+        # E step: log N(x | mean_k, var_k) + log w_k, (n, K); the squared distances expanded into two GEMMs
+        inv = 1.0 / var  # (K, d)
+        sq = np.maximum(xx @ inv.T - 2.0 * x @ (means * inv).T + (means * means * inv).sum(1)[None], 0.0)
         logp = -0.5 * (sq + np.log(var).sum(-1)[None] + d * np.log(2 * np.pi)) + np.log(weights)[None]
         top = logp.max(1, keepdims=True)
         lse = top[:, 0] + np.log(np.exp(logp - top).sum(1))  # (n,)
@@ -92,7 +94,7 @@ def fit_mixture(codes: np.ndarray, components: int = 10, seed: int = 0, iters: i
         nk = resp.sum(0) + 1e-12  # (K,)
         weights = nk / n
         means = resp.T @ x / nk[:, None]
-        var = np.maximum(resp.T @ (x * x) / nk[:, None] - means**2, min_var)
+        var = np.maximum(resp.T @ xx / nk[:, None] - means**2, min_var)
         ll = float(lse.mean())
         if ll - previous < tol * max(1.0, abs(ll)):
             break
