@@ -97,7 +97,8 @@ ask() { "$PY" "$ROOT/benchmarks/gpu_check_json.py" "$@" 2>/dev/null; }
 record doctor INFO "$(ask doctor "$OUT/doctor.json")"
 
 section "pytest -m gpu (BIGMODEL_REQUIRE_GPU=1: a skipped GPU test fails)"
-"$PY" -m pytest -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.txt"
+# -o addopts="": one process (one GPU; the image may lack pytest-xdist, which the default options use)
+"$PY" -m pytest -o addopts="" -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.txt"
 rc=${PIPESTATUS[0]}
 case $rc in
     0) record pytest-gpu PASS "$(tail -n 1 "$OUT/pytest_gpu.txt")" ;;
