@@ -228,3 +228,9 @@ def test_bench_cuda_every_backend_present(bundle):
         assert {"torch", "torch-cudagraph"} <= names
         assert all(r["copies"] is copies for r in report["results"] if r["backend"].startswith("torch"))
         assert report["machine"]["gpu"]["name"]
+        # the % columns are of the GPU's own ceilings: cuBLAS GEMMs and a copy in GPU memory (> 100 GB/s on any
+        # GPU torch supports; a host memcpy, which these would be by mistake, stays far below that)
+        roof = report["roofline"]
+        assert roof["device"] == "cuda:0" and "cuBLAS" in roof["blas"] and roof["memcpy_gbs"] > 100
+        assert all(v > 0 for per_batch in roof["gemm_gflops"].values() for v in per_batch.values())
+        assert all(r["roofline"]["gflops_pct"] > 0 for r in report["results"])

@@ -54,3 +54,17 @@ def test_ceilings_are_measured_and_percentages_follow_from_them(tmp_path):
     assert np.isclose(roof["weights_gbs"], 64 * 32 * 4 / 1e-3 / 1e9)
     assert np.isclose(roof["bandwidth_pct"], 100 * roof["weights_gbs"] / bandwidth)
     assert "memcpy" in ceiling_lines(ceilings)[0]
+
+
+def test_torch_timed_ceilings_count_the_same_work_as_numpys():
+    """The GPU ceilings' code (torch matmul and copy) run on the CPU device: the same FLOPs and bytes as
+    numpy's, so the two rates agree within what two BLAS libraries on one CPU can differ by."""
+    from bigmodel.bench.roofline import GraphCost, torch_copy_bandwidth, torch_gemm_ceiling
+
+    cost = GraphCost(2.0 * (256 * 128 + 128 * 64), 0, [(1, 256, 128), (1, 128, 64)])
+    ours = torch_gemm_ceiling(cost, 64, "cpu", seconds=0.05)
+    theirs = gemm_ceiling(cost, 64, threads=1, seconds=0.05)
+    assert 0.1 < ours / theirs < 10, (ours, theirs)
+    copy, memcpy = torch_copy_bandwidth("cpu", 32 << 20, seconds=0.05), memcpy_bandwidth(32 << 20, seconds=0.05)
+    assert 0.1 < copy / memcpy < 10, (copy, memcpy)
+    assert torch_gemm_ceiling(GraphCost(), 64, "cpu") is None  # no GEMM in the graph: no ceiling

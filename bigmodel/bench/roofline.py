@@ -5,7 +5,9 @@ shapes (ONNX shape inference at batch 1: every one of these grows linearly with 
 the bytes of weights (initializers) a call reads. Ceilings, measured in the same run: the best
 float32 GEMM numpy's BLAS does on the same GEMM shapes at the same batch (a convolution counted
 as its im2col GEMM), and the bandwidth of a large memcpy (bytes read + written per second, as
-STREAM's copy counts them).
+STREAM's copy counts them). On `--device cuda` the same two ceilings come from the GPU: torch's
+float32 matmul (cuBLAS; TF32 only with --tf32) on the same shapes and a device-to-device copy,
+timed with CUDA events.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 MEMCPY_BYTES = 256 << 20  # far past any CPU cache
+GPU_MEMCPY_BYTES = 1 << 30  # far past any GPU's L2
 GEMM_BYTES = 64 << 20
 
 
@@ -170,37 +173,117 @@ def memcpy_bandwidth(nbytes: int = MEMCPY_BYTES, seconds: float = 0.5) -> float:
     return 2 * src.nbytes / _best(lambda: np.copyto(dst, src), seconds) / 1e9
 
 
-def start_ceilings(bundle: Path, manifest, roles, threads: int, device: str = "cpu") -> dict[str, Any]:
+def _best_torch(fn, seconds: float, device, min_runs: int = 3) -> float:
+    """`_best` for work queued on a torch device: CUDA events on a GPU (each run synchronized), else the clock."""
+    import torch
+
+    if device.type != "cuda":
+        return _best(fn, seconds, min_runs)
+    fn()
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best, runs, stop = math.inf, 0, time.perf_counter() + seconds
+    while runs < min_runs or time.perf_counter() < stop:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+        runs += 1
+    return best
+
+
+def torch_gemm_ceiling(cost: GraphCost, batch: int, device, tf32: bool = False, seconds: float = 0.3) -> float | None:
+    """GFLOP/s of torch's float32 matmuls on the graph's GEMM shapes at `batch` on a torch device (cuBLAS on a GPU)."""
+    import torch
+
+    if not cost.gemms:
+        return None
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    total_s, flops = 0.0, 0.0
+    with _tf32(tf32):
+        for rows, k, n in cost.gemms:
+            m = min(rows * batch, max(1, GEMM_BYTES // (4 * max(k, n))))  # as gemm_ceiling
+            a = torch.randn(m, k, device=device, generator=gen)
+            b = torch.randn(k, n, device=device, generator=gen)
+            c = torch.empty(m, n, device=device)
+            total_s += _best_torch(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c), seconds / len(cost.gemms), device)
+            flops += 2.0 * m * k * n
+    return flops / total_s / 1e9
+
+
+def torch_copy_bandwidth(device, nbytes: int = GPU_MEMCPY_BYTES, seconds: float = 0.5) -> float:
+    """GB/s of one large copy within a torch device's memory, counting bytes read + written."""
+    import torch
+
+    device = torch.device(device)
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / _best_torch(lambda: dst.copy_(src), seconds, device) / 1e9
+
+
+@contextlib.contextmanager
+def _tf32(allow: bool):
+    """torch's fp32 matmuls with or without TF32, as bench's --tf32 asks; restored afterwards."""
+    import torch
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def start_ceilings(bundle: Path, manifest, roles, threads: int, device: str = "cpu", device_id: int = 0,
+                   tf32: bool = False) -> dict[str, Any]:
     """The roofline record of a bench run: each role's work per call; ceilings are added as they are measured."""
     costs = {role: graph_cost(Path(bundle) / manifest.roles[role].file) for role in roles}
     out: dict[str, Any] = {
         "costs": {role: {"flops_per_sample": c.flops_per_sample, "weight_bytes": c.weight_bytes,
                          "gemms": [list(g) for g in c.gemms]} for role, c in costs.items()},
         "gemm_gflops": {role: {} for role in roles}, "memcpy_gbs": None, "blas": None, "threads": threads,
-        "method": "GEMM: right after each (role, batch) cell, the best of repeated numpy float32 matmuls on each "
-                  "graph GEMM's shape at that batch, with --threads BLAS threads or 1, whichever is faster "
-                  "(convolutions as im2col GEMMs; at most 64 MiB per operand), summed over the graph; bandwidth: "
-                  "a 256 MiB memcpy at the end, bytes read + written per second"}
-    if device != "cpu":
-        out["note"] = "GPU ceilings are not measured yet: the columns are left empty on --device cuda"
-    else:
+        "device": "cpu" if device == "cpu" else f"cuda:{device_id}", "tf32": tf32}
+    if device == "cpu":
+        out["method"] = ("GEMM: right after each (role, batch) cell, the best of repeated numpy float32 matmuls on "
+                         "each graph GEMM's shape at that batch, with --threads BLAS threads or 1, whichever is faster "
+                         "(convolutions as im2col GEMMs; at most 64 MiB per operand), summed over the graph; "
+                         "bandwidth: a 256 MiB memcpy at the end, bytes read + written per second")
         with blas_threads(threads) as blas:
             out["blas"] = blas
+    else:
+        try:
+            import torch
+        except ImportError:
+            out["note"] = "GPU ceilings are measured with torch, which is not installed here: the % columns stay empty"
+            return out
+        out["method"] = ("GEMM: right after each (role, batch) cell, the best of repeated torch float32 matmuls "
+                         f"(cuBLAS, TF32 {'on' if tf32 else 'off'}) on the GPU on each graph GEMM's shape at that "
+                         "batch, timed with CUDA events (convolutions as im2col GEMMs; at most 64 MiB per operand), "
+                         "summed over the graph; bandwidth: a 1 GiB copy within the GPU's memory at the end, bytes "
+                         "read + written per second")
+        out["blas"] = f"torch {torch.__version__} cuBLAS on {torch.cuda.get_device_name(device_id)}"
     return out
 
 
 def measure_cell(ceilings: dict[str, Any], role: str, batch: int, seconds: float = 0.3) -> None:
-    """The GEMM ceiling of one (role, batch), measured now (CPU runs only)."""
+    """The GEMM ceiling of one (role, batch), measured now on the bench's device."""
     if ceilings.get("note"):
         return
     c = ceilings["costs"][role]
     cost = GraphCost(c["flops_per_sample"], c["weight_bytes"], [tuple(g) for g in c["gemms"]])
-    ceilings["gemm_gflops"][role][str(batch)] = gemm_ceiling(cost, batch, ceilings["threads"], seconds)
+    device = ceilings.get("device", "cpu")
+    ceilings["gemm_gflops"][role][str(batch)] = (
+        gemm_ceiling(cost, batch, ceilings["threads"], seconds) if device == "cpu"
+        else torch_gemm_ceiling(cost, batch, device, ceilings.get("tf32", False), seconds))
 
 
 def measure_bandwidth(ceilings: dict[str, Any]) -> None:
-    if not ceilings.get("note"):
-        ceilings["memcpy_gbs"] = memcpy_bandwidth()
+    if ceilings.get("note"):
+        return
+    device = ceilings.get("device", "cpu")
+    ceilings["memcpy_gbs"] = memcpy_bandwidth() if device == "cpu" else torch_copy_bandwidth(device)
 
 
 def add_roofline(results: list[dict[str, Any]], ceilings: dict[str, Any]) -> None:
@@ -225,9 +308,13 @@ def ceiling_lines(ceilings: dict[str, Any] | None) -> list[str]:
         return []
     if ceilings.get("note"):
         return [ceilings["note"]]
-    lines = [f"ceilings measured in this run: memcpy {ceilings['memcpy_gbs']:.1f} GB/s (read + write; weights "
-             f"read faster than that, over 100%, come from the CPU's caches); numpy BLAS: {ceilings['blas']}"]
+    gpu = ceilings.get("device", "cpu") != "cpu"
+    where, blas = ("GPU", "torch") if gpu else ("CPU", "numpy BLAS")
+    lines = [f"ceilings measured in this run: {'device copy' if gpu else 'memcpy'} {ceilings['memcpy_gbs']:.1f} GB/s "
+             f"(read + write; weights read faster than that, over 100%, come from the {where}'s caches); "
+             f"{blas}: {ceilings['blas']}"]
     for role, per_batch in ceilings["gemm_gflops"].items():
-        lines.append(f"  best float32 GEMM on the {role}'s shapes: " + ", ".join(
+        lines.append(f"  best float32 GEMM{' (TF32)' if gpu and ceilings.get('tf32') else ''} on the {role}'s "
+                     "shapes: " + ", ".join(
             f"{v:.1f} GFLOP/s @ {b}" for b, v in per_batch.items() if v is not None))
     return lines

@@ -147,7 +147,8 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
         if settings.roofline and adapters:
             from bigmodel.bench.roofline import add_roofline, measure_bandwidth, measure_cell, start_ceilings
 
-            ceilings = start_ceilings(bundle, manifest, roles, threads, settings.device)
+            ceilings = start_ceilings(bundle, manifest, roles, threads, settings.device, settings.device_id,
+                                      settings.tf32)
         try:
             for role in roles:
                 for batch in settings.batch_sizes:
