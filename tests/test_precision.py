@@ -112,6 +112,7 @@ def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_r
     verification = manifest["extra"]["verification"]
     assert verification["passed"] is False and verification["failures"]
     assert verification["failures"][0].startswith("int8 encoder")
+    assert verification["failing"] == ["decoder", "encoder", "encoder->decoder"]
     for q in manifest["extra"]["quality"].values():
         assert q["tolerance_used"] > 1 and q["kept_float"] == [] and q["attempts"] > 1  # searched, then gave up
     code, text = cli("info", str(out))

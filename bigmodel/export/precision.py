@@ -98,7 +98,7 @@ def convert_bundle(folder: Path, manifest: Manifest, opts: ExportOptions, val: n
         "checks": "bigmodel parity's role and chain checks (bigmodel.parity.check), ort-cpu",
         "reference": "the fp32 ONNX graphs, checked against PyTorch at export",
         "tolerances": opts.precision, "samples": DEFAULT_SAMPLES, "seed": VERIFY_SEED,
-        "passed": not failures, "failures": failures}
+        "passed": not failures, "failing": sorted({c.target for c in cases if not c.passed}), "failures": failures}
     return quality, failures
 
 

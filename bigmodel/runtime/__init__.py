@@ -83,8 +83,10 @@ def warn_failed_verification(path: Path, manifest: Manifest) -> None:
     if not isinstance(v, dict) or v.get("passed", True) is not False:
         return
     failures = [str(f) for f in v.get("failures") or []]
-    # failure lines read "<precision> <role or chain> output ...": bigmodel.parity.check.failure_lines
-    failed = sorted({f.removeprefix(f"{manifest.precision} ").split(" output ")[0] for f in failures})
+    failed = [str(t) for t in v["failing"]] if isinstance(v.get("failing"), list) else None
+    if failed is None:  # bundles from before "failing" was recorded: read it off the failure lines,
+        # which read "<precision> <role or chain> output ...": bigmodel.parity.check.failure_lines
+        failed = sorted({f.removeprefix(f"{manifest.precision} ").split(" output ")[0] for f in failures})
     warnings.warn(f"bundle {path} was exported with --allow-failing: its {manifest.precision} graphs failed "
                   f"{len(failures)} of export's checks against the fp32 graphs (failing: {', '.join(failed) or '?'}); "
                   "its outputs may be wrong (every failure: manifest.json, extra.verification)",
