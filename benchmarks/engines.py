@@ -57,7 +57,8 @@ def main() -> int:
     threads = args.threads
 
     from bigmodel.bench.roofline import blas_threads, gemm_ceiling, graph_cost
-    from bigmodel.bench.tune import alternate, tune_bundle
+    from bigmodel.bench.timing import alternate
+    from bigmodel.bench.tune import tune_bundle
     from bigmodel.manifest import read_manifest
     from bigmodel.runtime import load
     from bigmodel.runtime.backends.openvino import OpenVINOBackend, version

@@ -5,8 +5,9 @@ fixed seed: weights do not change the speed of a dense MLP), each is exported wi
 `bigmodel.export.export_bundle` and loaded with `bigmodel.runtime.load(..., backend="ort-cpu",
 threads=T)`; torch runs the same module eagerly (eval, `torch.inference_mode()`,
 `torch.set_num_threads(T)`). Rounds alternate torch, onnxruntime and numpy at each batch size
-so drift on a shared machine hits all three alike; each side's figure is the median over all its
-runs. Goals (2 CPU cores, T = 2):
+(`bigmodel.bench.timing.alternate`, the harness `bigmodel bench` and `tune` use) so drift on a
+shared machine hits all three alike; each side's figure is the median over all its runs. Goals
+(2 CPU cores, T = 2):
 
     onnxruntime vs torch eager, batch 1    >= 2.5x   (torch p50 / runtime p50), Model.run and Model.decode
     onnxruntime vs torch eager, batch 256  >= 1.3x
@@ -14,9 +15,9 @@ runs. Goals (2 CPU cores, T = 2):
     Model.decode vs a bare session.run on the same session, batch 1   <= 1.05 (p50 ratio, calls interleaved)
 
 The same bundles then go through `bigmodel bench`'s harness (`run_bench`, torch and ort-cpu, same
-threads) in the same process, and both speed-ups are printed side by side: this script alternates
-short rounds of every side, bench measures each backend for a second in turn; both time
-`Model.run` (every output of the role) against the role's PyTorch module.
+threads, the same rounds and seconds per round) in the same process, and both speed-ups are printed
+side by side: both alternate short rounds (this script among all its sides, bench between torch and
+ort-cpu) and both time `Model.run` (every output of the role) against the role's PyTorch module.
 
 FLOPs per sample are 2 * sum(in * out) over the Linear layers (bias and activations not
 counted). numpy's figure is the same chain of GEMMs, (B, in) @ (in, out) per layer, float32, on
@@ -25,7 +26,8 @@ beside it. If OPENBLAS_CORETYPE is set (some machines pin an old kernel that way
 than it can be: run this script with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` to compare
 against its best kernel; the kernel in use is printed.
 
-    python benchmarks/ort_vs_torch.py [--threads 2] [--rounds 7] [--families vae,gan] [--batch-sizes 1,256,1024]
+    python benchmarks/ort_vs_torch.py [--threads 2] [--rounds 5] [--round-seconds 0.3] [--families vae,gan]
+                                      [--batch-sizes 1,256,1024]
 """
 
 from __future__ import annotations
@@ -123,28 +125,25 @@ def print_anatomy(p50: dict[str, float]) -> None:
           f"Sigmoid {us['torch'] - us['torch_linears']:.1f}; numpy's 3 GEMVs on the same shapes {us['numpy']:.1f}")
 
 
-def bench_side_by_side(bundle, role: str, batches: list[int], threads: int, ours: dict[int, float]) -> None:
-    """`bigmodel bench`'s harness on the same bundle and threads: its speed-ups beside this script's."""
+def bench_side_by_side(bundle, role: str, batches: list[int], threads: int, ours: dict[int, float],
+                       rounds: int, seconds: float) -> None:
+    """`bigmodel bench`'s harness on the same bundle and threads, with this script's rounds: its speed-ups
+    beside this script's (bench alternates torch and ort-cpu only; this script, every side above)."""
     from bigmodel.bench import BenchSettings, run_bench
 
     report = run_bench(bundle, BenchSettings(backends=("torch", "ort-cpu"), roles=(role,), batch_sizes=tuple(batches),
-                                             threads=threads, duration=1.0, roofline=False))
+                                             threads=threads, duration=rounds * seconds, rounds=rounds,
+                                             roofline=False))
     bench = {r["batch"]: r["speedup_vs_torch"] for r in report["results"] if r["backend"] == "ort-cpu"}
     print(f"{'':15s}bigmodel bench harness, same bundle: " + ", ".join(
         f"batch {b} {bench[b]:.2f}x (this script {ours[b]:.2f}x)" for b in batches if b in bench and b in ours))
 
 
 def alternate(sides: dict, rounds: int, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
-    """Each side in turn, `rounds` times, ~`seconds` each: (median, 10th percentile) of all runs per side."""
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    per_run = {}
-    for k, fn in sides.items():  # warm-up, and a first estimate of one run
-        for _ in range(5):
-            fn()
-        per_run[k] = statistics.median(timed(fn, 5))
-    for _ in range(rounds):
-        for k, fn in sides.items():
-            times[k] += timed(fn, int(min(2000, max(5, seconds / max(per_run[k], 1e-6)))))
+    """Each side in turn, `rounds` times, ~`seconds` each (bench's harness): (median, 10th percentile) per side."""
+    from bigmodel.bench.timing import alternate as harness
+
+    times = harness(sides, rounds, seconds, warmup=5, estimate=5, min_runs=5 * rounds)
     return ({k: statistics.median(v) for k, v in times.items()},
             {k: float(np.percentile(v, 10)) for k, v in times.items()})
 
@@ -286,7 +285,7 @@ def main() -> int:
                     if not ok:
                         missed.append(f"{family} batch 1024 GFLOP/s ratio {ratio:.2f} < {GFLOPS_GOAL}")
             getattr(runtime, "close", lambda: None)()
-            bench_side_by_side(bundle, role, batches, threads, speedups)
+            bench_side_by_side(bundle, role, batches, threads, speedups, args.rounds, args.round_seconds)
             print()
     blas.restore_original_limits()
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"

@@ -42,9 +42,14 @@ def report(bench_run) -> dict:
 def test_progress_counts_every_cell(bench_run, bundle):
     events = bench_run[1]
     assert {p.stage for p in events} == {"bench"}
-    cells = [(r, b, n) for r in read_manifest(bundle).roles for b in (1, 3) for n in ("torch", "ort-cpu")]
-    measured = [(p.done, p.message) for p in events if p.message.startswith(("torch ", "ort-cpu "))]
-    assert measured == [(i, f"{n} {r} batch {b}") for i, (r, b, n) in enumerate(cells)]
+    roles = list(read_manifest(bundle).roles)
+    cells = [(r, b, n) for r in roles for b in (1, 3) for n in ("torch", "ort-cpu")]
+    # each backend is announced as it starts on a (role, batch), then both alternate; done counts whole cells
+    started = [(p.done, p.message) for p in events if p.message.startswith(("torch ", "ort-cpu "))]
+    assert started == [(i - i % 2, f"{n} {r} batch {b}") for i, (r, b, n) in enumerate(cells)]
+    rounds = [(p.done, p.message) for p in events if "alternating rounds" in p.message]
+    assert rounds == [(2 * i, f"{r} batch {b}: torch, ort-cpu in 5 alternating rounds")
+                      for i, (r, b) in enumerate((r, b) for r in roles for b in (1, 3))]
     assert all(p.total == len(cells) for p in events)
     assert [p.done for p in events] == sorted(p.done for p in events)
     assert (events[-1].done, events[-1].message) == (len(cells), "done")
@@ -86,6 +91,48 @@ def test_speedups_are_torch_p50_over_backend_p50_per_role_and_batch():
     assert [r["speedup_vs_torch"] for r in results] == [1.0, 4.0, 1.0, 2.5, None]
 
 
+def test_alternate_takes_turns_in_rounds_and_splits_the_runs():
+    from bigmodel.bench.timing import alternate
+
+    calls: list[str] = []
+    sides = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    times = alternate(sides, rounds=4, runs=10, warmup=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 10, "b": 10, "c": 10}
+    assert all(t >= 0 for v in times.values() for t in v)
+    timed = calls[3 * 2:]  # after each side's 2 warm-up calls (no estimate runs when `runs` is given)
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
+    # 4 rounds; in each every side runs its share (3, 3, 2, 2) in one block, the order reshuffled per round
+    blocks, i = [], 0
+    for share in (3, 3, 2, 2):
+        order = [timed[i + j * share] for j in range(3)]
+        assert sorted(order) == ["a", "b", "c"]
+        assert timed[i:i + 3 * share] == [k for k in order for _ in range(share)]
+        blocks.append(order)
+        i += 3 * share
+    assert i == len(timed) and len({tuple(b) for b in blocks}) > 1  # not the same order every round
+
+
+def test_alternate_by_time_runs_at_least_min_runs_and_drops_a_failing_side():
+    from bigmodel.bench.timing import alternate
+
+    count = {"bad": 0}
+
+    def bad():
+        count["bad"] += 1
+        if count["bad"] > 6:
+            raise MemoryError("out of memory at call 7")
+
+    failed: dict = {}
+    times = alternate({"ok": lambda: None, "bad": bad}, rounds=3, seconds=0.002, min_runs=9, failed=failed)
+    assert len(times["ok"]) >= 9 and set(failed) == {"bad"} and "call 7" in str(failed["bad"])
+    assert len(times["bad"]) < 9
+    with pytest.raises(MemoryError):
+        count["bad"] = 0
+        alternate({"bad": bad}, rounds=3, runs=9)
+    with pytest.raises(ValueError):
+        alternate({"ok": lambda: None}, rounds=0, runs=3)
+
+
 def test_parse_list():
     assert parse_list("1, 16,256", int) == (1, 16, 256)
     assert parse_list(None) is None and parse_list("  ") is None
@@ -108,6 +155,7 @@ def test_report_shape_and_speedups(report):
     assert set(report) == {"machine", "settings", "backend_settings", "results", "skipped", "roofline"}
     assert report["backend_settings"]["ort-cpu"]["tf32"] is False and report["settings"]["tf32"] is False
     assert report["settings"]["threads"] == 1 and report["settings"]["batch_sizes"] == [1, 3]
+    assert report["settings"]["rounds"] == 5 and "rounds" in report["settings"]["timing"]
     assert report["machine"]["physical_cores"] >= 1 and report["machine"]["onnxruntime"]
     cells = {(r["backend"], r["role"], r["batch"]) for r in report["results"]}
     assert cells == {(b, r, n) for b in ("torch", "ort-cpu") for r in ("encoder", "decoder") for n in (1, 3)}
@@ -157,7 +205,8 @@ def test_torch_baseline_without_its_checkpoint_is_skipped(bundle, tmp_path):
 
 def test_bad_settings_are_input_errors(bundle):
     for bad in (BenchSettings(backends=("nope",)), BenchSettings(roles=("generator",)),
-                BenchSettings(batch_sizes=(0,)), BenchSettings(iters=3, duration=1.0), BenchSettings(device="tpu")):
+                BenchSettings(batch_sizes=(0,)), BenchSettings(iters=3, duration=1.0), BenchSettings(device="tpu"),
+                BenchSettings(rounds=0)):
         with pytest.raises(InputError):
             run_bench(bundle, bad)
 

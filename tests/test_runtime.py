@@ -418,6 +418,71 @@ def test_bound_output_buffers_never_leak_between_calls(vae):
     assert len({id(k[0]) for k in kept}) == len(kept)
 
 
+def test_staged_calls_match_session_run_and_refuse_what_the_general_path_refuses(vae):
+    """ort-cpu runs small float32 code batches on an input and outputs bound once, checking input and outputs
+    for NaN/Inf in one pass after the run: results equal a plain session.run, are the caller's own, and every
+    bad call still gets the general path's InputError (never a numpy warning); run() keeps returning raw
+    non-finite outputs."""
+    m = load(vae, backend="ort-cpu", threads=1)
+    session = m.backend.sessions["decoder"]
+    staged = m.backend.staged_runner("decoder")
+    assert staged is not None and m.backend.staged_runner("encoder") is not None  # codes, and images (unchecked)
+    kept = []
+    for n in (1, 2, 1, 5, 2, 1):
+        z = m.sample_latent(n, seed=10 + len(kept))
+        want = session.run(None, {"z": z})
+        outs = staged(z)
+        for got, w in zip(outs, want, strict=True):
+            np.testing.assert_array_equal(got, w)
+        np.testing.assert_array_equal(m.decode(z), want[0])
+        np.testing.assert_array_equal(m.decode(z, logits=True), want[1])
+        ran = m.run("decoder", {"z": z})
+        np.testing.assert_array_equal(ran["x"], want[0])
+        np.testing.assert_array_equal(ran["logits"], want[1])
+        kept.append((outs[0], outs[0].copy()))
+    for got, was in kept:  # later calls wrote nothing into earlier results
+        np.testing.assert_array_equal(got, was)
+    bad = m.sample_latent(3, seed=0)
+    bad[1, 4] = np.inf
+    assert staged(bad) is None  # ran, but a value was not finite: the caller's general path explains
+    huge = np.full((2, 20), 3e38, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for call in (m.decode, lambda z: m.decode(z, logits=True), lambda z: m.run("decoder", {"z": z})):
+            with pytest.raises(InputError, match=r"expected finite values; got 1 NaN/Inf value\(s\) of 60, the first "
+                                                 r"at index \(1, 4\)"):
+                call(bad)
+        with pytest.raises(InputError, match="came back non-finite"):
+            m.decode(huge)
+        raw = m.run("decoder", {"z": huge})  # run() never checked outputs: raw values, no error, no warning
+    assert not np.isfinite(raw["logits"]).all()
+    np.testing.assert_array_equal(raw["logits"], session.run(None, {"z": huge})[1])
+
+
+def test_staged_path_is_only_for_the_common_call(vae):
+    """Strided, float64, one-sample and list inputs, and batches past the bound size, take the general path
+    with the same results; images with their range check always do (staged runs check only finiteness)."""
+    from bigmodel.runtime.backends.ort_bound import BIND_MAX_BYTES
+
+    m = load(vae, backend="ort-cpu", threads=1)
+    session = m.backend.sessions["decoder"]
+    staged = m.backend.staged_runner("decoder", ["x"])
+    z = m.sample_latent(4, seed=3)
+    want = session.run(["x"], {"z": z})[0]
+    big = BIND_MAX_BYTES // (4 * (20 + 784)) + 1
+    assert staged(m.sample_latent(big, seed=0)) is None  # past the bound size: not run here
+    zb = m.sample_latent(big, seed=0)
+    np.testing.assert_array_equal(m.decode(zb), session.run(["x"], {"z": zb})[0])
+    for other in (np.asfortranarray(np.repeat(z, 2, axis=1))[:, ::2], z.astype(np.float64), z.tolist()):
+        np.testing.assert_array_equal(m.decode(other), want)
+    np.testing.assert_array_equal(m.decode(z[2]), want[2:3])
+    x = m.decode(z)
+    with pytest.raises(InputError, match="data range"):
+        m.encode(x + 2.0)  # the image range check is never skipped by a staged run
+    raw = load(vae, backend="ort-cpu", threads=1, check_values=False)
+    np.testing.assert_array_equal(raw.encode(x + 2.0), raw.backend.sessions["encoder"].run(None, {"x": x + 2.0})[0])
+
+
 class SmallProfileBackend(OrtBackend):
     """A real onnxruntime backend that pretends its engine profile is (lo, hi), as a TensorRT engine would."""
 

@@ -1,4 +1,5 @@
-"""The harness: load every backend (cold phases timed), then measure each (role, batch) on each in turn."""
+"""The harness: load every backend (cold phases timed), then time each (role, batch) on all of them in
+alternating rounds (`bigmodel.bench.timing`), so every backend of a cell sees the same machine state."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from bigmodel.bench.adapters import (
     unavailable,
 )
 from bigmodel.bench.stats import NOISY_CV, add_speedups, summarize
+from bigmodel.bench.timing import alternate
 from bigmodel.errors import BackendUnavailable, BigmodelError, InputError
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.progress import Progress, ProgressFn
@@ -43,6 +45,7 @@ class BenchSettings:
     iters: int | None = None  # exact number of timed runs per cell; else --duration
     duration: float | None = None  # seconds of timed runs per cell (default 1.0 when iters is None)
     min_iters: int = 5  # with a duration: at least this many timed runs
+    rounds: int = 5  # the timed runs of a cell, every backend's, alternate in this many rounds
     threads: int | None = None  # CPU threads for torch and onnxruntime alike (default: physical cores)
     copies: bool = True  # CUDA: include host->device input and device->host output copies in each run
     checkpoint: Path | None = None  # torch baseline (default: BUNDLE/../checkpoint.pt)
@@ -75,6 +78,8 @@ def _validate(settings: BenchSettings, manifest: Manifest) -> tuple[tuple[str, .
         raise InputError(f"--duration must be > 0 seconds; got {settings.duration}")
     if settings.iters is not None and settings.duration is not None:
         raise InputError("give --iters or --duration, not both")
+    if isinstance(settings.rounds, bool) or not isinstance(settings.rounds, int) or settings.rounds < 1:
+        raise InputError(f"--rounds must be a positive integer; got {settings.rounds}")
     if settings.threads is not None and settings.threads < 1:
         raise InputError(f"--threads must be >= 1; got {settings.threads}")
     return tuple(dict.fromkeys(backends)), tuple(dict.fromkeys(roles))
@@ -84,8 +89,10 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
               progress: ProgressFn | None = None) -> dict[str, Any]:
     """Benchmark every (backend, role, batch); returns {"machine", "settings", "results", "skipped"}.
 
-    Backends are loaded first (cold load timed), then each (role, batch) cell is measured on every
-    backend in turn, so all backends see the same machine state. A backend that cannot run here,
+    Backends are loaded first (cold load timed), then in each (role, batch) cell every backend makes
+    its runner and runs once (both timed: the cold phases) and warms up, and then the backends take
+    turns in `rounds` alternating rounds of timed runs (`--duration` or `--iters` split over the
+    rounds), so a busy spell on the machine hits all of them alike. A backend that cannot run here,
     or fails to load or run, is listed in "skipped" with the reason. progress: Progress("bench", what runs
     next, done, total) with `done` of `total` cells measured; done == total at the end.
     """
@@ -153,26 +160,43 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
             for role in roles:
                 for batch in settings.batch_sizes:
                     feeds = role_inputs(manifest, role, batch, settings.seed)
+                    runners: dict[str, Any] = {}
+                    cold: dict[str, tuple[float, float]] = {}
                     for name, adapter in adapters.items():
                         say(Progress("bench", f"{name} {role} batch {batch}", done, total))
                         try:
-                            prepare, cold, times = measure(adapter, role, feeds, settings.warmup, settings.iters,
-                                                           duration, settings.min_iters)
+                            prepare, first, runners[name] = start(adapter, role, feeds)
+                            cold[name] = (prepare, first)
                         except Exception as e:  # a backend failing one cell (memory, profile) does not stop the rest
                             skipped.append({"backend": name, "role": role, "batch": batch, "reason": _one_line(e)})
+                            runners.pop(name, None)
                             done += 1
+                    failed: dict[str, BaseException] = {}
+                    if runners:
+                        say(Progress("bench", f"{role} batch {batch}: {', '.join(runners)} in {settings.rounds} "
+                                              "alternating rounds", done, total))
+                        times = alternate(runners, settings.rounds,
+                                          None if settings.iters is not None else duration / settings.rounds,
+                                          runs=settings.iters, warmup=settings.warmup, min_runs=settings.min_iters,
+                                          failed=failed)
+                    for name in runners:
+                        done += 1
+                        if name in failed:
+                            skipped.append({"backend": name, "role": role, "batch": batch,
+                                            "reason": _one_line(failed[name])})
                             continue
-                        warm = summarize(times)
+                        warm = summarize(times[name])
+                        adapter = adapters[name]
                         results.append({
                             "backend": name, "role": role, "batch": batch,
-                            "cold": {"load_s": cold_load[name], "prepare_s": prepare, "first_run_s": cold},
+                            "cold": {"load_s": cold_load[name], "prepare_s": cold[name][0],
+                                     "first_run_s": cold[name][1]},
                             "warm": warm,
                             "throughput": batch / warm["p50"] if warm["p50"] > 0 else None,
                             "speedup_vs_torch": None,
                             "copies": bool(adapter.copies) if adapter.device == "cuda" else None,
                             "noisy": warm["cv"] > NOISY_CV,
                         })
-                        done += 1
                     if ceilings is not None:  # the ceiling of this cell, right after it: the same machine state
                         say(Progress("bench", f"GEMM ceiling {role} batch {batch}", done, total))
                         measure_cell(ceilings, role, batch)
@@ -190,12 +214,12 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
             "backend_settings": used, "results": results, "skipped": skipped, "roofline": ceilings}
 
 
-def measure(adapter, role: str, feeds: dict[str, np.ndarray], warmup: int, iters: int | None,
-            duration: float | None, min_iters: int = 5) -> tuple[float, float, list[float]]:
-    """(prepare seconds, first-call seconds, warm per-run seconds) for one backend, role and batch.
+def start(adapter, role: str, feeds: dict[str, np.ndarray]) -> tuple[float, float, Any]:
+    """(prepare seconds, first-call seconds, runner) for one backend, role and batch.
 
     prepare: making the runner (torch: staging buffers; torch-cudagraph: the graph capture), kept
-    out of the first call so a capture never reads as a slow first inference.
+    out of the first call so a capture never reads as a slow first inference. The warm runs are
+    timed afterwards, all backends of the cell in alternating rounds (`bigmodel.bench.timing`).
     """
     clock = time.perf_counter_ns
     t0 = clock()
@@ -204,21 +228,7 @@ def measure(adapter, role: str, feeds: dict[str, np.ndarray], warmup: int, iters
     t0 = clock()
     run()
     first = (clock() - t0) / 1e9
-    for _ in range(warmup):
-        run()
-    times: list[float] = []
-    if iters is not None:
-        for _ in range(iters):
-            t = clock()
-            run()
-            times.append((clock() - t) / 1e9)
-        return prepare, first, times
-    deadline = clock() + int(duration * 1e9)
-    while len(times) < min_iters or clock() < deadline:
-        t = clock()
-        run()
-        times.append((clock() - t) / 1e9)
-    return prepare, first, times
+    return prepare, first, run
 
 
 def _one_line(e: BaseException) -> str:
@@ -233,14 +243,16 @@ def _settings_record(bundle: Path, manifest: Manifest, s: BenchSettings, backend
         "device": s.device if s.device == "cpu" else f"cuda:{s.device_id}", "tf32": s.tf32, "strict": s.strict,
         "backends": list(backends), "roles": list(roles), "batch_sizes": list(s.batch_sizes),
         "warmup": s.warmup, "iters": s.iters, "duration_s": None if s.iters is not None else duration,
-        "min_iters": s.min_iters, "threads": s.threads, "copies": s.copies,
+        "min_iters": s.min_iters, "rounds": s.rounds, "threads": s.threads, "copies": s.copies,
         "copies_note": (
             "CPU: no copies (numpy in, numpy out)." if s.device == "cpu" else
             ("host<->device copies are included in every timed run (inputs from host, outputs back to host)."
              if s.copies else
              "host<->device copies are excluded where the backend allows it (torch, torch-cudagraph, onnxruntime "
              "through I/O binding); a result with copies=true still includes them.")),
-        "timing": "time.perf_counter_ns around each run; CUDA runs synchronise before the clock stops",
+        "timing": "time.perf_counter_ns around each run; CUDA runs synchronise before the clock stops; the "
+                  f"backends of a cell take turns in {s.rounds} rounds (a new seeded random order each round), "
+                  "each with its share of the runs",
         "inputs": "images uniform in the data range, latents standard normal; numpy Generator seeded "
                   f"with {s.seed}",
         "speedup": "torch p50 / backend p50, same role and batch, same run",

@@ -8,46 +8,15 @@ machine hits all of them alike) through `Model.run`, the path `auto` will dispat
 from __future__ import annotations
 
 import os
-import random
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bigmodel.bench.timing import alternate
 from bigmodel.errors import BackendUnavailable, InputError
 from bigmodel.progress import ProgressFn, reporter
 
 DEFAULT_BATCHES = (1, 4, 16, 64, 256, 1024)
-
-
-def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float,
-              warmup: int = 3) -> dict[str, list[float]]:
-    """Run each side in turn, `rounds` times, about `seconds` each -> every run's seconds per side.
-
-    Each round runs the sides in a new (seeded) random order, so no side always follows the same
-    other (an engine's idle worker threads can still hold a core for a moment after its last call).
-    """
-    clock = time.perf_counter_ns
-    per_run = {}
-    for name, fn in sides.items():
-        for _ in range(warmup):
-            fn()
-        t = clock()
-        fn()
-        per_run[name] = max((clock() - t) / 1e9, 1e-6)
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    order = random.Random(0)
-    names = list(sides)
-    for _ in range(rounds):
-        order.shuffle(names)
-        for name in names:
-            fn = sides[name]
-            for _ in range(int(min(5000, max(3, seconds / per_run[name])))):
-                t = clock()
-                fn()
-                times[name].append((clock() - t) / 1e9)
-    return times
 
 
 def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAULT_BATCHES,
@@ -101,7 +70,7 @@ def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAUL
                 say(f"{role} batch {batch}")
                 feeds = role_inputs(manifest, role, batch, seed)
                 sides = {n: (lambda m=m, role=role, feeds=feeds: m.run(role, feeds)) for n, m in models.items()}
-                times = alternate(sides, rounds, seconds / rounds)
+                times = alternate(sides, rounds, seconds / rounds, min_runs=3 * rounds)
                 latency[role][batch] = {n: statistics.median(t) for n, t in times.items()}
     finally:
         for m in models.values():

@@ -36,6 +36,13 @@ def bench(
         float | None,
         typer.Option(help="Seconds of timed runs per backend, role and batch (default 1; at least 5 runs)."),
     ] = None,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="The timed runs of each role and batch alternate between the backends in this many rounds "
+            "(--duration or --iters split over them), so a busy spell on the machine hits every backend alike."
+        ),
+    ] = 5,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for torch and onnxruntime alike (default: physical cores).")
     ] = None,
@@ -97,6 +104,7 @@ def bench(
         warmup=warmup,
         iters=iters,
         duration=duration,
+        rounds=rounds,
         threads=threads,
         copies=copies,
         checkpoint=checkpoint,

@@ -148,12 +148,14 @@ class Input:
 RANGE_SLACK = 0.05  # of the data range's width
 _min = np.minimum.reduce
 _max = np.maximum.reduce
+_vdot = np.vdot
 _TINY = 64
 _SMALL = 1 << 16
 _ZEROS = np.zeros(_SMALL, np.float32)  # 256 KiB, read-only; its slices are the zero vectors of the dot check
 _ZEROS.flags.writeable = False
-# size -> _ZEROS[:size] for the sizes met (calls repeat them): `x.ravel().dot(ZERO_VIEWS[x.size])` is 0 unless
-# x holds NaN or Inf (0 * Inf = NaN); model.py inlines that check on its per-call path
+# size -> _ZEROS[:size] for the sizes met (calls repeat them): `np.vdot(x.ravel(), ZERO_VIEWS[x.size])` is 0
+# unless x holds NaN or Inf (0 * Inf = NaN); model.py inlines that check on its per-call path. np.vdot, unlike
+# np.dot, does not turn the invalid-operation flag of 0 * Inf into a RuntimeWarning
 ZERO_VIEWS: dict[int, np.ndarray] = {}
 F32 = np.dtype(np.float32)
 
@@ -163,9 +165,8 @@ def _all_finite_flat(flat: np.ndarray, f32: bool) -> bool:
 
     Tiny arrays (one code): a sum of Python floats (doubles: float16/32 values cannot overflow
     it), no numpy call and no floating-point warning. Float32 up to _SMALL values: the dot product
-    with zeros, 0 unless a value is NaN or Inf (0 * Inf = NaN: numpy warns "invalid value" before the
-    InputError), and it cannot overflow. Larger: a sum, finite unless a value is NaN/Inf or the sum
-    overflows.
+    with zeros (np.vdot: no warning), 0 unless a value is NaN or Inf (0 * Inf = NaN), and it cannot
+    overflow. Larger: a sum, finite unless a value is NaN/Inf or the sum overflows.
     """
     n = flat.size
     if n <= _TINY:
@@ -176,7 +177,7 @@ def _all_finite_flat(flat: np.ndarray, f32: bool) -> bool:
             zeros = _ZEROS[:n]
             if len(ZERO_VIEWS) < 256:
                 ZERO_VIEWS[n] = zeros
-        return math.isfinite(flat.dot(zeros))
+        return math.isfinite(_vdot(flat, zeros))
     with np.errstate(over="ignore", invalid="ignore"):
         return math.isfinite(np.add.reduce(flat))
 

@@ -32,6 +32,11 @@ METHOD_ROLES = {
 F32 = np.dtype(np.float32)
 
 
+def _declined(_x) -> None:
+    """The gate of a role without a staged fast path: always the general path."""
+    return None
+
+
 class Model:
     """A loaded bundle. Use `bigmodel.runtime.load` to make one.
 
@@ -73,6 +78,12 @@ class Model:
         self._single_calls = {role: self._compile(role) for role in self._first}
         self._decode = self._single_calls[self._image_role]
         self._extra_calls: dict[tuple, object] = {}  # (role, output names) -> compiled call, made at first use
+        # the backend's staged fast path, where it has one: x -> [outputs] or None (then the calls above)
+        self._fast_first = {role: self._gate(role, self._outputs[role][:1]) for role in self._first}
+        self._fast_first = {role: g for role, g in self._fast_first.items() if g is not None}
+        self._fast_decode = self._fast_first.get(self._image_role, _declined)
+        self._fast_run = {role: (self._first[role].name, g) for role in self._first
+                          if (g := self._gate(role, self._outputs[role])) is not None}
 
     # -- description ----------------------------------------------------------------------------
     @property
@@ -127,6 +138,11 @@ class Model:
         >>> m.run("decoder", {"z": np.zeros((2, 20), np.float32)})["x"].shape
         (2, 1, 28, 28)
         """
+        fast = self._fast_run.get(role)
+        if fast is not None and type(feeds) is dict and len(feeds) == 1:
+            outs = fast[1](feeds.get(fast[0]))  # None unless the one feed is a common, finite call
+            if outs is not None:
+                return dict(zip(self._outputs[role], outs, strict=True))
         inputs = self._inputs.get(role)
         if inputs is None:
             raise InputError(f"a {self.family} bundle has no role {role!r}; it has: {', '.join(self.roles)}")
@@ -195,19 +211,48 @@ class Model:
 
             return call
         what = f"{role} output {wanted[0]!r}"
-        zeros_for, isfinite = ZERO_VIEWS.get, math.isfinite
+        zeros_for, isfinite, vdot = ZERO_VIEWS.get, math.isfinite, np.vdot
 
         def checked_call(x) -> np.ndarray:
             out = run({name: prepare(x)})[first]
-            if out.dtype is F32:  # check_finite_output's common case inlined: one dot with the zeros of its size
+            if out.dtype is F32:  # check_finite_output's common case inlined: one vdot with the zeros of its size
                 zeros = zeros_for(out.size)
-                if zeros is not None and isfinite(out.ravel().dot(zeros)):
+                if zeros is not None and isfinite(vdot(out, zeros)):
                     return out
             else:
                 out = out.astype(F32)
             return check_finite_output(out, what)
 
         return checked_call
+
+    def _gate(self, role: str, names: list[str]):
+        """`gate(x)` -> [the outputs `names` of `role`] through the backend's staged fast path, or None.
+
+        The fast path takes only the common call: a C-contiguous float32 batch of the graph's shape
+        (checked here, constants bound at load), on a backend with `staged_runner` and no batch limits,
+        for inputs without a range to check (codes; images only with check_values=False). The staged
+        run checks the input and every output for NaN/Inf in one pass and answers None when it did not
+        run or a value was not finite; the caller then takes its general path, which checks the input
+        before running, explains what is wrong, and checks outputs as it always does. Returns None
+        (no gate) where the fast path does not apply.
+        """
+        inp = self._first[role]
+        staged = getattr(self.backend, "staged_runner", None)
+        if staged is None or self._limits[role] is not None or not inp.f32 or inp.lo is not None:
+            return None
+        fast = staged(role, list(names))
+        if fast is None:
+            return None
+        ndarray, rank, tail = np.ndarray, inp.rank, inp.tail
+
+        def gate(x) -> list[np.ndarray] | None:
+            if type(x) is ndarray and x.dtype is F32:
+                shape = x.shape
+                if len(shape) == rank and shape[1:] == tail and shape[0] and x.flags.c_contiguous:
+                    return fast(x)
+            return None
+
+        return gate
 
     def _extra_call(self, role: str, names: tuple[str, ...], what: str):
         """The compiled call for `names` of `role`, made at first use; InputError if the graph lacks them."""
@@ -218,12 +263,23 @@ class Model:
             if missing:
                 raise InputError(f"this {self.family} bundle's {role} has no output {', '.join(missing)} for {what} "
                                  f"(its outputs: {', '.join(self._outputs[role])}); re-export it with this bigmodel")
-            call = self._extra_calls.setdefault(key, self._compile(role, names))
+            call = self._compile(role, names)
+            gate = self._gate(role, list(names))
+            if gate is not None:
+                general = call
+
+                def call(x, gate=gate, general=general) -> tuple[np.ndarray, ...]:
+                    outs = gate(x)
+                    return tuple(outs) if outs is not None else general(x)
+
+            call = self._extra_calls.setdefault(key, call)
         return call
 
     def _single(self, role: str, x) -> np.ndarray:
         """First output of a single-input role on `x`, float32."""
-        return self._single_calls[role](x)
+        fast = self._fast_first.get(role)
+        outs = fast(x) if fast is not None else None
+        return outs[0] if outs is not None else self._single_calls[role](x)
 
     def _require(self, method: str) -> str:
         if method not in self._offers:
@@ -252,7 +308,8 @@ class Model:
         With `logits=True`: the Bernoulli logits before the final sigmoid instead (for likelihoods).
         """
         if not logits:
-            return self._decode(z)
+            outs = self._fast_decode(z)
+            return outs[0] if outs is not None else self._decode(z)
         return self._extra_call(self._image_role, ("logits",), "decode(logits=True)")(z)[0]
 
     def reconstruct(self, x) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from bigmodel.errors import BackendUnavailable, BundleError, CheckFailed, missing_package
 from bigmodel.manifest import BATCH, Manifest
-from bigmodel.runtime.backends.ort_bound import bound_run
+from bigmodel.runtime.backends.ort_bound import bound_run, staged_run
 from bigmodel.runtime.backends.ort_options import (
     PROVIDERS,
     TF32_ENV,
@@ -251,6 +251,7 @@ class OrtBackend:
         self._runners: dict[str, object] = {}  # the same calls for the Model's prepared arrays
         self._run_options = ort.RunOptions()
         self._outputs: dict[str, list[str]] = {}
+        self._inputs: dict[str, list[str]] = {}
         self._profiles: dict[str, tuple[int, int]] = {}
         self.placement: dict[str, dict[str, int]] = {}
         misplaced = []
@@ -299,6 +300,7 @@ class OrtBackend:
                 session.disable_fallback()  # never let onnxruntime retry a failed GPU run on the CPU silently
             self.sessions[role] = session
             self._outputs[role] = [o.name for o in spec.outputs]
+            self._inputs[role] = [t.name for t in spec.inputs]
             self._run[role] = _fast_run(session, self._outputs[role])
             self._runners[role] = self._compiled(role, self._outputs[role], self._run[role])
         if misplaced:
@@ -322,6 +324,19 @@ class OrtBackend:
         if outputs is None or list(outputs) == self._outputs[role]:
             return self._runners[role]
         return self._compiled(role, list(outputs), _fast_run(self.sessions[role], list(outputs)))
+
+    def staged_runner(self, role: str, outputs: list[str] | None = None):
+        """x -> [outputs] (all, or the named ones), or None: one single-input float32 role's staged fast path.
+
+        On the CPU provider, small batches of a C-contiguous float32 array of the graph's shape run on
+        an input and outputs bound once (`ort_bound.staged_run`); a call answers None when it did not
+        run there or a value came back non-finite (the Model then takes its checked general path).
+        None instead of a runner where this does not apply (other providers, several inputs, other dtypes).
+        """
+        if self.name != "ort-cpu" or len(self._inputs[role]) != 1:
+            return None
+        return staged_run(self.sessions[role], self._inputs[role][0], list(outputs or self._outputs[role]),
+                          self._run_options)
 
     def _compiled(self, role: str, outputs: list[str], plain):
         if self.name != "ort-cpu":

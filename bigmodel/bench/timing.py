@@ -1,0 +1,104 @@
+"""Timing several sides fairly on a shared machine: alternating rounds, every run timed on its own.
+
+One harness for `bigmodel bench`, `bigmodel tune` and the scripts in benchmarks/: each side (a
+backend, torch, a numpy GEMM) runs in short rounds, the sides taking turns in a new seeded random
+order every round, so a busy spell, a frequency change or another side's still-spinning worker
+threads hit every side alike instead of whichever happened to be measured then. Figures are
+statistics over all of a side's runs (bench and tune report the median).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+MAX_RUNS_PER_SLICE = 5000  # a slice of a very fast side stops here (a bound on memory, not on time)
+
+
+def runs_per_slice(seconds: float, per_run: float, rounds: int, min_runs: int) -> int:
+    """Runs of one side in one round: about `seconds` of them, at least ceil(min_runs / rounds), at least 1.
+
+    >>> runs_per_slice(0.2, 0.001, 5, 5)
+    200
+    >>> runs_per_slice(0.2, 1.0, 5, 12)
+    3
+    """
+    floor = max(1, -(-min_runs // max(1, rounds)))
+    return int(min(MAX_RUNS_PER_SLICE, max(floor, seconds / max(per_run, 1e-7))))
+
+
+def split_runs(total: int, rounds: int) -> list[int]:
+    """`total` runs spread over `rounds` rounds as evenly as they go (earlier rounds take the remainder).
+
+    >>> split_runs(7, 3)
+    [3, 2, 2]
+    """
+    q, r = divmod(total, rounds)
+    return [q + (i < r) for i in range(rounds)]
+
+
+def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float | None = None, *,
+              runs: int | None = None, warmup: int = 3, estimate: int = 3, min_runs: int = 3, seed: int = 0,
+              failed: dict[str, BaseException] | None = None) -> dict[str, list[float]]:
+    """Every run's seconds per side: `rounds` rounds, each side once per round for ~`seconds` (or `runs`
+    runs in all, spread over the rounds), in a new random order each round (seeded).
+
+    Before the rounds each side runs `warmup` untimed calls and `estimate` calls whose median sets how
+    many runs fill `seconds`. With `failed` (a dict), a side that raises is dropped from the later
+    rounds and its exception stored there under its name; without it the exception propagates.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1; got {rounds}")
+    if (seconds is None) == (runs is None):
+        raise ValueError("give seconds per round or runs in all, not both")
+    clock = time.perf_counter_ns
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    live = dict(sides)
+
+    def guarded(name: str, step: Callable[[], None]) -> None:
+        if failed is None:
+            step()
+            return
+        try:
+            step()
+        except Exception as e:  # a backend failing mid-measurement (memory, a profile) stops only itself
+            failed[name] = e
+            live.pop(name, None)
+
+    per_run: dict[str, float] = {}
+    for name, fn in list(live.items()):
+        def first(name=name, fn=fn) -> None:
+            for _ in range(warmup):
+                fn()
+            t = []
+            for _ in range(estimate if runs is None else 0):
+                t0 = clock()
+                fn()
+                t.append((clock() - t0) / 1e9)
+            per_run[name] = statistics.median(t) if t else 0.0
+        guarded(name, first)
+    shares = split_runs(runs, rounds) if runs is not None else None
+    order = random.Random(seed)
+    for i in range(rounds):
+        names = list(live)
+        order.shuffle(names)
+        for name in names:
+            n = shares[i] if shares is not None else runs_per_slice(seconds, per_run[name], rounds, min_runs)
+            out = times[name]
+            fn = live[name]
+
+            def slice_(fn=fn, n=n, out=out) -> None:
+                for _ in range(n):
+                    t0 = clock()
+                    fn()
+                    out.append((clock() - t0) / 1e9)
+            guarded(name, slice_)
+    return times
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    """The median of each side's runs (sides without runs left out)."""
+    return {k: statistics.median(v) for k, v in times.items() if v}
