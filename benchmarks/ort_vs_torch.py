@@ -118,9 +118,9 @@ def anatomy_sides(runtime, role: str, name: str, z: np.ndarray, module, zt) -> d
 
 def print_anatomy(p50: dict[str, float]) -> None:
     us = {k: v * 1e6 for k, v in p50.items()}
-    print(f"{'':15s}batch 1, where the time goes (p50 us): runtime.run {us['ort']:.1f} = onnxruntime session.run "
-          f"{us['session']:.1f} + runtime input checks {us['ort'] - us['session']:.1f}; of session.run, the fixed "
-          f"cost of any call (an Identity graph) is {us['identity']:.1f}")
+    print(f"{'':15s}batch 1, where the time goes (p50 us): runtime.run {us['ort']:.1f} (input and output checks, "
+          f"staged bindings) vs onnxruntime's own session.run {us['session']:.1f} ({us['ort'] - us['session']:+.1f}); "
+          f"of session.run, the fixed cost of any call (an Identity graph) is {us['identity']:.1f}")
     print(f"{'':15s}torch eager {us['torch']:.1f} = its 3 Linear calls {us['torch_linears']:.1f} + ReLU/Unflatten/"
           f"Sigmoid {us['torch'] - us['torch_linears']:.1f}; numpy's 3 GEMVs on the same shapes {us['numpy']:.1f}")
 
@@ -143,7 +143,7 @@ def alternate(sides: dict, rounds: int, seconds: float) -> tuple[dict[str, float
     """Each side in turn, `rounds` times, ~`seconds` each (bench's harness): (median, 10th percentile) per side."""
     from bigmodel.bench.timing import alternate as harness
 
-    times = harness(sides, rounds, seconds, warmup=5, estimate=5, min_runs=5 * rounds)
+    times = harness(sides, rounds, seconds, warmup=5, min_runs=5 * rounds)
     return ({k: statistics.median(v) for k, v in times.items()},
             {k: float(np.percentile(v, 10)) for k, v in times.items()})
 

@@ -99,7 +99,7 @@ def test_alternate_takes_turns_in_rounds_and_splits_the_runs():
     times = alternate(sides, rounds=4, runs=10, warmup=2)
     assert {k: len(v) for k, v in times.items()} == {"a": 10, "b": 10, "c": 10}
     assert all(t >= 0 for v in times.values() for t in v)
-    timed = calls[3 * 2:]  # after each side's 2 warm-up calls (no estimate runs when `runs` is given)
+    timed = calls[3 * 2:]  # after each side's 2 warm-up calls
     assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
     # 4 rounds; in each every side runs its share (3, 3, 2, 2) in one block, the order reshuffled per round
     blocks, i = [], 0

@@ -18,18 +18,6 @@ from typing import Any
 MAX_RUNS_PER_SLICE = 5000  # a slice of a very fast side stops here (a bound on memory, not on time)
 
 
-def runs_per_slice(seconds: float, per_run: float, rounds: int, min_runs: int) -> int:
-    """Runs of one side in one round: about `seconds` of them, at least ceil(min_runs / rounds), at least 1.
-
-    >>> runs_per_slice(0.2, 0.001, 5, 5)
-    200
-    >>> runs_per_slice(0.2, 1.0, 5, 12)
-    3
-    """
-    floor = max(1, -(-min_runs // max(1, rounds)))
-    return int(min(MAX_RUNS_PER_SLICE, max(floor, seconds / max(per_run, 1e-7))))
-
-
 def split_runs(total: int, rounds: int) -> list[int]:
     """`total` runs spread over `rounds` rounds as evenly as they go (earlier rounds take the remainder).
 
@@ -41,14 +29,16 @@ def split_runs(total: int, rounds: int) -> list[int]:
 
 
 def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float | None = None, *,
-              runs: int | None = None, warmup: int = 3, estimate: int = 3, min_runs: int = 3, seed: int = 0,
+              runs: int | None = None, warmup: int = 3, min_runs: int = 3, seed: int = 0,
               failed: dict[str, BaseException] | None = None) -> dict[str, list[float]]:
     """Every run's seconds per side: `rounds` rounds, each side once per round for ~`seconds` (or `runs`
     runs in all, spread over the rounds), in a new random order each round (seeded).
 
-    Before the rounds each side runs `warmup` untimed calls and `estimate` calls whose median sets how
-    many runs fill `seconds`. With `failed` (a dict), a side that raises is dropped from the later
-    rounds and its exception stored there under its name; without it the exception propagates.
+    Each side first runs `warmup` untimed calls. A slice of `seconds` runs until that much time has
+    passed (at least ceil(min_runs / rounds) runs, at most MAX_RUNS_PER_SLICE), so a side whose first
+    calls were slow still gets its share of the time. With `failed` (a dict), a side that raises is
+    dropped from the later rounds and its exception stored there under its name; without it the
+    exception propagates.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1; got {rounds}")
@@ -68,33 +58,36 @@ def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float |
             failed[name] = e
             live.pop(name, None)
 
-    per_run: dict[str, float] = {}
     for name, fn in list(live.items()):
-        def first(name=name, fn=fn) -> None:
+        def warm(fn=fn) -> None:
             for _ in range(warmup):
                 fn()
-            t = []
-            for _ in range(estimate if runs is None else 0):
-                t0 = clock()
-                fn()
-                t.append((clock() - t0) / 1e9)
-            per_run[name] = statistics.median(t) if t else 0.0
-        guarded(name, first)
+        guarded(name, warm)
     shares = split_runs(runs, rounds) if runs is not None else None
+    floor = max(1, -(-min_runs // rounds))
+    budget = int((seconds or 0.0) * 1e9)
     order = random.Random(seed)
     for i in range(rounds):
         names = list(live)
         order.shuffle(names)
         for name in names:
-            n = shares[i] if shares is not None else runs_per_slice(seconds, per_run[name], rounds, min_runs)
             out = times[name]
-            fn = live[name]
 
-            def slice_(fn=fn, n=n, out=out) -> None:
-                for _ in range(n):
+            def slice_(fn=live[name], out=out, i=i) -> None:
+                if shares is not None:
+                    for _ in range(shares[i]):
+                        t0 = clock()
+                        fn()
+                        out.append((clock() - t0) / 1e9)
+                    return
+                start = clock()
+                for k in range(1, MAX_RUNS_PER_SLICE + 1):
                     t0 = clock()
                     fn()
-                    out.append((clock() - t0) / 1e9)
+                    t1 = clock()
+                    out.append((t1 - t0) / 1e9)
+                    if k >= floor and t1 - start >= budget:
+                        break
             guarded(name, slice_)
     return times
 
