@@ -26,7 +26,7 @@ beside it. If OPENBLAS_CORETYPE is set (some machines pin an old kernel that way
 than it can be: run this script with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` to compare
 against its best kernel; the kernel in use is printed.
 
-    python benchmarks/ort_vs_torch.py [--threads 2] [--rounds 5] [--round-seconds 0.3] [--families vae,gan]
+    python benchmarks/ort_vs_torch.py [--threads 2] [--rounds 10] [--round-seconds 0.15] [--families vae,gan]
                                       [--batch-sizes 1,256,1024]
 """
 
@@ -164,12 +164,13 @@ def decode_overhead(decode, bare, seconds: float) -> tuple[float, float]:
             float(np.percentile(t["decode"], 10) / np.percentile(t["bare"], 10)))
 
 
-def parse_args(doc: str, batch_sizes: str) -> tuple[argparse.Namespace, list[int]]:
+def parse_args(doc: str, batch_sizes: str, rounds: int = 5, round_seconds: float = 0.3
+               ) -> tuple[argparse.Namespace, list[int]]:
     """The options this script and benchmarks/engines.py share: (args, batch sizes)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size")
-    ap.add_argument("--round-seconds", type=float, default=0.3, help="seconds per side per round")
+    ap.add_argument("--rounds", type=int, default=rounds, help="alternating rounds per batch size")
+    ap.add_argument("--round-seconds", type=float, default=round_seconds, help="seconds per side per round")
     ap.add_argument("--families", default="vae,gan")
     ap.add_argument("--batch-sizes", default=batch_sizes)
     ap.add_argument("--overhead-seconds", type=float, default=4.0, help="Model.decode vs session.run, batch 1")
@@ -178,7 +179,7 @@ def parse_args(doc: str, batch_sizes: str) -> tuple[argparse.Namespace, list[int
 
 
 def main() -> int:
-    args, batches = parse_args(__doc__, "1,256,1024")
+    args, batches = parse_args(__doc__, "1,256,1024", rounds=10, round_seconds=0.15)
     threads = args.threads
 
     import threadpoolctl

@@ -48,7 +48,7 @@ def test_progress_counts_every_cell(bench_run, bundle):
     started = [(p.done, p.message) for p in events if p.message.startswith(("torch ", "ort-cpu "))]
     assert started == [(i - i % 2, f"{n} {r} batch {b}") for i, (r, b, n) in enumerate(cells)]
     rounds = [(p.done, p.message) for p in events if "alternating rounds" in p.message]
-    assert rounds == [(2 * i, f"{r} batch {b}: torch, ort-cpu in 5 alternating rounds")
+    assert rounds == [(2 * i, f"{r} batch {b}: torch, ort-cpu in 10 alternating rounds")
                       for i, (r, b) in enumerate((r, b) for r in roles for b in (1, 3))]
     assert all(p.total == len(cells) for p in events)
     assert [p.done for p in events] == sorted(p.done for p in events)
@@ -155,7 +155,7 @@ def test_report_shape_and_speedups(report):
     assert set(report) == {"machine", "settings", "backend_settings", "results", "skipped", "roofline"}
     assert report["backend_settings"]["ort-cpu"]["tf32"] is False and report["settings"]["tf32"] is False
     assert report["settings"]["threads"] == 1 and report["settings"]["batch_sizes"] == [1, 3]
-    assert report["settings"]["rounds"] == 5 and "rounds" in report["settings"]["timing"]
+    assert report["settings"]["rounds"] == 10 and "rounds" in report["settings"]["timing"]
     assert report["machine"]["physical_cores"] >= 1 and report["machine"]["onnxruntime"]
     cells = {(r["backend"], r["role"], r["batch"]) for r in report["results"]}
     assert cells == {(b, r, n) for b in ("torch", "ort-cpu") for r in ("encoder", "decoder") for n in (1, 3)}

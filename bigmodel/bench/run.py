@@ -45,7 +45,7 @@ class BenchSettings:
     iters: int | None = None  # exact number of timed runs per cell; else --duration
     duration: float | None = None  # seconds of timed runs per cell (default 1.0 when iters is None)
     min_iters: int = 5  # with a duration: at least this many timed runs
-    rounds: int = 5  # the timed runs of a cell, every backend's, alternate in this many rounds
+    rounds: int = 10  # the timed runs of a cell, every backend's, alternate in this many rounds
     threads: int | None = None  # CPU threads for torch and onnxruntime alike (default: physical cores)
     copies: bool = True  # CUDA: include host->device input and device->host output copies in each run
     checkpoint: Path | None = None  # torch baseline (default: BUNDLE/../checkpoint.pt)

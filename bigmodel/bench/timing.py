@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-MAX_RUNS_PER_SLICE = 5000  # a slice of a very fast side stops here (a bound on memory, not on time)
+MAX_RUNS_PER_SLICE = 50_000  # a slice of a very fast side stops here (a bound on memory, not on time)
 
 
 def split_runs(total: int, rounds: int) -> list[int]:

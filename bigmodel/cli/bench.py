@@ -42,7 +42,7 @@ def bench(
             help="The timed runs of each role and batch alternate between the backends in this many rounds "
             "(--duration or --iters split over them), so a busy spell on the machine hits every backend alike."
         ),
-    ] = 5,
+    ] = 10,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for torch and onnxruntime alike (default: physical cores).")
     ] = None,
