@@ -66,6 +66,23 @@ def test_auto_dispatches_each_call_to_the_fastest_backend_for_its_batch(bundle):
     assert mu.shape == logvar.shape == (2, model.latent_dim)
 
 
+def test_auto_takes_the_staged_path_of_the_backend_it_picks(bundle):
+    """With a table, auto's fast path for small code batches is ort-cpu's staged run; a batch that goes to a
+    backend without one (OpenVINO) answers None, and the Model's general path dispatches it."""
+    pytest.importorskip("openvino", reason=OV)
+    write_table(bundle, _table(bundle))
+    model = load(bundle, threads=1)
+    staged = model.backend.staged_runner("decoder")
+    reference = load(bundle, backend="ort-cpu", threads=1)
+    z = np.random.default_rng(2).standard_normal((2, model.latent_dim), dtype=np.float32)
+    want = reference.backend.sessions["decoder"].run(None, {"z": z})
+    for got, w in zip(staged(z), want, strict=True):
+        np.testing.assert_array_equal(got, w)
+    zz = np.random.default_rng(3).standard_normal((300, model.latent_dim), dtype=np.float32)
+    assert staged(zz) is None
+    np.testing.assert_allclose(model.run("decoder", {"z": zz})["x"], reference.decode(zz), atol=1e-5)
+
+
 def test_a_table_with_one_winner_loads_that_backend_alone(bundle):
     write_table(bundle, _table(bundle, small="ort-cpu", large="ort-cpu"))
     model = load(bundle, threads=1)

@@ -177,6 +177,23 @@ class DispatchBackend:
 
         return run
 
+    def staged_runner(self, role: str, outputs: list[str] | None = None):
+        """x -> [outputs] or None through the staged fast path of the backend chosen for x's batch size
+        (None for batches whose backend has none: the Model then takes its general path); None if no
+        member has one."""
+        choose = self._choose.get(role)
+        if choose is None:
+            return _staged_of(self._fallback, role, outputs)
+        staged = {name: _staged_of(b, role, outputs) for name, b in self.backends.items()}
+        if not any(staged.values()):
+            return None
+
+        def run(x):
+            fast = staged[choose(len(x))]
+            return fast(x) if fast is not None else None
+
+        return run
+
     def batch_range(self, role: str):
         ranges = [r for b in self.backends.values() if (r := getattr(b, "batch_range", lambda _r: None)(role))]
         if not ranges:
@@ -195,3 +212,8 @@ def _runner_of(backend, role: str, outputs):
     if runner is not None:
         return runner(role, outputs)
     return lambda feeds: backend.run(role, feeds)
+
+
+def _staged_of(backend, role: str, outputs):
+    staged = getattr(backend, "staged_runner", None)
+    return staged(role, outputs) if staged is not None else None
