@@ -6,8 +6,10 @@ fixed seed: weights do not change the speed of a dense MLP), each is exported wi
 threads=T)`; torch runs the same module eagerly (eval, `torch.inference_mode()`,
 `torch.set_num_threads(T)`). Rounds alternate torch, onnxruntime and numpy at each batch size
 (`bigmodel.bench.timing.alternate`, the harness `bigmodel bench` and `tune` use) so drift on a
-shared machine hits all three alike; each side's figure is the median over all its runs. Goals
-(2 CPU cores, T = 2):
+shared machine hits all three alike; each side's figure is the median over all its runs. Beside
+each speed-up the "paired rounds" figure is the median over rounds of torch's round median / the
+runtime's (`bigmodel.bench.timing.paired_ratio`, bench's `speedup_paired_vs_torch`): steadier when
+the machine switches speed for a while, as this 2-vCPU one does. Goals (2 CPU cores, T = 2):
 
     onnxruntime vs torch eager, batch 1    >= 2.5x   (torch p50 / runtime p50), Model.run and Model.decode
     onnxruntime vs torch eager, batch 256  >= 1.3x
@@ -134,18 +136,22 @@ def bench_side_by_side(bundle, role: str, batches: list[int], threads: int, ours
     report = run_bench(bundle, BenchSettings(backends=("torch", "ort-cpu"), roles=(role,), batch_sizes=tuple(batches),
                                              threads=threads, duration=rounds * seconds, rounds=rounds,
                                              roofline=False))
-    bench = {r["batch"]: r["speedup_vs_torch"] for r in report["results"] if r["backend"] == "ort-cpu"}
+    bench = {r["batch"]: (r["speedup_vs_torch"], r["speedup_paired_vs_torch"]) for r in report["results"]
+             if r["backend"] == "ort-cpu"}
     print(f"{'':15s}bigmodel bench harness, same bundle: " + ", ".join(
-        f"batch {b} {bench[b]:.2f}x (this script {ours[b]:.2f}x)" for b in batches if b in bench and b in ours))
+        f"batch {b} {bench[b][0]:.2f}x, paired {bench[b][1]:.2f}x (this script {ours[b][0]:.2f}x, paired "
+        f"{ours[b][1]:.2f}x)" for b in batches if b in bench and b in ours))
 
 
-def alternate(sides: dict, rounds: int, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
-    """Each side in turn, `rounds` times, ~`seconds` each (bench's harness): (median, 10th percentile) per side."""
+def alternate(sides: dict, rounds: int, seconds: float) -> tuple[dict[str, float], dict[str, float], dict]:
+    """Each side in turn, `rounds` times, ~`seconds` each (bench's harness): (median, 10th percentile, each
+    round's median) per side."""
     from bigmodel.bench.timing import alternate as harness
 
-    times = harness(sides, rounds, seconds, warmup=5, min_runs=5 * rounds)
+    per_round: dict[str, list[float | None]] = {}
+    times = harness(sides, rounds, seconds, warmup=5, min_runs=5 * rounds, per_round=per_round)
     return ({k: statistics.median(v) for k, v in times.items()},
-            {k: float(np.percentile(v, 10)) for k, v in times.items()})
+            {k: float(np.percentile(v, 10)) for k, v in times.items()}, per_round)
 
 
 def decode_overhead(decode, bare, seconds: float) -> tuple[float, float]:
@@ -185,6 +191,7 @@ def main() -> int:
     import threadpoolctl
     import torch
 
+    from bigmodel.bench.timing import paired_ratio
     from bigmodel.runtime import load
 
     torch.set_num_threads(threads)
@@ -244,14 +251,15 @@ def main() -> int:
                          "decode": lambda z=z, runtime=runtime: runtime.decode(z)}
                 if batch == 1:
                     sides.update(anatomy_sides(runtime, role, name, z, module, zt))
-                p50, p10 = alternate(sides, args.rounds, args.round_seconds)
+                p50, p10, per_round = alternate(sides, args.rounds, args.round_seconds)
                 speedup = p50["torch"] / p50["ort"]
-                speedups[batch] = speedup
+                paired = paired_ratio(per_round, "torch", "ort")
+                speedups[batch] = (speedup, paired)
                 gflops = {k: flops * batch / p50[k] / 1e9 for k in ("torch", "ort", "numpy")}
                 gflops["square"] = 2 * side**3 / p50["square"] / 1e9
                 line = (f"  batch {batch:5d}: torch {p50['torch'] * 1e3:9.3f} ms  "
                         f"onnxruntime {p50['ort'] * 1e3:9.3f} ms  speed-up {speedup:5.2f}x "
-                        f"(p10s: {p10['torch'] / p10['ort']:.2f}x)")
+                        f"(p10s: {p10['torch'] / p10['ort']:.2f}x, paired rounds: {paired:.2f}x)")
                 if batch in GOALS:
                     ok = speedup >= GOALS[batch]
                     line += f"  goal >= {GOALS[batch]}x: {'met' if ok else 'MISSED'}"
@@ -269,7 +277,8 @@ def main() -> int:
                     print_anatomy(p50)
                     dec = p50["torch"] / p50["decode"]
                     over, over10 = decode_overhead(sides["decode"], sides["session_image"], args.overhead_seconds)
-                    print(f"{'':15s}Model.decode: {p50['decode'] * 1e6:.1f} us, {dec:.2f}x torch (goal >= "
+                    print(f"{'':15s}Model.decode: {p50['decode'] * 1e6:.1f} us, {dec:.2f}x torch (paired rounds "
+                          f"{paired_ratio(per_round, 'torch', 'decode'):.2f}x; goal >= "
                           f"{GOALS[1]}x: {'met' if dec >= GOALS[1] else 'MISSED'}); / bare session.run "
                           f"{over:.3f}, p10s {over10:.3f} (calls interleaved one by one; goal <= {DECODE_OVERHEAD}: "
                           f"{'met' if over <= DECODE_OVERHEAD else 'MISSED'})")

@@ -160,6 +160,7 @@ def test_report_shape_and_speedups(report):
     cells = {(r["backend"], r["role"], r["batch"]) for r in report["results"]}
     assert cells == {(b, r, n) for b in ("torch", "ort-cpu") for r in ("encoder", "decoder") for n in (1, 3)}
     p50 = {(r["backend"], r["role"], r["batch"]): r["warm"]["p50"] for r in report["results"]}
+    rounds = {(r["backend"], r["role"], r["batch"]): r["round_p50"] for r in report["results"]}
     for r in report["results"]:
         assert {"backend", "role", "batch", "cold", "warm", "throughput", "speedup_vs_torch"} <= set(r)
         assert set(r["cold"]) == {"load_s", "prepare_s", "first_run_s"} and r["cold"]["load_s"] > 0
@@ -172,6 +173,12 @@ def test_report_shape_and_speedups(report):
         else:
             want = p50[("torch", r["role"], r["batch"])] / w["p50"]
             assert r["speedup_vs_torch"] == pytest.approx(want, rel=1e-12)
+        # 5 runs over 10 rounds: one run in each of the first five, the median of each round is that run
+        assert len(r["round_p50"]) == 10 and r["round_p50"][5:] == [None] * 5
+        assert sorted(r["round_p50"][:5])[2] == pytest.approx(w["p50"], rel=1e-12)  # the same five runs
+        base = rounds[("torch", r["role"], r["batch"])][:5]
+        paired = sorted(t / mine for t, mine in zip(base, r["round_p50"][:5], strict=True))
+        assert r["speedup_paired_vs_torch"] == pytest.approx(paired[2], rel=1e-12)
         roof = r["roofline"]  # the same work per (role, batch) whichever backend did it, as % of one ceiling
         flops = report["roofline"]["costs"][r["role"]]["flops_per_sample"] * r["batch"]
         assert roof["gflops"] == pytest.approx(flops / w["p50"] / 1e9)

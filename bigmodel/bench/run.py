@@ -172,13 +172,14 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                             runners.pop(name, None)
                             done += 1
                     failed: dict[str, BaseException] = {}
+                    per_round: dict[str, list[float | None]] = {}
                     if runners:
                         say(Progress("bench", f"{role} batch {batch}: {', '.join(runners)} in {settings.rounds} "
                                               "alternating rounds", done, total))
                         times = alternate(runners, settings.rounds,
                                           None if settings.iters is not None else duration / settings.rounds,
                                           runs=settings.iters, warmup=settings.warmup, min_runs=settings.min_iters,
-                                          failed=failed)
+                                          failed=failed, per_round=per_round)
                     for name in runners:
                         done += 1
                         if name in failed:
@@ -192,8 +193,10 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                             "cold": {"load_s": cold_load[name], "prepare_s": cold[name][0],
                                      "first_run_s": cold[name][1]},
                             "warm": warm,
+                            "round_p50": per_round.get(name, []),
                             "throughput": batch / warm["p50"] if warm["p50"] > 0 else None,
                             "speedup_vs_torch": None,
+                            "speedup_paired_vs_torch": None,
                             "copies": bool(adapter.copies) if adapter.device == "cuda" else None,
                             "noisy": warm["cv"] > NOISY_CV,
                         })
@@ -256,6 +259,9 @@ def _settings_record(bundle: Path, manifest: Manifest, s: BenchSettings, backend
         "inputs": "images uniform in the data range, latents standard normal; numpy Generator seeded "
                   f"with {s.seed}",
         "speedup": "torch p50 / backend p50, same role and batch, same run",
+        "speedup_paired": "median over the rounds of torch's round median / the backend's round median (round_p50): "
+                          "each pair timed within a fraction of a second, so a change of the machine's speed "
+                          "moves both alike",
     }
 
 

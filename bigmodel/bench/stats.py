@@ -40,11 +40,21 @@ def summarize(seconds: list[float]) -> dict[str, float]:
 
 
 def add_speedups(results: list[dict[str, Any]]) -> None:
-    """Set each result's `speedup_vs_torch` = torch p50 / its p50 for the same (role, batch); None without torch."""
-    base = {(r["role"], r["batch"]): r["warm"]["p50"] for r in results if r["backend"] == "torch"}
+    """Set each result's `speedup_vs_torch` = torch p50 / its p50 for the same (role, batch); None without torch.
+
+    Results that carry `round_p50` (each round's median, bench's alternating rounds) also get
+    `speedup_paired_vs_torch`: the median over rounds of torch's round median / theirs.
+    """
+    from bigmodel.bench.timing import paired_ratio
+
+    torch_rows = {(r["role"], r["batch"]): r for r in results if r["backend"] == "torch"}
     for r in results:
-        t = base.get((r["role"], r["batch"]))
+        t = torch_rows.get((r["role"], r["batch"]))
         if r["backend"] == "torch":
             r["speedup_vs_torch"] = 1.0
         else:
-            r["speedup_vs_torch"] = t / r["warm"]["p50"] if t is not None and r["warm"]["p50"] > 0 else None
+            r["speedup_vs_torch"] = t["warm"]["p50"] / r["warm"]["p50"] if t is not None and r["warm"]["p50"] > 0 \
+                else None
+        if "round_p50" in r:
+            r["speedup_paired_vs_torch"] = None if t is None or "round_p50" not in t else \
+                paired_ratio({"torch": t["round_p50"], "this": r["round_p50"]}, "torch", "this")

@@ -30,7 +30,8 @@ def split_runs(total: int, rounds: int) -> list[int]:
 
 def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float | None = None, *,
               runs: int | None = None, warmup: int = 3, min_runs: int = 3, seed: int = 0,
-              failed: dict[str, BaseException] | None = None) -> dict[str, list[float]]:
+              failed: dict[str, BaseException] | None = None,
+              per_round: dict[str, list[float | None]] | None = None) -> dict[str, list[float]]:
     """Every run's seconds per side: `rounds` rounds, each side once per round for ~`seconds` (or `runs`
     runs in all, spread over the rounds), in a new random order each round (seeded).
 
@@ -38,7 +39,8 @@ def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float |
     passed (at least ceil(min_runs / rounds) runs, at most MAX_RUNS_PER_SLICE), so a side whose first
     calls were slow still gets its share of the time. With `failed` (a dict), a side that raises is
     dropped from the later rounds and its exception stored there under its name; without it the
-    exception propagates.
+    exception propagates. With `per_round` (a dict), each side's median of every round is stored
+    there (None for a round it did not run), for `paired_ratio`.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1; got {rounds}")
@@ -72,6 +74,7 @@ def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float |
         order.shuffle(names)
         for name in names:
             out = times[name]
+            before = len(out)
 
             def slice_(fn=live[name], out=out, i=i) -> None:
                 if shares is not None:
@@ -89,7 +92,28 @@ def alternate(sides: dict[str, Callable[[], Any]], rounds: int, seconds: float |
                     if k >= floor and t1 - start >= budget:
                         break
             guarded(name, slice_)
+            if per_round is not None:
+                per_round.setdefault(name, [None] * i).append(statistics.median(out[before:]) if len(out) > before
+                                                              else None)
+        if per_round is not None:
+            for name in sides:
+                per_round.setdefault(name, [])
+                per_round[name] += [None] * (i + 1 - len(per_round[name]))
     return times
+
+
+def paired_ratio(per_round: dict[str, list[float | None]], base: str, other: str) -> float | None:
+    """Median over the rounds both ran of base's round median / other's: each pair of medians comes from
+    runs made within a fraction of a second, so a machine that switches speed (a busy spell, another
+    VM, a clock change) moves both alike and the ratio keeps still where a ratio of overall medians
+    jumps with the share of slow rounds each side happened to get. None without a common round.
+
+    >>> paired_ratio({"a": [4.0, 8.0, None], "b": [1.0, 4.0, 2.0]}, "a", "b")
+    3.0
+    """
+    pairs = [a / b for a, b in zip(per_round.get(base, ()), per_round.get(other, ()), strict=False)
+             if a is not None and b is not None and b > 0]
+    return statistics.median(pairs) if pairs else None
 
 
 def medians(times: dict[str, list[float]]) -> dict[str, float]:
