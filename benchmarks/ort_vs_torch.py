@@ -68,6 +68,15 @@ def make_bundle(family: str, folder: Path):
     return model, bundle
 
 
+def family_bundles(families: str, tmp: str):
+    """(family, image role, model, bundle) for each comma-separated family, made by `make_bundle` under `tmp`."""
+    for family in families.split(","):
+        folder = Path(tmp) / family
+        folder.mkdir()
+        model, bundle = make_bundle(family, folder)
+        yield family, IMAGE_ROLE[family], model, bundle
+
+
 def linear_shapes(module) -> list[tuple[int, int]]:
     import torch
 
@@ -211,11 +220,7 @@ def main() -> int:
 
     missed = []
     with tempfile.TemporaryDirectory() as tmp:
-        for family in args.families.split(","):
-            role = IMAGE_ROLE[family]
-            folder = Path(tmp) / family
-            folder.mkdir()
-            model, bundle = make_bundle(family, folder)
+        for family, role, model, bundle in family_bundles(args.families, tmp):
             module = model.role_module(role).eval()
             speedups: dict[int, float] = {}
             shapes = linear_shapes(module)
