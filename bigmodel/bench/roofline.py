@@ -24,6 +24,8 @@ import numpy as np
 MEMCPY_BYTES = 256 << 20  # far past any CPU cache
 GPU_MEMCPY_BYTES = 1 << 30  # far past any GPU's L2
 GEMM_BYTES = 64 << 20
+CELL_CEILING_S = 0.3  # at most this long per (role, batch) GEMM ceiling; never longer than the cell's timing
+BANDWIDTH_S = 0.5  # at most this long for the bandwidth; never longer than the longest cell's timing
 
 
 @dataclass
@@ -246,10 +248,11 @@ def start_ceilings(bundle: Path, manifest, roles, threads: int, device: str = "c
         "gemm_gflops": {role: {} for role in roles}, "memcpy_gbs": None, "blas": None, "threads": threads,
         "device": "cpu" if device == "cpu" else f"cuda:{device_id}", "tf32": tf32}
     if device == "cpu":
-        out["method"] = ("GEMM: right after each (role, batch) cell, the best of repeated numpy float32 matmuls on "
+        out["method"] = ("GEMM: right after each (role, batch) cell and for as long as it was timed (at most "
+                         "0.3 s, at least 3 runs), the best of repeated numpy float32 matmuls on "
                          "each graph GEMM's shape at that batch, with --threads BLAS threads or 1, whichever is faster "
                          "(convolutions as im2col GEMMs; at most 64 MiB per operand), summed over the graph; "
-                         "bandwidth: a 256 MiB memcpy at the end, bytes read + written per second")
+                         "bandwidth: a 256 MiB memcpy at the end (at most 0.5 s), bytes read + written per second")
         with blas_threads(threads) as blas:
             out["blas"] = blas
     else:
@@ -258,16 +261,17 @@ def start_ceilings(bundle: Path, manifest, roles, threads: int, device: str = "c
         except ImportError:
             out["note"] = "GPU ceilings are measured with torch, which is not installed here: the % columns stay empty"
             return out
-        out["method"] = ("GEMM: right after each (role, batch) cell, the best of repeated torch float32 matmuls "
+        out["method"] = ("GEMM: right after each (role, batch) cell and for as long as it was timed (at most 0.3 s, at "
+                         "least 3 runs), the best of repeated torch float32 matmuls "
                          f"(cuBLAS, TF32 {'on' if tf32 else 'off'}) on the GPU on each graph GEMM's shape at that "
                          "batch, timed with CUDA events (convolutions as im2col GEMMs; at most 64 MiB per operand), "
-                         "summed over the graph; bandwidth: a 1 GiB copy within the GPU's memory at the end, bytes "
-                         "read + written per second")
+                         "summed over the graph; bandwidth: a 1 GiB copy within the GPU's memory at the end (at most "
+                         "0.5 s), bytes read + written per second")
         out["blas"] = f"torch {torch.__version__} cuBLAS on {torch.cuda.get_device_name(device_id)}"
     return out
 
 
-def measure_cell(ceilings: dict[str, Any], role: str, batch: int, seconds: float = 0.3) -> None:
+def measure_cell(ceilings: dict[str, Any], role: str, batch: int, seconds: float = CELL_CEILING_S) -> None:
     """The GEMM ceiling of one (role, batch), measured now on the bench's device."""
     if ceilings.get("note"):
         return
@@ -279,11 +283,12 @@ def measure_cell(ceilings: dict[str, Any], role: str, batch: int, seconds: float
         else torch_gemm_ceiling(cost, batch, device, ceilings.get("tf32", False), seconds))
 
 
-def measure_bandwidth(ceilings: dict[str, Any]) -> None:
+def measure_bandwidth(ceilings: dict[str, Any], seconds: float = BANDWIDTH_S) -> None:
     if ceilings.get("note"):
         return
     device = ceilings.get("device", "cpu")
-    ceilings["memcpy_gbs"] = memcpy_bandwidth() if device == "cpu" else torch_copy_bandwidth(device)
+    ceilings["memcpy_gbs"] = (memcpy_bandwidth(seconds=seconds) if device == "cpu"
+                              else torch_copy_bandwidth(device, seconds=seconds))
 
 
 def add_roofline(results: list[dict[str, Any]], ceilings: dict[str, Any]) -> None:

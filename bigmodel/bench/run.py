@@ -152,10 +152,18 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
         results: list[dict[str, Any]] = []
         ceilings = None
         if settings.roofline and adapters:
-            from bigmodel.bench.roofline import add_roofline, measure_bandwidth, measure_cell, start_ceilings
+            from bigmodel.bench.roofline import (
+                BANDWIDTH_S,
+                CELL_CEILING_S,
+                add_roofline,
+                measure_bandwidth,
+                measure_cell,
+                start_ceilings,
+            )
 
             ceilings = start_ceilings(bundle, manifest, roles, threads, settings.device, settings.device_id,
                                       settings.tf32)
+        timed_s = 0.0  # the longest any backend was timed in one cell
         try:
             for role in roles:
                 for batch in settings.batch_sizes:
@@ -201,15 +209,18 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                             "noisy": warm["cv"] > NOISY_CV,
                         })
                     if ceilings is not None:  # the ceiling of this cell, right after it: the same machine state
+                        # timed no longer than the cell's slowest backend was (a quick --iters bench stays quick)
+                        cell_s = max((sum(times[n]) for n in runners if n not in failed), default=0.0)
+                        timed_s = max(timed_s, cell_s)
                         say(Progress("bench", f"GEMM ceiling {role} batch {batch}", done, total))
-                        measure_cell(ceilings, role, batch)
+                        measure_cell(ceilings, role, batch, min(CELL_CEILING_S, cell_s))
         finally:
             for adapter in adapters.values():
                 adapter.close()
     add_speedups(results)
     if ceilings is not None and results:
         say(Progress("bench", "measuring memory bandwidth", done, total))
-        measure_bandwidth(ceilings)
+        measure_bandwidth(ceilings, min(BANDWIDTH_S, timed_s))
         add_roofline(results, ceilings)
     say(Progress("bench", "done", total, total))
     return {"machine": machine_info(settings.device, gpu), "settings": _settings_record(bundle, manifest, settings,
