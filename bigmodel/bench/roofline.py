@@ -141,6 +141,15 @@ def _best(fn, seconds: float, min_runs: int = 3) -> float:
     return best
 
 
+def timed_rows(rows: int, batch: int, k: int, n: int) -> int:
+    """Rows of the (rows * batch, k) x (k, n) GEMM that a ceiling times.
+
+    A GEMM with more rows than fit in GEMM_BYTES per operand is timed on GEMM_BYTES' worth of rows:
+    its rate has long saturated there, and a conv's im2col matrix at batch 1024 needs GBs.
+    """
+    return min(rows * batch, max(1, GEMM_BYTES // (4 * max(k, n))))
+
+
 def gemm_ceiling(cost: GraphCost, batch: int, threads: int, seconds: float = 0.3) -> float | None:
     """GFLOP/s of the best float32 GEMMs numpy's BLAS does on the graph's GEMM shapes at `batch`.
 
@@ -153,9 +162,7 @@ def gemm_ceiling(cost: GraphCost, batch: int, threads: int, seconds: float = 0.3
     total_s = 0.0
     flops = 0.0
     for rows, k, n in cost.gemms:
-        # a GEMM with more rows than fit in GEMM_BYTES per operand is timed on GEMM_BYTES' worth of
-        # rows: its rate has long saturated there, and a conv's im2col matrix at batch 1024 needs GBs
-        m = min(rows * batch, max(1, GEMM_BYTES // (4 * max(k, n))))
+        m = timed_rows(rows, batch, k, n)
         a = rng.standard_normal((m, k), dtype=np.float32)
         b = rng.standard_normal((k, n), dtype=np.float32)
         c = np.empty((m, n), np.float32)
@@ -206,7 +213,7 @@ def torch_gemm_ceiling(cost: GraphCost, batch: int, device, tf32: bool = False, 
     total_s, flops = 0.0, 0.0
     with _tf32(tf32):
         for rows, k, n in cost.gemms:
-            m = min(rows * batch, max(1, GEMM_BYTES // (4 * max(k, n))))  # as gemm_ceiling
+            m = timed_rows(rows, batch, k, n)
             a = torch.randn(m, k, device=device, generator=gen)
             b = torch.randn(k, n, device=device, generator=gen)
             c = torch.empty(m, n, device=device)

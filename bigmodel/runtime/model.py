@@ -79,8 +79,8 @@ class Model:
         self._decode = self._single_calls[self._image_role]
         self._extra_calls: dict[tuple, object] = {}  # (role, output names) -> compiled call, made at first use
         # the backend's staged fast path, where it has one: x -> [outputs] or None (then the calls above)
-        self._fast_first = {role: self._gate(role, self._outputs[role][:1]) for role in self._first}
-        self._fast_first = {role: g for role, g in self._fast_first.items() if g is not None}
+        self._fast_first = {role: g for role in self._first
+                            if (g := self._gate(role, self._outputs[role][:1])) is not None}
         self._fast_decode = self._fast_first.get(self._image_role, _declined)
         self._fast_run = {role: (self._first[role].name, g) for role in self._first
                           if (g := self._gate(role, self._outputs[role])) is not None}
