@@ -61,19 +61,42 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class LatentSpec:
-    """The latent space: size and prior ("normal", or "mixture" with its means and std)."""
+    """The latent space: size and prior ("normal", or "mixture" with its means and std).
+
+    `shape` is the latent input's shape without the batch axis when it is not `(dim,)`: a DCGAN
+    generator's `(100, 1, 1)`. `dim` is always the number of values in one code (the product).
+    """
 
     dim: int
     prior: str = "normal"
     params: dict[str, Any] = field(default_factory=dict)
+    shape: list[int] | None = None  # None: (dim,)
+
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        """One code's shape without the batch axis."""
+        return tuple(int(s) for s in self.shape) if self.shape else (self.dim,)
+
+
+KINDS = ("image", "latent", "logit", "label", "stat", "image_logit", "tensor")
 
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One graph input or output.
+
+    kind: image | latent | logit | label (integer class ids) | stat (e.g. a VAE's logvar) |
+    image_logit (an image's Bernoulli logits) | tensor (anything else).
+    `range`: an image's value range when it differs from the bundle's data range (None: `data.value_range`).
+    `classes`: a label's number of classes (values 0 .. classes-1; dtype int64).
+    """
+
     name: str
-    dtype: str  # numpy dtype name: "float32", "float16"
+    dtype: str  # numpy dtype name: "float32", "float16", "int64"
     shape: list[int | str]  # "batch" for the dynamic axis
-    kind: str = "tensor"  # "image" | "latent" | "logit" | "stat" | "image_logit" (an image's Bernoulli logits)
+    kind: str = "tensor"
+    range: list[float] | None = None
+    classes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +130,22 @@ class EngineSpec:
     tf32: bool = False  # fp32 layers allowed to use TF32 (the default build clears it)
 
 
+REFERENCE_KINDS = ("checkpoint", "torch.export", "none")
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """The PyTorch reference that parity, bench's torch baseline and eval compare against.
+
+    checkpoint: the run's checkpoint.pt beside the bundle (`checkpoint_sha256`); torch.export: one
+    self-contained program per role inside the bundle (`programs`: role -> file + sha256), loadable
+    without the user's code; none: no reference travels (parity refuses, naming why).
+    """
+
+    kind: str = "checkpoint"
+    programs: dict[str, DataFile] = field(default_factory=dict)
+
+
 @dataclass
 class Manifest:
     family: str
@@ -121,6 +160,7 @@ class Manifest:
     engines: list[EngineSpec] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    reference: ReferenceSpec = field(default_factory=ReferenceSpec)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -162,6 +202,7 @@ class Manifest:
                 engines=[EngineSpec(**e) for e in d.get("engines", [])],
                 extra=dict(d.get("extra", {})),
                 format_version=version,
+                reference=_reference(d.get("reference")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"manifest is malformed: {type(e).__name__}: {e}") from e
@@ -170,6 +211,15 @@ class Manifest:
         from bigmodel.fileio import atomic_write_text  # tempfile is not needed by readers (runtime start-up)
 
         return atomic_write_text(Path(bundle_dir) / MANIFEST_NAME, self.to_json())
+
+
+def _reference(d: dict | None) -> ReferenceSpec:
+    """The manifest's reference; bundles written before the field existed had their checkpoint."""
+    if d is None:
+        return ReferenceSpec()
+    if d.get("kind") not in REFERENCE_KINDS:
+        raise BundleError(f"manifest reference.kind must be one of {', '.join(REFERENCE_KINDS)}; got {d.get('kind')!r}")
+    return ReferenceSpec(d["kind"], {role: DataFile(**f) for role, f in d.get("programs", {}).items()})
 
 
 def manifest_schema() -> dict[str, Any]:
