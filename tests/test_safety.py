@@ -225,7 +225,7 @@ CASES = [
     Case("export-out-cwd-force", ("export", RUN, "--out", ".", "--force"), 2, "is the current folder"),
     Case("export-out-file-force", ("export", RUN, "--out", "runs/notes.txt", "--force"), 2, "is a file"),
     Case("export-out-foreign-force", ("export", RUN, "--out", "mine", "--force"), 2, "bigmodel did not write"),
-    Case("export-bundle-with-foreign-file", ("export", RUN, "--force"), 2, "that a bundle does not hold (my_notes",
+    Case("export-bundle-with-foreign-file", ("export", RUN, "--force"), 2, "record as bigmodel's (my_notes.txt)",
          setup=foreign_in_bundle),
     Case("export-existing-bundle", ("export", RUN), 2, "already holds a bundle; pass --force"),
     Case("export-triton-foreign", ("export", RUN, "--out", NEW, "--triton", "mine", "--force"), 2,

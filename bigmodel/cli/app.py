@@ -70,10 +70,12 @@ def _root(
     _state["debug"] = debug
 
 
-def _check_outputs(force: bool, *outputs: tuple[Path | None, str, tuple[str, ...], str]) -> None:
-    """Each (path, what, suffixes, flag) output file usable before any work starts; no two the same file."""
+def _check_outputs(force: bool, *outputs: tuple[Path | None, str, tuple[str, ...], str],
+                   reads: tuple[Path | None, ...] = ()) -> None:
+    """Each (path, what, suffixes, flag) output file usable before any work starts; no two the same file,
+    none inside the bundles (or on the run files) in `reads`, which the command reads or writes."""
     from bigmodel.errors import InputError
-    from bigmodel.fileio import check_output_file
+    from bigmodel.fileio import check_output_file, check_outside
 
     seen: dict[Path, str] = {}
     for path, what, suffixes, flag in outputs:
@@ -83,4 +85,22 @@ def _check_outputs(force: bool, *outputs: tuple[Path | None, str, tuple[str, ...
         if key in seen:
             raise InputError(f"{flag} and {seen[key]} name the same file {path}; expected different files")
         seen[key] = flag
+        check_outside(path, flag, reads)
         check_output_file(path, force, what, suffixes, flag)
+
+
+def _locked(what: str, *folders: Path | None):
+    """The one-writer locks of `folders` (fileio.folder_lock), held together for a `with` block."""
+    import contextlib
+
+    from bigmodel.fileio import folder_lock
+
+    stack = contextlib.ExitStack()
+    try:
+        for folder in folders:
+            if folder is not None:
+                stack.enter_context(folder_lock(folder, what))
+    except BaseException:
+        stack.close()
+        raise
+    return stack

@@ -95,7 +95,8 @@ def bench(
     """
     from bigmodel.bench import BenchSettings, parse_list, run_bench, write_plot
 
-    _check_outputs(force, (json_out, "bench report", (), "--json"), (plot, "plot", (".png",), "--plot"))
+    _check_outputs(force, (json_out, "bench report", (), "--json"), (plot, "plot", (".png",), "--plot"),
+                   reads=(bundle,))
     settings = BenchSettings(
         device=device,
         backends=parse_list(backends, str, "--backends"),

@@ -65,6 +65,7 @@ def eval_cmd(
         force,
         (json_out, "eval report", (), "--json"),
         (picture, "nearest-neighbour picture", (".png",), "--picture"),
+        reads=(target, compare),
     )
     console = ui.console()
     paths = [target] + ([compare] if compare else [])

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
-from bigmodel.cli.app import JsonOutOpt, _check_outputs, app
+from bigmodel.cli.app import JsonOutOpt, _check_outputs, _locked, app
 
 
 @app.command()
@@ -76,7 +76,8 @@ def export(
 
     from bigmodel.export import ExportOptions, export_bundle
 
-    _check_outputs(force, (json_out, "export report", (), "--json"))
+    bundle = out or (run_dir if run_dir.is_dir() else run_dir.parent) / "bundle"  # export_bundle's default
+    _check_outputs(force, (json_out, "export report", (), "--json"), reads=(run_dir, bundle, triton))
     console = ui.console()
     opts = ExportOptions(
         out=out,
@@ -93,7 +94,8 @@ def export(
         external_data=external_data,
         allow_failing=allow_failing,
     )
-    result = export_bundle(run_dir, opts, progress=ui.export_steps(console))
+    with _locked("bundle", bundle, triton):  # one writer per folder: a second export here exits 2
+        result = export_bundle(run_dir, opts, progress=ui.export_steps(console))
     ui.print_export(console, result)
     if json_out:
         from bigmodel.fileio import write_json

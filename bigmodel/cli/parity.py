@@ -94,7 +94,7 @@ def parity(
     from bigmodel.parity import run_parity
     from bigmodel.parity import save_inputs as write_inputs
 
-    _check_outputs(force, (json_out, "parity report", (), "--json"))
+    _check_outputs(force, (json_out, "parity report", (), "--json"), reads=(bundle, checkpoint))
     if save_inputs:
         _check_inputs_folder(bundle, save_inputs, force)
     console = ui.console()
@@ -142,5 +142,5 @@ def _check_inputs_folder(bundle: Path, folder: Path, force: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--save-inputs {folder} is a file; expected a folder for the ROLE.json input files")
     for role in read_manifest(bundle).roles:
-        _check_outputs(force, (folder / f"{role}.json", f"{role} inputs", (), "--save-inputs"))
+        _check_outputs(force, (folder / f"{role}.json", f"{role} inputs", (), "--save-inputs"), reads=(bundle,))
     check_writable(folder)

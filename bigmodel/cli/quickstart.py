@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
-from bigmodel.cli.app import app
+from bigmodel.cli.app import _locked, app
 
 
 @app.command()
@@ -41,16 +41,17 @@ def quickstart(
     screen = ui.QuickstartProgress(console)
 
     try:
-        summary = run_quickstart(
-            family=family,
-            out=out,
-            epochs=epochs,
-            max_train=max_train,
-            bench_duration=bench_duration,
-            threads=threads,
-            progress=screen.report,
-            force=force,
-        )
+        with _locked("run", out):  # one writer per run folder
+            summary = run_quickstart(
+                family=family,
+                out=out,
+                epochs=epochs,
+                max_train=max_train,
+                bench_duration=bench_duration,
+                threads=threads,
+                progress=screen.report,
+                force=force,
+            )
     finally:
         screen.close()
     ui.quickstart_summary(console, summary)

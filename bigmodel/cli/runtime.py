@@ -100,6 +100,7 @@ def sample_cmd(
         (out, "sample grid", (".png",), "--out"),
         (npy, "images", (".npy",), "--npy"),
         (latents, "latent codes", (".npy",), "--latents"),
+        reads=(bundle,),
     )
     model = _runtime_model(bundle, backend, device, threads, fallback)
     z = model.sample_latent(n, seed=seed)
@@ -129,7 +130,7 @@ def encode_cmd(
 
     Example: bigmodel encode runs/vae/bundle images.npy --out z.npy
     """
-    _check_outputs(force, (out, "codes", (".npy",), "--out"))
+    _check_outputs(force, (out, "codes", (".npy",), "--out"), reads=(bundle,))
     model = _runtime_model(bundle, backend, device, threads, fallback)
     codes = model.encode(_read_npy(images))
     _write_npy(out, codes)
@@ -152,7 +153,8 @@ def decode_cmd(
 
     Example: bigmodel decode runs/vae/bundle z.npy --out x.npy --png x.png
     """
-    _check_outputs(force, (out, "images", (".npy",), "--out"), (png, "image grid", (".png",), "--png"))
+    _check_outputs(force, (out, "images", (".npy",), "--out"), (png, "image grid", (".png",), "--png"),
+                   reads=(bundle,))
     model = _runtime_model(bundle, backend, device, threads, fallback)
     images = model.decode(_read_npy(codes))
     _write_npy(out, images)

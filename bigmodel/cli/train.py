@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bigmodel import console as ui
-from bigmodel.cli.app import app
+from bigmodel.cli.app import _locked, app
 
 
 @app.command()
@@ -85,8 +85,11 @@ def train(
         force=force,
         max_train=max_train,
     )
+    import os
+
     console = ui.console()
-    with ui.TrainProgress(console) as report:
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
+    with _locked("run", settings.out_dir() if rank0 else None), ui.TrainProgress(console) as report:
         result = run_training(settings, progress=report)
     if result.reports:  # under torchrun only rank 0 reports, as only rank 0 writes
         ui.print_train(console, result)

@@ -8,7 +8,7 @@ import typer
 
 from bigmodel import console as ui
 from bigmodel import tables
-from bigmodel.cli.app import BundleArg, app
+from bigmodel.cli.app import BundleArg, _locked, app
 
 
 @app.command()
@@ -51,7 +51,7 @@ def tune(
     read_manifest(bundle)  # a bundle, and one whose folder takes tuning.json, before minutes of measuring
     check_writable(bundle)  # (and tune_bundle refuses an existing tuning.json without --force, before measuring)
     console = ui.table_console()
-    with console.status("tuning") as status:
+    with _locked("bundle", bundle), console.status("tuning") as status:
         table = tune_bundle(
             bundle,
             batch_sizes=parse_list(batch_sizes, int, "--batch-sizes") or (),

@@ -26,10 +26,10 @@ from bigmodel.export.options import ABS_CHECKED, FP32_DIR, ExportOptions, Export
 from bigmodel.export.torch_onnx import export_role
 from bigmodel.export.verify import check_against_reference
 from bigmodel.fileio import (
-    TRITON_MARKER,
-    check_output_folder,
+    check_output_folders,
     make_public_dir,
     make_temp_dir,
+    mark_triton_repository,
     remove_stale_temps,
     replace_dir,
     sha256_file,
@@ -56,9 +56,7 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
     out = Path(opts.out) if opts.out else ckpt_path.parent / "bundle"
-    check_output_folder(out, opts.force, "bundle")
-    if opts.triton:
-        check_output_folder(Path(opts.triton), opts.force, "Triton model repository", flag="--triton")
+    check_output_folders(opts.force, (out, "bundle", "--out"), (opts.triton, "Triton model repository", "--triton"))
     if opts.engine:
         from bigmodel.export.tensorrt import require_tensorrt
 
@@ -129,7 +127,7 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
             remove_stale_temps(triton.parent)
             triton_tmp = make_temp_dir(triton)
             names = write_repository(tmp, manifest, triton_tmp, opts)
-            (triton_tmp / TRITON_MARKER).write_text("written by bigmodel export; --force may replace this folder\n")
+            mark_triton_repository(triton_tmp)
             make_public_dir(triton_tmp)
             say(f"triton: {len(names)} models ({', '.join(names)})")
         make_public_dir(tmp)

@@ -19,12 +19,11 @@ import torch
 
 from bigmodel.data import load_data
 from bigmodel.errors import CheckpointError, ConfigError, InputError
-from bigmodel.fileio import atomic_write_text
 from bigmodel.manifest import DataSpec
 from bigmodel.models.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, require_fields
 from bigmodel.models.registry import archs, create_model, family_class, make_config
 from bigmodel.progress import Progress, ProgressFn
-from bigmodel.training.rundir import check_run_folder, config_record, remove_stale_bundle, write_epoch
+from bigmodel.training.rundir import check_run_folder, config_record, write_epoch
 
 VAL_BATCH = 500
 VAL_SEED = 4321  # validation noise is fixed so epochs compare like with like
@@ -222,9 +221,9 @@ def train(settings: TrainSettings, progress: ProgressFn | None = None) -> TrainR
     state = None
     # Bad values, unknown family/arch/model settings and an unusable --out fail before any data is read.
     validate_settings(settings)
-    replaced = None
+    stale = None  # the old run's bundle, dropped once the new checkpoint has landed
     if os.environ.get("RANK", "0") == "0":
-        replaced = check_run_folder(out, settings.resume, settings.force)
+        stale = check_run_folder(out, settings.resume, settings.force)
     if settings.resume:
         settings, state = _restore(settings, out)
     settings = with_defaults(settings)
@@ -238,16 +237,14 @@ def train(settings: TrainSettings, progress: ProgressFn | None = None) -> TrainR
         raise ConfigError(f"--batch-size must be between 1 and the {len(train_x)} training images; got "
                           f"{settings.batch_size}{limit}")
 
-    if replaced is not None:
-        remove_stale_bundle(out, replaced)
     ranks = Ranks(device)
     try:
-        return _run(settings, state, out, device, ranks, train_x, val_x, spec, progress)
+        return _run(settings, state, out, device, ranks, train_x, val_x, spec, progress, stale)
     finally:
         ranks.close()
 
 
-def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progress) -> TrainResult:
+def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progress, stale=None) -> TrainResult:
     torch.manual_seed(settings.seed)
     if state is None:
         model = create_model(settings.family, settings.arch, spec, **settings.model)
@@ -280,7 +277,7 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
         )
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(config_record(settings, model, spec), indent=2) + "\n")
+    config = json.dumps(config_record(settings, model, spec), indent=2) + "\n"  # written beside the first checkpoint
 
     for epoch in range(start_epoch, settings.epochs + 1):
         order = torch.randperm(len(train_x), generator=shuffle)[ranks.rank :: ranks.world]
@@ -309,7 +306,9 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
                 "samples_per_s": round(batches * settings.batch_size * ranks.world / seconds, 1),
             }
             history.append(record)
-            write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device)
+            first = epoch == start_epoch
+            write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device,
+                        config if first else None, stale if first else None)
             if progress is not None:
                 progress(Progress("train:epoch", f"epoch {epoch}/{settings.epochs}", batches, batches,
                                   epoch_metrics(record, settings.epochs)))
