@@ -2,8 +2,10 @@
 
 normal: z ~ N(0, I). mixture: a component k ~ Categorical(weights, default uniform), then
 z = means[k] + std * N(0, I), with one `std` for all components or per-component diagonal `stds`
-(K, dim). Codes are drawn on the host, never inside a graph. `fit_mixture` fits such a mixture
-to codes with EM (how a plain autoencoder's bundle gets a prior it can sample).
+(K, dim). Codes are drawn on the host, never inside a graph, and shaped as the latent input takes
+them: (n, *code_shape), e.g. a DCGAN generator's (n, 100, 1, 1). `fit_mixture` fits such a mixture
+to codes with EM (how a plain autoencoder's bundle gets a prior it can sample). A conditional
+model's class labels, when not given, are drawn uniformly (`draw_labels`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,21 @@ class Prior:
         if latent.prior not in PRIORS:
             raise BundleError(f"unknown latent prior {latent.prior!r} in manifest; expected one of {', '.join(PRIORS)}")
         self.dim, self.kind = latent.dim, latent.prior
+        self.shape = latent.code_shape  # one code's shape; the mixture's parameters are over the flat (dim,)
+        if int(np.prod(self.shape)) != self.dim:
+            raise BundleError(f"manifest latent.shape {list(self.shape)} holds {int(np.prod(self.shape))} values; "
+                              f"latent.dim says {self.dim}")
+        self.flat = self.shape == (self.dim,)
         self.means = self.std = self.weights = None
         if self.kind == "mixture":
             p = latent.params
             try:
                 self.means = np.asarray(p["means"], dtype=np.float32)
                 self.std = np.asarray(p["stds"] if "stds" in p else p["std"], dtype=np.float32)
+                if self.means.ndim > 2 and self.means[0].size == self.dim:  # (K, *code_shape) -> (K, dim)
+                    self.means = self.means.reshape(len(self.means), self.dim)
+                if self.std.ndim > 2 and self.std.size == self.means.size:
+                    self.std = self.std.reshape(self.means.shape)
                 self.weights = None if p.get("weights") is None else np.asarray(p["weights"], dtype=np.float64)
             except (KeyError, TypeError, ValueError) as e:
                 raise BundleError(f"mixture prior needs params means (components, {self.dim}) and std (or stds); "
@@ -54,14 +65,14 @@ class Prior:
         return self.kind == "normal"
 
     def draw(self, n: int, seed: int | None) -> np.ndarray:
-        """n codes, (n, dim) float32."""
+        """n codes, (n, *code_shape) float32 (the values drawn flat, (n, dim), then reshaped)."""
         rng = np.random.default_rng(seed)
         z = rng.standard_normal((n, self.dim), dtype=np.float32)
-        if self.kind == "normal":
-            return z
-        k = rng.choice(len(self.means), size=n, p=self.weights) if self.weights is not None \
-            else rng.integers(len(self.means), size=n)
-        return self.means[k] + (self.std if self.std.ndim == 0 else self.std[k]) * z
+        if self.kind != "normal":
+            k = rng.choice(len(self.means), size=n, p=self.weights) if self.weights is not None \
+                else rng.integers(len(self.means), size=n)
+            z = self.means[k] + (self.std if self.std.ndim == 0 else self.std[k]) * z
+        return z if self.flat else z.reshape(n, *self.shape)
 
 
 def fit_mixture(codes: np.ndarray, components: int = 10, seed: int = 0, iters: int = 200,
@@ -105,8 +116,17 @@ def fit_mixture(codes: np.ndarray, components: int = 10, seed: int = 0, iters: i
 
 
 def draw(latent: LatentSpec, n: int, seed: int | None) -> np.ndarray:
-    """n codes from the manifest's prior, (n, dim) float32."""
+    """n codes from the manifest's prior, (n, *code_shape) float32."""
     return Prior(latent).draw(n, seed)
+
+
+LABEL_STREAM = 1  # labels come from Generator([seed, 1]): the codes of the same seed stay what they were
+
+
+def draw_labels(classes: int, n: int, seed: int | None) -> np.ndarray:
+    """n class ids uniform over 0 .. classes-1, (n,) int64, from numpy's Generator([seed, 1])."""
+    rng = np.random.default_rng(None if seed is None else [int(seed), LABEL_STREAM])
+    return rng.integers(int(classes), size=int(n), dtype=np.int64)
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

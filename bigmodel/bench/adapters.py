@@ -27,14 +27,17 @@ DEFAULT_BACKENDS = {"cpu": ("torch", *registry.names_for("cpu")), "cuda": ALL_BA
 
 
 def role_inputs(manifest: Manifest, role: str, batch: int, seed: int) -> dict[str, np.ndarray]:
-    """Feeds for one role at one batch size: images uniform in the data range, latents standard normal."""
+    """Feeds for one role at one batch size: images uniform in their range (the data range unless declared),
+    class labels uniform ids in [0, classes), codes and other inputs standard normal, each in its shape."""
     rng = np.random.default_rng([seed, batch, sorted(manifest.roles).index(role)])
     feeds = {}
     for t in manifest.roles[role].inputs:
         shape = tuple(batch if d == BATCH else int(d) for d in t.shape)
         if t.kind == "image":
-            lo, hi = manifest.data.value_range
+            lo, hi = t.range or manifest.data.value_range
             x = lo + (hi - lo) * rng.random(shape, dtype=np.float32)
+        elif t.kind == "label":
+            x = rng.integers(t.classes or 1, size=shape)
         else:
             x = rng.standard_normal(shape, dtype=np.float32)
         feeds[t.name] = np.ascontiguousarray(x, dtype=t.dtype)

@@ -104,7 +104,8 @@ def sample_cmd(
     )
     model = _runtime_model(bundle, backend, device, threads, fallback)
     z = model.sample_latent(n, seed=seed)
-    images = model.decode(z)
+    # a conditional model: uniform class labels from the same seed, as Model.sample draws them
+    images = model.decode(z) if model.classes is None else model.decode(z, labels=model.sample_labels(n, seed))
     _save_images(out, images, model.manifest, ncol)
     if npy:
         _write_npy(npy, images)

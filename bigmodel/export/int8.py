@@ -38,11 +38,13 @@ STRESS_SUFFIX = "+stress"  # a calibration tried with stress inputs in its set (
 WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})  # what dynamic/weights modes quantize
 
 
-def to_int8_file(src: Path, dst: Path, mode: str, calibration: np.ndarray | None, method: str = "MinMax",
-                 exclude: Sequence[str] = (), only: Sequence[str] | None = None, external: bool = False) -> None:
+def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndarray] | np.ndarray | None,
+                 method: str = "MinMax", exclude: Sequence[str] = (), only: Sequence[str] | None = None,
+                 external: bool = False) -> None:
     """Quantize the fp32 graph at `src` into `dst` with onnxruntime.quantization.
 
-    method: the calibration method (static only); exclude: node names kept in float; only: when
+    calibration (static only): {input name: (N, ...) array} for every graph input (an array alone: the
+    graph's first input); method: the calibration method; exclude: node names kept in float; only: when
     given, quantize just these nodes (the sensitivity search measures one node at a time).
     """
     import onnx
@@ -76,15 +78,19 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: np.ndarray | None
                 quantizer.process()
                 quantizer.model.save_model_to_file(str(dst), external)
             else:
-                name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+                if not isinstance(calibration, dict):
+                    calibration = {onnx.load(str(src), load_external_data=False).graph.input[0].name: calibration}
+                rows = len(next(iter(calibration.values())))
+                parts = max(1, rows // CALIBRATION_BATCH)
 
-                class Feeds(CalibrationDataReader):
+                class Feeds(CalibrationDataReader):  # every input cut into the same row batches (labels too)
                     def __init__(self):
-                        self.batches = iter(np.array_split(calibration, max(1, len(calibration) // CALIBRATION_BATCH)))
+                        self.batches = zip(*(np.array_split(v, parts) for v in calibration.values()), strict=True)
 
                     def get_next(self):
                         batch = next(self.batches, None)
-                        return None if batch is None else {name: np.ascontiguousarray(batch)}
+                        return None if batch is None else {k: np.ascontiguousarray(v)
+                                                           for k, v in zip(calibration, batch, strict=True)}
 
                 # Signed symmetric int8 on both sides (zero points 0): what TensorRT builds int8 engines from.
                 quantize_static(src, dst, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -236,32 +242,59 @@ def _quiet_quantizer():
 
 
 
-def calibration_inputs(kind: str, latent, val: np.ndarray, n: int,
-                       run_first: Callable[[tuple[str, ...], np.ndarray], np.ndarray | None],
-                       stress: bool = False) -> np.ndarray:
-    """What the role really sees, so int8 ranges cover it.
+def calibration_inputs(manifest, role: str, val: np.ndarray, n: int,
+                       run_first: Callable[[tuple[str, ...], dict[str, np.ndarray]], np.ndarray | None],
+                       stress: bool = False) -> dict[str, np.ndarray]:
+    """What `role` really sees, so int8 ranges cover it: {input name: (N, ...) array}, every input.
 
-    Image inputs: validation images, plus the generator's/decoder's images of prior samples (a GAN
-    discriminator judges both; calibrated on real images alone its int8 output was constant on
-    generated ones). Latent inputs: prior samples, plus the encoder's codes of validation images
-    (an AE's codes are not N(0, I)). run_first(roles, x): the first of `roles` in the bundle, in
-    fp32, on x -> its first output, or None when the bundle has none of them. stress: add a quarter
-    as many of the inputs the checks hold to the stress rule (±4σ codes, noise images; other seeds
-    than the checks'), so ranges reach them too -- at the price of coarser steps in distribution.
+    The role's image input: validation images, plus the generator's/decoder's images of prior samples
+    (a GAN discriminator judges both; calibrated on real images alone its int8 output was constant on
+    generated ones). Its latent input: prior samples, plus the encoder's codes of validation images (an
+    AE's codes are not N(0, I)). Its other inputs follow their kinds (`probes.input_probes`): class
+    labels seeded uniform int64 ids (they feed a lookup, nothing quantizes them; a conditional
+    generator's images come with the labels it made them for), tensors standard normal.
+    run_first(roles, feeds): the first of `roles` in the bundle, in fp32, on its feeds -> its first
+    output, or None when the bundle has none of them. stress: add a quarter as many of the inputs the
+    checks hold to the stress rule (±4σ codes, noise images in the image's range; other seeds than the
+    checks'), so ranges reach them too -- at the price of coarser steps in distribution.
     """
-    from bigmodel.models.probes import image_probes, latent_probes
+    from bigmodel.models.probes import image_probes, input_probes, latent_probes, main_input, rescale
     from bigmodel.priors import draw
 
+    inputs = manifest.roles[role].inputs
+    value_range = manifest.data.value_range
+
+    def feeds_of(r: str, x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+        """Role r's feeds: x in its main input, its other inputs seeded values of their kinds."""
+        ins = manifest.roles[r].inputs
+        sets = input_probes(ins, manifest.latent, value_range, None, len(x), seed)
+        return {**sets[next(iter(sets))], main_input(ins).name: x}
+
+    main = main_input(inputs)
+    tail = tuple(int(d) for d in main.shape[1:])
     real = np.ascontiguousarray(val[: min(n, len(val))], dtype=np.float32)
-    prior = draw(latent, n, seed=1)  # the runtime's own sampler: one definition of the prior
-    if kind == "image":
-        made = run_first(("generator", "decoder"), prior)
-        parts = [real] if made is None else [real, made.astype(np.float32)]
+    prior = draw(manifest.latent, n, seed=1)  # the runtime's own sampler: one definition of the prior
+    if main.kind == "image":
+        lo_hi = tuple(main.range) if main.range else value_range
+        parts = [feeds_of(role, rescale(real, value_range, lo_hi), 3)]
+        maker = next((r for r in ("generator", "decoder") if r in manifest.roles), None)
+        made_feeds = feeds_of(maker, prior, 3) if maker else None
+        made = run_first((maker,), made_feeds) if maker else None
+        if made is not None:
+            parts.append({**feeds_of(role, made.astype(np.float32), 4),
+                          **{k: v for k, v in made_feeds.items() if k in parts[0] and k != main.name}})
         if stress:
-            parts.append(image_probes(val, max(1, n // 4), seed=2)["noise"])
+            noise = image_probes(val, max(1, n // 4), seed=2)["noise"]
+            parts.append(feeds_of(role, rescale(noise, (0.0, 1.0), lo_hi), 5))
+    elif main.kind == "latent":
+        size = int(np.prod(tail))
+        parts = [feeds_of(role, prior.reshape(len(prior), *tail), 3)]
+        codes = run_first(("encoder",), feeds_of("encoder", real, 3)) if "encoder" in manifest.roles else None
+        if codes is not None:
+            parts.append(feeds_of(role, codes.astype(np.float32).reshape(len(codes), *tail), 4))
+        if stress:
+            extreme = latent_probes(size, max(1, n // 4), seed=2)["extreme"]
+            parts.append(feeds_of(role, extreme.reshape(len(extreme), *tail), 5))
     else:
-        codes = run_first(("encoder",), real)
-        parts = [prior] if codes is None else [prior, codes.astype(np.float32)]
-        if stress:
-            parts.append(latent_probes(latent.dim, max(1, n // 4), seed=2)["extreme"])
-    return np.concatenate(parts)
+        parts = [next(iter(input_probes(inputs, manifest.latent, value_range, val, n, 1).values()))]
+    return {t.name: np.concatenate([p[t.name] for p in parts]) for t in inputs}

@@ -105,14 +105,13 @@ def convert_bundle(folder: Path, manifest: Manifest, opts: ExportOptions, val: n
 def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifest, verifier: Verifier,
                val: np.ndarray, opts: ExportOptions) -> dict:
     """Quantize one role, searching calibration methods and nodes kept in float until its checks pass."""
-    calib: dict[bool, np.ndarray | None] = {False: None, True: None}
+    calib: dict[bool, dict[str, np.ndarray] | None] = {False: None, True: None}
     methods: tuple[str | None, ...] = (None,)
     if opts.int8_mode == "static":
-        def run_first(roles: tuple[str, ...], x: np.ndarray) -> np.ndarray | None:
-            return next((verifier.generate(r, x) for r in roles if r in fp32.roles), None)
+        def run_first(roles: tuple[str, ...], feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+            return next((verifier.generate(r, feeds) for r in roles if r in fp32.roles), None)
 
-        kind = fp32.roles[role].inputs[0].kind
-        calib = {stress: calibration_inputs(kind, fp32.latent, val, opts.calibration, run_first, stress)
+        calib = {stress: calibration_inputs(fp32, role, val, opts.calibration, run_first, stress)
                  for stress in (False, True)}
         methods = (*CALIBRATION_METHODS, *(m + STRESS_SUFFIX for m in CALIBRATION_METHODS))
     external = _keep_external(src, opts)

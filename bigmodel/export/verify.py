@@ -89,10 +89,10 @@ class Verifier:
         _, self.feeds = probe_inputs(reference, self.targets, val, reference.data.source, samples, seed,
                                      self.generate)
 
-    def generate(self, role: str, x: np.ndarray) -> np.ndarray | None:
-        """The fp32 graph of `role` on `x` -> its first output; None when the bundle has no such role."""
+    def generate(self, role: str, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The fp32 graph of `role` on `feeds` -> its first output; None when the bundle has no such role."""
         spec = self.fp32.manifest.roles.get(role)
-        return None if spec is None else self.fp32.run(role, {spec.inputs[0].name: x})[spec.outputs[0].name]
+        return None if spec is None else self.fp32.run(role, feeds)[spec.outputs[0].name]
 
     def check(self, manifest: Manifest, role: str | None = None) -> list[Case]:
         """The targets that hold `role` (the role and the chains through it; all when None), on `manifest`'s graphs.

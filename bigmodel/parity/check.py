@@ -1,8 +1,9 @@
 """The role-and-chain checks, one loop shared by `bigmodel parity` and export's verification.
 
 A model under test (anything with `run(role, feeds) -> {output: array}`, e.g. a runtime `Model`)
-runs every target (a role, or a chain whose first role's first output feeds the next) on every
-probe set at batch 1 and N; a reference gives the expected outputs; `stats.compare` judges each
+runs every target (a role, or a chain whose first role's first output feeds the next role's first
+input, its other inputs taken by name from the first role's feeds) on every probe set at batch 1
+and N; a reference gives the expected outputs; `stats.compare` judges each
 output with the tolerance table's rule for its kind and probe set. Parity's reference is the
 PyTorch model; export's is the bundle's fp32 ONNX graphs (themselves checked against PyTorch).
 """
@@ -14,25 +15,32 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bigmodel.manifest import Manifest
-from bigmodel.parity.inputs import target_name
+from bigmodel.manifest import Manifest, RoleSpec
+from bigmodel.parity.inputs import Feeds, target_name
 from bigmodel.parity.report import Case
 from bigmodel.parity.stats import compare
 from bigmodel.parity.tolerances import STRESS_PROBES, Tolerance, rule
 from bigmodel.progress import Progress, ProgressFn
 
-# (target, (probe, batch), inputs) -> the last role's outputs, in the manifest's order
-Reference = Callable[[tuple[str, ...], tuple[str, int], np.ndarray], list[np.ndarray]]
+# (target, (probe, batch), the first role's feeds) -> the last role's outputs, in the manifest's order
+Reference = Callable[[tuple[str, ...], tuple[str, int], Feeds], list[np.ndarray]]
 
 
-def run_target(model, manifest: Manifest, target: tuple[str, ...], x: np.ndarray) -> dict[str, np.ndarray]:
+def chain_feeds(spec: RoleSpec, value, feeds: Feeds) -> dict:
+    """The feeds of a chain's next role: the previous role's first output into its first input, its other
+    inputs (a conditional discriminator's labels) by name from the chain's first role's feeds."""
+    return {spec.inputs[0].name: value, **{t.name: feeds[t.name] for t in spec.inputs[1:]}}
+
+
+def run_target(model, manifest: Manifest, target: tuple[str, ...], feeds: Feeds) -> dict[str, np.ndarray]:
     """The target through `model.run`, role by role (a chain feeds the first output on)."""
     out: dict[str, np.ndarray] = {}
-    value = x
-    for role in target:
+    step = feeds
+    for i, role in enumerate(target):
         spec = manifest.roles[role]
-        out = model.run(role, {spec.inputs[0].name: value})
-        value = out[spec.outputs[0].name]
+        if i:
+            step = chain_feeds(spec, out[manifest.roles[target[i - 1]].outputs[0].name], feeds)
+        out = model.run(role, step)
     return out
 
 
@@ -40,9 +48,9 @@ def model_reference(model, manifest: Manifest) -> Reference:
     """A reference from another model with `run` (export: the fp32 graphs), cached per input."""
     cache: dict[tuple, list[np.ndarray]] = {}
 
-    def reference(target: tuple[str, ...], key: tuple[str, int], x: np.ndarray) -> list[np.ndarray]:
+    def reference(target: tuple[str, ...], key: tuple[str, int], feeds: Feeds) -> list[np.ndarray]:
         if (target, key) not in cache:
-            out = run_target(model, manifest, target, x)
+            out = run_target(model, manifest, target, feeds)
             cache[target, key] = [out[t.name] for t in manifest.roles[target[-1]].outputs]
         return cache[target, key]
 
@@ -50,7 +58,7 @@ def model_reference(model, manifest: Manifest) -> Reference:
 
 
 def check_targets(model, reference: Reference, manifest: Manifest, targets: list[tuple[str, ...]],
-                  feeds: dict[tuple[str, str], list[np.ndarray]], tol: dict[str, Tolerance],
+                  feeds: dict[tuple[str, str], list[Feeds]], tol: dict[str, Tolerance],
                   progress: ProgressFn | None = None, label: str = "") -> list[Case]:
     """Every target on every probe set and batch: one `Case` each, outputs judged by `compare`.
 
@@ -64,14 +72,15 @@ def check_targets(model, reference: Reference, manifest: Manifest, targets: list
         for (fname, probe), batches in feeds.items():
             if fname != tname:
                 continue
-            for x in batches:
+            for f in batches:
+                batch = len(next(iter(f.values())))
                 if progress:
-                    progress(Progress("parity", f"{label} {tname} {probe} batch {len(x)}".strip(), len(cases), total))
-                got = run_target(model, manifest, target, x)
-                want = reference(target, (probe, len(x)), x)
+                    progress(Progress("parity", f"{label} {tname} {probe} batch {batch}".strip(), len(cases), total))
+                got = run_target(model, manifest, target, f)
+                want = reference(target, (probe, batch), f)
                 outs = [compare(got[t.name], w, t.kind, rule(tol, t.kind, probe), manifest.data.value_range, t.name)
                         for t, w in zip(last.outputs, want, strict=True)]
-                cases.append(Case(tname, probe, len(x), outs, stress=probe in STRESS_PROBES))
+                cases.append(Case(tname, probe, batch, outs, stress=probe in STRESS_PROBES))
     return cases
 
 

@@ -1,10 +1,11 @@
 """What parity feeds each role and chain: real, generated and noise images, prior samples, ±4σ latents.
 
-The probe sets come from `bigmodel.models.probes` (export's built-in check draws from there too),
-plus, for image inputs, the images the bundle's decoder/generator makes from prior samples (as
-`Model.sample` does; drawn by the reference), seeded, float32, at batch 1 and at an odd batch N.
-`save_inputs` writes them in the JSON form `polygraphy run --load-inputs` reads, so a peer tool
-runs on exactly the same inputs.
+The probe sets come from `bigmodel.models.probes.input_probes` (export's built-in check draws from
+there too), plus, for image inputs, the images the bundle's decoder/generator makes from prior
+samples (as `Model.sample` does; drawn by the reference), seeded, at batch 1 and at an odd batch N.
+A feed is one dict {input name: array} per batch, every input of the role in the manifest's order
+(float32 images and codes, int64 class labels). `save_inputs` writes them in the JSON form
+`polygraphy run --load-inputs` reads, so a peer tool runs on exactly the same inputs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.parity.reference import TorchReference, find_checkpoint
 from bigmodel.parity.report import ProbeInput
 
-# Chains composed from roles: the first role's first output feeds the second role's input.
+# Chains composed from roles: the first role's first output feeds the second role's first input; the
+# second role's other inputs (a conditional discriminator's labels) are the first role's inputs of that name.
 CHAINS = (("encoder", "decoder"), ("generator", "discriminator"), ("encoder", "discriminator"))
 DEFAULT_SAMPLES = 31  # inputs per probe set: runs at batch 1 and batch 31
 
@@ -45,12 +47,14 @@ def validation_images(manifest: Manifest, data) -> tuple[np.ndarray, str]:
 
 
 def targets_of(manifest: Manifest) -> list[tuple[str, ...]]:
-    """Each role alone, then each chain whose links exist and whose kinds fit."""
+    """Each role alone, then each chain whose links exist, whose kinds fit and whose second role's other
+    inputs the first role takes too (by name)."""
     roles = manifest.roles
     targets = [(r,) for r in roles]
     for a, b in CHAINS:
         if a in roles and b in roles and roles[a].outputs[0].kind == roles[b].inputs[0].kind:
-            targets.append((a, b))
+            if {t.name for t in roles[b].inputs[1:]} <= {t.name for t in roles[a].inputs}:
+                targets.append((a, b))
     return targets
 
 
@@ -60,50 +64,91 @@ def target_name(target: tuple[str, ...]) -> str:
 
 _SOURCES = {
     "val": "validation images of {data}, a seeded pick",
-    "noise": "uniform noise images in [0, 1)",
+    "noise": "uniform noise images in {range}",
     "generated": "images the reference's {maker} makes from the bundle's prior samples",
     "prior": "standard normal codes",
     "extreme": "codes out to ±4σ (half: normal x4 clipped to ±4; half: exactly ±4)",
     "mixture": "codes from the bundle's mixture prior",
+    "normal": "standard normal inputs",
 }
+_OTHER_SOURCES = {"label": "seeded uniform class ids", "image": "images", "latent": "codes"}  # the other inputs
 
 
 IMAGE_MAKERS = ("generator", "decoder")  # the role whose outputs are the bundle's generated images
 
-Generate = Callable[[str, np.ndarray], np.ndarray]  # (role, latents) -> the role's first output
+Feeds = dict[str, np.ndarray]  # input name -> array, every input of a role in the manifest's order
+Generate = Callable[[str, Feeds], np.ndarray]  # (role, feeds) -> the role's first output
 
 
-def probe_inputs(manifest, targets, val, data_name, samples, seed, generate: Generate | None = None):
-    """Input sets per target, from `bigmodel.models.probes` (as export's check), float32.
+def probe_inputs(manifest, targets, val, data_name, samples, seed,
+                 generate: Generate | None = None) -> tuple[list[ProbeInput], dict[tuple[str, str], list[Feeds]]]:
+    """Input sets per target, from `bigmodel.models.probes.input_probes` (as export's check).
 
-    generate: the reference's image maker; when given, image inputs also get "generated" images
-    (its outputs on the bundle's prior samples, what a discriminator or encoder meets in use).
+    Returns (what each set is, feeds): feeds[(target name, probe set)] = [the feeds at batch 1, at an
+    odd batch N]. generate: the reference's image maker; when given, image inputs also get "generated"
+    images (its outputs on the bundle's prior samples, what a discriminator or encoder meets in use;
+    a conditional maker's labels go to the target's input of the same name).
     """
-    from bigmodel import priors
-    from bigmodel.models.probes import role_probes
+    from bigmodel.models.probes import input_probes, main_input
 
     inputs, feeds = [], {}
     maker = next((r for r in IMAGE_MAKERS if r in manifest.roles), None)
     made = None
     for target in targets:
-        spec = manifest.roles[target[0]].inputs[0]
-        sets = role_probes(spec.kind, manifest.latent.dim, val, samples, seed)
-        if spec.kind == "latent" and manifest.latent.prior != "normal":
-            sets["mixture"] = priors.draw(manifest.latent, samples, seed)
-        if spec.kind == "image" and generate is not None and maker is not None:
+        spec = manifest.roles[target[0]]
+        main = main_input(spec.inputs)
+        sets = input_probes(spec.inputs, manifest.latent, manifest.data.value_range, val, samples, seed)
+        base = sets[next(iter(sets))]  # the in-distribution set: the other inputs of the sets added here
+        tail = tuple(base[main.name].shape[1:])
+        if main.kind == "latent" and manifest.latent.prior != "normal":
+            sets["mixture"] = _cut({**base, main.name: _prior(manifest, samples, seed).reshape(samples, *tail)})
+        if main.kind == "image" and generate is not None and maker is not None:
             if made is None:
-                made = generate(maker, priors.draw(manifest.latent, samples, seed))
-            sets["generated"] = made
+                made = _generated(manifest, maker, samples, seed, val, generate)
+            maker_feeds, images = made
+            sets["generated"] = _cut({**base, **{k: v for k, v in maker_feeds.items() if k in base},
+                                      main.name: images})
         name = target_name(target)
-        for probe, x in sets.items():
-            x = np.ascontiguousarray(x, dtype=np.float32)
-            n = len(x) if len(x) % 2 else len(x) - 1
+        lo, hi = main.range or manifest.data.value_range
+        for probe, fs in sets.items():
+            fs = {k: np.ascontiguousarray(v, dtype=np.float32 if v.dtype.kind == "f" else v.dtype)
+                  for k, v in fs.items()}
+            rows = len(fs[main.name])
+            n = rows if rows % 2 else rows - 1
             batches = [1] + ([n] if n > 1 else [])
-            feeds[name, probe] = [x[:b] for b in batches]
-            inputs.append(ProbeInput(name, probe, _SOURCES[probe].format(data=data_name, maker=maker), seed,
-                                     tuple(x.shape),
-                                     hashlib.sha256(x.tobytes()).hexdigest()))
+            feeds[name, probe] = [{k: v[:b] for k, v in fs.items()} for b in batches]
+            source = _SOURCES[probe].format(data=data_name, maker=maker, range=f"[{lo:g}, {hi:g}]")
+            others = [f"{t.name}: {_OTHER_SOURCES.get(t.kind, 'standard normal')}" for t in spec.inputs
+                      if t.name != main.name]
+            digest = hashlib.sha256()
+            for v in fs.values():
+                digest.update(v.tobytes())
+            inputs.append(ProbeInput(name, probe, source + (f" ({'; '.join(others)})" if others else ""), seed,
+                                     tuple(fs[main.name].shape), digest.hexdigest()))
     return inputs, feeds
+
+
+def _prior(manifest: Manifest, n: int, seed: int) -> np.ndarray:
+    from bigmodel import priors
+
+    return priors.draw(manifest.latent, n, seed)
+
+
+def _generated(manifest: Manifest, maker: str, n: int, seed: int, val, generate: Generate) -> tuple[Feeds, np.ndarray]:
+    """(the maker's feeds: prior codes and, for a conditional one, seeded labels; the images it made of them)."""
+    from bigmodel.models.probes import input_probes, main_input
+
+    spec = manifest.roles[maker]
+    sets = input_probes(spec.inputs, manifest.latent, manifest.data.value_range, val, n, seed)
+    maker_feeds = dict(sets[next(iter(sets))])
+    maker_feeds[main_input(spec.inputs).name] = _prior(manifest, n, seed)
+    return maker_feeds, generate(maker, maker_feeds)
+
+
+def _cut(feeds: Feeds) -> Feeds:
+    """Every array cut to the shortest one's rows (a set of fewer validation images than samples)."""
+    rows = min(len(v) for v in feeds.values())
+    return {k: v[:rows] for k, v in feeds.items()}
 
 
 def save_polygraphy_inputs(path: str | Path, feeds: list[dict[str, np.ndarray]]) -> Path:
@@ -130,7 +175,7 @@ def save_inputs(bundle: str | Path, folder: str | Path, samples: int = DEFAULT_S
                 data: str | Path | None = None) -> list[Path]:
     """Write `folder/ROLE.json` per role: the feeds `run_parity` gives it, for `polygraphy run --load-inputs`.
 
-    Each file lists every probe set at batch 1 then batch N, in the graph's input dtype.
+    Each file lists every probe set at batch 1 then batch N, every input of the role in its graph dtype.
     """
     manifest = read_manifest(Path(bundle))
     val, name = validation_images(manifest, data)
@@ -142,7 +187,6 @@ def save_inputs(bundle: str | Path, folder: str | Path, samples: int = DEFAULT_S
     written = []
     for role, spec in manifest.roles.items():
         _, feeds = probe_inputs(manifest, [(role,)], val, name, samples, seed, generate)
-        t = spec.inputs[0]
-        rows = [{t.name: x.astype(t.dtype)} for batches in feeds.values() for x in batches]
+        rows = [{t.name: f[t.name].astype(t.dtype) for t in spec.inputs} for batches in feeds.values() for f in batches]
         written.append(save_polygraphy_inputs(folder / f"{role}.json", rows))
     return written

@@ -46,20 +46,31 @@ class TorchReference:
         self.model = load_model(path).float().cpu().eval()
         self.cache: dict[tuple, list[np.ndarray]] = {}
 
-    def __call__(self, target: tuple[str, ...], key: tuple, x: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, target: tuple[str, ...], key: tuple, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The target's last role's outputs on the first role's `feeds` (in the manifest's input order), cached.
+
+        Each role module is called with its inputs in the manifest's order; a chain feeds the previous
+        role's first output (a VAE's mu, as Model.reconstruct) and takes the rest by name from `feeds`.
+        """
         if (target, key) not in self.cache:
             import torch
 
+            from bigmodel.parity.check import chain_feeds
+
+            manifest = getattr(self, "manifest", None)  # needed only by chains into several-input roles
             with torch.inference_mode():
-                out = torch.from_numpy(x)
-                for role in target:
-                    if isinstance(out, tuple):
-                        out = out[0]  # a chain feeds the first output on (a VAE's mu), as Model.reconstruct
-                    out = self.model.role_module(role).eval()(out)
+                out = None
+                for i, role in enumerate(target):
+                    if i == 0:  # feeds are in the manifest's input order (probe_inputs makes them so)
+                        args = [feeds[t.name] for t in manifest.roles[role].inputs] if manifest else [*feeds.values()]
+                    else:
+                        first = out[0] if isinstance(out, tuple) else out
+                        args = list(chain_feeds(manifest.roles[role], first, feeds).values()) if manifest else [first]
+                    out = self.model.role_module(role).eval()(*[torch.as_tensor(a) for a in args])
             outs = out if isinstance(out, tuple) else (out,)
             self.cache[target, key] = [o.detach().cpu().numpy() for o in outs]
         return self.cache[target, key]
 
-    def generate(self, role: str, z: np.ndarray) -> np.ndarray:
-        """The role's first output on latents `z`: the reference's generated images."""
-        return self((role,), ("_generated", len(z)), z)[0]
+    def generate(self, role: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The role's first output on `feeds` (prior codes, and labels for a conditional one): generated images."""
+        return self((role,), ("_generated", len(next(iter(feeds.values())))), feeds)[0]

@@ -1,9 +1,10 @@
-"""Input checks done before any backend sees an array: dtype, shape, batch, finiteness, data range;
+"""Input checks done before any backend sees an array: dtype, shape, batch, finiteness, value range;
 and the check that outputs came back finite.
 
 Everything that depends only on the manifest (dtype, expected shape, uint8 scaling, range bounds) is
 computed once per graph input at load; `Input.prepare` does only the per-call work: for images one
-min and one max (NaN and Inf fail them too), for codes one finiteness pass.
+min and one max (NaN and Inf fail them too), for codes one finiteness pass, for class labels one
+min and one max against [0, classes).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Input:
     """One graph input's contract, compiled from its TensorSpec and the bundle's data spec."""
 
     __slots__ = ("name", "what", "dtype", "shape", "tail", "rank", "kind", "u8_div", "u8_add", "f32", "lo", "hi",
-                 "range_text", "prepare")
+                 "range_text", "range_name", "classes", "prepare")
 
     def __init__(self, spec: TensorSpec, data: DataSpec, what: str, check_range: bool = True):
         self.name = spec.name
@@ -36,17 +37,28 @@ class Input:
         self.rank = len(self.shape)
         self.kind = spec.kind
         self.f32 = self.dtype == np.float32
-        lo, hi = data.value_range
-        # uint8 pixels -> the data range: lo + x / (scale / (hi - lo)); for [0, 1] exactly the x / scale
+        # an image's own range (a DCGAN generator's tanh: [-1, 1]), else the bundle's data range
+        lo, hi = (float(v) for v in spec.range) if spec.range else data.value_range
+        self.range_name = "its declared range" if spec.range else "the data range"
+        # uint8 pixels -> that range: lo + x / (scale / (hi - lo)); for [0, 1] exactly the x / scale
         # that bigmodel.data applied to the training images
         self.u8_div = np.float32(data.scale / (hi - lo))
         self.u8_add = np.float32(lo)
-        # float images must lie in the data range, give or take RANGE_SLACK of it (rounding, fp16 round trips)
+        # float images must lie in their range, give or take RANGE_SLACK of it (rounding, fp16 round trips)
         self.lo = self.hi = None
         if check_range and self.kind == "image":
             slack = RANGE_SLACK * (hi - lo)
             self.lo, self.hi = lo - slack, hi + slack
         self.range_text = f"[{lo:g}, {hi:g}]"
+        self.classes = spec.classes
+        if self.kind == "label":  # class ids, always checked (an id out of range is no value a model has)
+            if self.dtype.kind not in "iu" or self.tail:
+                from bigmodel.errors import BundleError
+
+                raise BundleError(f"{what}: a label input is integer class ids of shape (batch,); the manifest "
+                                  f"says {spec.dtype} {list(self.shape)}")
+            self.lo, self.hi = 0, (int(spec.classes) - 1 if spec.classes else np.iinfo(self.dtype).max)
+            self.range_text = f"[0, {spec.classes})" if spec.classes else "[0, ...)"
         # prepare(value): `value` as a C-contiguous array of the graph's dtype with a batch axis, or InputError
         self.prepare = self._compile_prepare()
 
@@ -97,7 +109,12 @@ class Input:
         dt = x.dtype
         checked = False  # True once the values are known finite and in range (uint8 pixels are)
         if dt != self.dtype:
-            if dt == np.uint8 and self.kind == "image":
+            if self.dtype.kind in "iu":  # class ids (or other integer inputs): integers only, never floats
+                if dt.kind not in "iu":
+                    raise InputError(f"{self.what}: expected integer {self._ids()} of shape {self.fmt()}; "
+                                     f"got dtype {dt}")
+                x = x.astype(self.dtype)  # an id too big for it wraps: refused by the range check below
+            elif dt == np.uint8 and self.kind == "image":
                 x = x.astype(np.float32)
                 x /= self.u8_div
                 if self.u8_add:
@@ -123,8 +140,19 @@ class Input:
             x = np.ascontiguousarray(x)
         return x if checked else self._check_values(x)
 
+    def _ids(self) -> str:
+        return "class ids (int64)" if self.kind == "label" else str(self.dtype)
+
     def _refuse(self, x: np.ndarray) -> None:
         """Raise the InputError that explains why `x` failed the fast check (if it really fails)."""
+        if self.kind == "label":
+            out = (x < self.lo) | (x > self.hi)
+            if out.any():
+                first = _first_index(out, x.shape)
+                raise InputError(f"{self.what}: expected class ids in {self.range_text}; got values from "
+                                 f"{int(x.min())} to {int(x.max())}, the first outside at index {first[0]} "
+                                 f"({int(x[first])})")
+            return
         finite = np.isfinite(x)
         bad = int(x.size - np.count_nonzero(finite))
         if bad:
@@ -136,7 +164,7 @@ class Input:
         out = (x < self.lo) | (x > self.hi)
         if out.any():
             first = _first_index(out, x.shape)
-            raise InputError(f"{self.what}: expected values in the data range {self.range_text}; got values from "
+            raise InputError(f"{self.what}: expected values in {self.range_name} {self.range_text}; got values from "
                              f"{float(x.min()):.4g} to {float(x.max()):.4g}, the first outside at index {first} "
                              f"({float(x[first]):.4g}); pass uint8 pixels or float images scaled to the range "
                              "(or load(..., check_values=False) for the raw model)")

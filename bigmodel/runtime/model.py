@@ -15,7 +15,7 @@ import numpy as np
 
 from bigmodel.errors import BundleError, InputError
 from bigmodel.manifest import Manifest
-from bigmodel.priors import Prior, slerp
+from bigmodel.priors import Prior, draw_labels, slerp
 from bigmodel.runtime.checks import ZERO_VIEWS, Input, check_finite_output, check_sample_request
 
 IMAGE_ROLES = ("decoder", "generator")
@@ -62,10 +62,18 @@ class Model:
         self._first = {role: ins[0] for role, ins in self._inputs.items() if len(ins) == 1}
         self._outputs = {role: [t.name for t in spec.outputs] for role, spec in roles.items()}
         self._input_names = {role: {t.name for t in spec.inputs} for role, spec in roles.items()}
-        latent = self._first.get(self._image_role)
-        if latent is None or latent.tail != (manifest.latent.dim,):
-            raise BundleError(f"{self._image_role} of bundle {path} must take one input of shape "
-                              f"(batch, {manifest.latent.dim}); the manifest says {roles[self._image_role].inputs}")
+        # role -> (its one image/code input, its class-label input or None): what the methods feed; roles with
+        # other inputs besides (a BiGAN discriminator's image and code) are for `run` only
+        self._main = {role: m for role, ins in self._inputs.items() if (m := main_inputs(ins)) is not None}
+        latent = self._main.get(self._image_role, (None,))[0]
+        code_shape = manifest.latent.code_shape
+        if latent is not None and latent.tail != code_shape:
+            raise BundleError(f"{self._image_role} of bundle {path} must take codes of shape "
+                              f"(batch, {', '.join(map(str, code_shape))}) (the manifest's latent); the manifest says "
+                              f"{roles[self._image_role].inputs}")
+        label = self._main.get(self._image_role, (None, None))[1]
+        self._classes = label.classes if label is not None else None
+        self._conditional = label is not None
         self._offers = tuple(m for m, need in METHOD_ROLES.items() if all(r in roles for r in need))
         batch_range = getattr(backend, "batch_range", None)
         self._limits = {role: batch_range(role) if batch_range else None for role in roles}
@@ -74,8 +82,10 @@ class Model:
         # role -> checked feeds -> every output: the backend's compiled runner where no batch limits apply
         self._runs = {role: runner(role) if runner and self._limits[role] is None else
                       functools.partial(backend.run, role) for role in roles}
-        # one closure per single-input role: input check -> backend -> float32 first output, nothing looked up
-        self._single_calls = {role: self._compile(role) for role in self._first}
+        # one closure per single-input role: input check -> backend -> float32 first output, nothing looked up;
+        # a role that needs more than one input gets one that says what to pass instead
+        self._single_calls = {role: self._compile(role) if role in self._first else self._needs_more(role)
+                              for role in roles}
         self._decode = self._single_calls[self._image_role]
         self._extra_calls: dict[tuple, object] = {}  # (role, output names) -> compiled call, made at first use
         # the backend's staged fast path, where it has one: x -> [outputs] or None (then the calls above)
@@ -97,6 +107,16 @@ class Model:
     @property
     def latent_dim(self) -> int:
         return self._manifest.latent.dim
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """One code's shape: (latent_dim,), or e.g. (100, 1, 1) for a DCGAN generator."""
+        return self._manifest.latent.code_shape
+
+    @property
+    def classes(self) -> int | None:
+        """A conditional bundle's number of classes (labels 0 .. classes-1); None when it takes no labels."""
+        return self._classes
 
     @property
     def data_shape(self) -> tuple[int, int, int]:
@@ -259,10 +279,9 @@ class Model:
         key = (role, names)
         call = self._extra_calls.get(key)
         if call is None:
-            missing = [n for n in names if n not in self._outputs[role]]
-            if missing:
-                raise InputError(f"this {self.family} bundle's {role} has no output {', '.join(missing)} for {what} "
-                                 f"(its outputs: {', '.join(self._outputs[role])}); re-export it with this bigmodel")
+            self._check_outputs(role, names, what)
+            if role not in self._first:
+                return self._single_calls[role]  # it raises, saying which inputs the role needs
             call = self._compile(role, names)
             gate = self._gate(role, list(names))
             if gate is not None:
@@ -274,6 +293,65 @@ class Model:
 
             call = self._extra_calls.setdefault(key, call)
         return call
+
+    def _check_outputs(self, role: str, names: tuple[str, ...], what: str) -> None:
+        missing = [n for n in names if n not in self._outputs[role]]
+        if missing:
+            raise InputError(f"this {self.family} bundle's {role} has no output {', '.join(missing)} for {what} "
+                             f"(its outputs: {', '.join(self._outputs[role])}); re-export it with this bigmodel")
+
+    def _needs_more(self, role: str):
+        """The single-input call of a role that takes more than one input: it raises, naming what to pass."""
+        names = ", ".join(i.name for i in self._inputs[role])
+        main = self._main.get(role)
+        if main is not None and main[1] is not None:
+            n = f" on {main[1].classes} classes" if main[1].classes else ""
+            message = (f"this bundle's {role} is conditional{n}: pass labels= (one class id for every sample, or "
+                       f"an integer array of shape (batch,))")
+        else:
+            message = (f"this bundle's {role} takes several inputs ({names}); call run({role!r}, {{...}}) with "
+                       "each of them")
+
+        def refuse(x=None, labels=None):
+            raise InputError(message)
+
+        return refuse
+
+    def _labelled(self, role: str, names: tuple[str, ...] | None, what: str):
+        """`call(x, labels)` -> the outputs `names` (default: the first) of a role fed its main input and labels.
+
+        labels: one class id for every sample, or one per sample (batch,). Made at first use, then cached.
+        """
+        names = names or tuple(self._outputs[role][:1])
+        key = (role, names, "labels")
+        call = self._extra_calls.get(key)
+        if call is not None:
+            return call
+        self._check_outputs(role, names, what)
+        main, label = self._main.get(role, (None, None))
+        if main is None:
+            return self._needs_more(role)
+        if label is None:
+            def call(x, labels):
+                raise InputError(f"{what}: this bundle's {role} takes no labels (it is not conditional); "
+                                 f"got labels={labels!r:.60}")
+            return call
+        pick = [self._outputs[role].index(n) for n in names]
+        check = self._check_values and main.lo is None  # as in _compile: codes in, outputs checked
+        execute = functools.partial(self._execute, role)
+
+        def call(x, labels) -> tuple[np.ndarray, ...]:
+            xs = main.prepare(x)
+            if isinstance(labels, (int, np.integer)) and not isinstance(labels, bool):
+                labels = np.full(len(xs), labels, label.dtype)  # one class for the whole batch
+            ys = label.prepare(labels)
+            if len(ys) != len(xs):
+                raise InputError(f"{label.what}: expected {len(xs)} labels, one per {main.kind} (or one int for "
+                                 f"all); got {len(ys)}")
+            outs = execute({main.name: xs, label.name: ys})
+            return tuple(_float32(outs[i], f"{role} output {self._outputs[role][i]!r}", check) for i in pick)
+
+        return self._extra_calls.setdefault(key, call)
 
     def _single(self, role: str, x) -> np.ndarray:
         """First output of a single-input role on `x`, float32."""
@@ -289,46 +367,82 @@ class Model:
         return METHOD_ROLES[method][0]
 
     # -- the methods applications call ----------------------------------------------------------
-    def encode(self, x, full: bool = False):
+    def encode(self, x, full: bool = False, labels=None):
         """Images (B, C, H, W) or one (C, H, W), float in the data range or uint8 -> codes (B, latent).
 
         A VAE gives the mean of q(z|x); with `full=True` it gives (mu, logvar), both (B, latent).
+        labels: for an encoder that takes class labels (a conditional VAE): one id, or (B,) ids.
         """
         role = self._require("encode")
-        if not full:
-            return self._single(role, x)
-        if self.family != "vae":
+        if full and self.family != "vae":
             raise InputError(f"encode(full=True) gives a Gaussian encoder's (mu, logvar); a {self.family} encoder "
                              f"is deterministic: use encode(x)")
+        if labels is not None:
+            outs = self._labelled(role, ("mu", "logvar") if full else None, "encode")(x, labels)
+            return outs if full else outs[0]
+        if not full:
+            return self._single(role, x)
         return self._extra_call(role, ("mu", "logvar"), "encode(full=True)")(x)
 
-    def decode(self, z, logits: bool = False) -> np.ndarray:
-        """Codes (B, latent) or one (latent,) -> images (B, C, H, W) float32 in the data range.
+    def decode(self, z, labels=None, logits: bool = False) -> np.ndarray:
+        """Codes (B, *latent_shape) or one code -> images (B, C, H, W) float32 in the data range.
 
+        labels: a conditional model's classes, one id for every code or (B,) ids (required there).
         With `logits=True`: the Bernoulli logits before the final sigmoid instead (for likelihoods).
         """
-        if not logits:
-            outs = self._fast_decode(z)
-            return outs[0] if outs is not None else self._decode(z)
-        return self._extra_call(self._image_role, ("logits",), "decode(logits=True)")(z)[0]
+        if labels is None:
+            if not logits:
+                outs = self._fast_decode(z)
+                return outs[0] if outs is not None else self._decode(z)
+            return self._extra_call(self._image_role, ("logits",), "decode(logits=True)")(z)[0]
+        return self._labelled(self._image_role, ("logits",) if logits else None, "decode")(z, labels)[0]
 
-    def reconstruct(self, x) -> np.ndarray:
-        """decode(encode(x)); for a VAE the decoder of the encoder's mean."""
-        return self.decode(self._single(self._require("reconstruct"), x))
+    def reconstruct(self, x, labels=None) -> np.ndarray:
+        """decode(encode(x)); for a VAE the decoder of the encoder's mean. labels go to each role taking them."""
+        role = self._require("reconstruct")
+        if labels is None:
+            return self.decode(self._single(role, x))
+        takes = [r for r in (role, self._image_role) if self._main.get(r, (None, None))[1] is not None]
+        if not takes:
+            raise InputError(f"reconstruct: neither {role} nor {self._image_role} of this bundle takes labels "
+                             f"(it is not conditional); got labels={labels!r:.60}")
+        codes = self._labelled(role, None, "reconstruct")(x, labels)[0] if role in takes else self._single(role, x)
+        if codes.shape[1:] != self.latent_shape and codes[0].size == self.latent_dim:
+            codes = codes.reshape(len(codes), *self.latent_shape)  # an encoder's flat codes, a decoder's shaped ones
+        return self.decode(codes, labels=labels if self._image_role in takes else None)
 
     def sample_latent(self, n: int, seed: int | None = None) -> np.ndarray:
-        """n codes from the bundle's prior (normal or mixture), (n, latent) float32."""
+        """n codes from the bundle's prior (normal or mixture), (n, *latent_shape) float32."""
         check_sample_request(n, seed, 4 * (self.latent_dim + int(np.prod(self.data_shape))))
         return self._prior.draw(int(n), seed)
 
-    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """n images decoded from prior codes drawn with numpy's Generator(seed): same seed, same images."""
-        return self.decode(self.sample_latent(n, seed))
+    def sample_labels(self, n: int, seed: int | None = None) -> np.ndarray:
+        """The n class ids `sample(n, seed)` uses on a conditional bundle: uniform, (n,) int64, Generator([seed, 1])."""
+        check_sample_request(n, seed, 8)
+        if not self._conditional:
+            raise InputError(f"sample_labels: this bundle's {self._image_role} takes no labels (it is not conditional)")
+        if not self._classes:
+            raise InputError(f"sample_labels: the manifest gives no class count for {self._image_role}'s labels: "
+                             "pass labels= to sample or decode")
+        return draw_labels(self._classes, int(n), seed)
 
-    def interpolate(self, a, b, steps: int = 8, method: str = "linear") -> np.ndarray:
-        """Decode `steps` codes from code a to code b (each (latent,)) -> (steps, C, H, W).
+    def sample(self, n: int, seed: int | None = None, labels=None) -> np.ndarray:
+        """n images decoded from prior codes drawn with numpy's Generator(seed): same seed, same images.
 
-        method "linear" (any prior) or "slerp" (great circle; for the Gaussian prior).
+        A conditional model draws from its classes too: labels (one id, or (n,) ids) picks them; without
+        labels they are uniform over the classes (`sample_labels(n, seed)`, as a conditional GAN's FID is
+        measured), so `sample(n, seed)` still means "n images of the model", reproducibly.
+        """
+        z = self.sample_latent(n, seed)
+        if labels is None and self._conditional:
+            labels = self.sample_labels(n, seed)
+        return self.decode(z) if labels is None else self.decode(z, labels=labels)
+
+    def interpolate(self, a, b, steps: int = 8, method: str = "linear", labels=None) -> np.ndarray:
+        """Decode `steps` codes from code a to code b (each one code, latent_shape) -> (steps, C, H, W).
+
+        method "linear" (any prior) or "slerp" (great circle; for the Gaussian prior). labels: a
+        conditional model's class (one id for the whole path, or (steps,) ids).
         """
         if method not in ("linear", "slerp"):
             raise InputError(f"method must be 'linear' or 'slerp'; got {method!r}")
@@ -337,21 +451,42 @@ class Model:
                              f"{self._prior.kind}: use method='linear'")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
             raise InputError(f"steps must be an integer >= 2; got {steps!r}")
-        spec = self._first[self._image_role]
+        spec = self._main.get(self._image_role, (None,))[0]
+        if spec is None:
+            self._decode(None)  # raises: the image role takes other inputs besides codes
         ends = []
         for v, name in ((a, "a"), (b, "b")):
             code = spec.prepare(v)
             if len(code) != 1:
-                raise InputError(f"interpolate: expected one code for {name}, shape ({self.latent_dim},); "
+                raise InputError(f"interpolate: expected one code for {name}, shape {self.latent_shape}; "
                                  f"got {np.shape(v)}")
-            ends.append(code[0].astype(np.float32))
+            ends.append(code[0].reshape(-1).astype(np.float32))  # flat (dim,): the path is the same in any shape
         t = np.linspace(0.0, 1.0, int(steps), dtype=np.float32)
         if method == "slerp":
             z = slerp(ends[0], ends[1], t)
         else:
             z = (1 - t)[:, None] * ends[0] + t[:, None] * ends[1]
-        return self.decode(z.astype(np.float32))
+        z = z.astype(np.float32).reshape(int(steps), *self.latent_shape)
+        return self.decode(z) if labels is None else self.decode(z, labels=labels)
 
-    def discriminate(self, x) -> np.ndarray:
-        """Discriminator logits (B, 1): of images for a GAN, of latent codes for an AAE."""
-        return self._single(self._require("discriminate"), x)
+    def discriminate(self, x, labels=None) -> np.ndarray:
+        """Discriminator logits (B, 1): of images (GAN) or codes (AAE); labels for a conditional discriminator."""
+        role = self._require("discriminate")
+        if labels is None:
+            return self._single(role, x)
+        return self._labelled(role, None, "discriminate")(x, labels)[0]
+
+
+def main_inputs(inputs: list[Input]) -> tuple[Input, Input | None] | None:
+    """(the image or code input, the class-label input or None) of a role the methods can feed, else None."""
+    labels = [i for i in inputs if i.kind == "label"]
+    rest = [i for i in inputs if i.kind != "label"]
+    if len(rest) != 1 or len(labels) > 1:
+        return None
+    return rest[0], (labels[0] if labels else None)
+
+
+def _float32(out: np.ndarray, what: str, check: bool) -> np.ndarray:
+    """`out` as float32, checked finite when `check` (the labelled calls' general path)."""
+    out = out if out.dtype == F32 else out.astype(F32)
+    return check_finite_output(out, what) if check else out
