@@ -215,7 +215,7 @@ def module_reference(modules: dict[str, nn.Module], manifest: Manifest):
     Each role is called with its inputs in the manifest's order; a chain's next role gets the previous
     role's first output and its other inputs by name from the first role's feeds.
     """
-    from bigmodel.parity.check import chain_feeds
+    from bigmodel.parity.feeds import chain_feeds
 
     def reference(target, key, feeds):
         value = None

@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bigmodel.manifest import Manifest, RoleSpec
-from bigmodel.parity.inputs import Feeds, target_name
+from bigmodel.manifest import Manifest
+from bigmodel.parity.feeds import Feeds, chain_feeds
+from bigmodel.parity.inputs import target_name
 from bigmodel.parity.report import Case
 from bigmodel.parity.stats import compare
 from bigmodel.parity.tolerances import STRESS_PROBES, Tolerance, rule
@@ -24,12 +25,6 @@ from bigmodel.progress import Progress, ProgressFn
 
 # (target, (probe, batch), the first role's feeds) -> the last role's outputs, in the manifest's order
 Reference = Callable[[tuple[str, ...], tuple[str, int], Feeds], list[np.ndarray]]
-
-
-def chain_feeds(spec: RoleSpec, value, feeds: Feeds) -> dict:
-    """The feeds of a chain's next role: the previous role's first output into its first input, its other
-    inputs (a conditional discriminator's labels) by name from the chain's first role's feeds."""
-    return {spec.inputs[0].name: value, **{t.name: feeds[t.name] for t in spec.inputs[1:]}}
 
 
 def run_target(model, manifest: Manifest, target: tuple[str, ...], feeds: Feeds) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from bigmodel.errors import CheckpointError, DataError
 from bigmodel.manifest import Manifest, read_manifest
+from bigmodel.parity.feeds import Feeds
 from bigmodel.parity.reference import TorchReference, find_checkpoint
 from bigmodel.parity.report import ProbeInput
 
@@ -76,7 +77,6 @@ _OTHER_SOURCES = {"label": "seeded uniform class ids", "image": "images", "laten
 
 IMAGE_MAKERS = ("generator", "decoder")  # the role whose outputs are the bundle's generated images
 
-Feeds = dict[str, np.ndarray]  # input name -> array, every input of a role in the manifest's order
 Generate = Callable[[str, Feeds], np.ndarray]  # (role, feeds) -> the role's first output
 
 

@@ -55,7 +55,7 @@ class TorchReference:
         if (target, key) not in self.cache:
             import torch
 
-            from bigmodel.parity.check import chain_feeds
+            from bigmodel.parity.feeds import chain_feeds
 
             manifest = getattr(self, "manifest", None)  # needed only by chains into several-input roles
             with torch.inference_mode():
