@@ -422,3 +422,35 @@ def test_cli_sample_of_a_dcgan_and_a_conditional_gan(dcgan, cgan, tmp_path):
         m = load(bundle, backend="ort-cpu", threads=1)
         np.testing.assert_allclose(np.load(npy), m.sample(6, seed=2), atol=1e-6)  # labels too: Model.sample's
         assert png.is_file()
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_fp16_and_int8_bundles_of_a_dcgan_and_a_conditional_gan(dcgan, cgan, mnist5k, tmp_path, precision):
+    """export's conversion (calibration, the search, the checks against the fp32 graphs) on bundles with
+    shaped codes, a [-1, 1] image range and class labels; the result runs in the runtime like the fp32 one."""
+    import shutil
+
+    from bigmodel.export.options import FP32_DIR, ExportOptions
+    from bigmodel.export.precision import convert_bundle
+
+    rgb = np.random.default_rng(0).uniform(-1, 1, (64, 3, 32, 32)).astype(np.float32)
+    for (bundle, modules), val in ((dcgan, rgb), (cgan, mnist5k.val)):
+        folder = tmp_path / f"{bundle.parent.name}-{precision}"
+        shutil.copytree(bundle, folder)
+        manifest = read_manifest(folder)
+        said: list[str] = []
+        quality, failures = convert_bundle(folder, manifest, ExportOptions(precision=precision, calibration=64),
+                                           val, said.append)
+        assert failures == [], failures
+        shutil.rmtree(folder / FP32_DIR)
+        manifest.save(folder)
+        assert [t.dtype for t in manifest.roles["discriminator"].inputs][1:] == (["int64"] if bundle == cgan[0]
+                                                                               else [])
+        m = load(folder, backend="ort-cpu", threads=1)
+        assert m.manifest.precision == precision and set(quality) == {"generator", "discriminator"}
+        z = m.sample_latent(8, seed=0)
+        labels = m.sample_labels(8, seed=0) if m.classes else None
+        want = torch_run(modules["generator"], z, *([labels] if labels is not None else []))
+        got = m.sample(8, seed=0)
+        assert np.abs(got - want).max() < 0.15, (precision, bundle, np.abs(got - want).max())
+        assert any("pass" in line for line in said)

@@ -65,13 +65,17 @@ def runtime_model(folder: Path, manifest: Manifest):
 
 
 def with_files(manifest: Manifest, files: dict[str, str], dtype: str | None = None) -> Manifest:
-    """A copy of `manifest` whose roles name other graph files (and, if given, another I/O dtype)."""
+    """A copy of `manifest` whose roles name other graph files (and, if given, another I/O dtype for the
+    float inputs and outputs; class labels stay int64)."""
     roles = dict(manifest.roles)
+
+    def io(t):
+        return replace(t, dtype=dtype) if np.dtype(t.dtype).kind == "f" else t
+
     for role, file in files.items():
         spec = roles[role]
         if dtype is not None:
-            spec = replace(spec, inputs=[replace(t, dtype=dtype) for t in spec.inputs],
-                           outputs=[replace(t, dtype=dtype) for t in spec.outputs])
+            spec = replace(spec, inputs=[io(t) for t in spec.inputs], outputs=[io(t) for t in spec.outputs])
         roles[role] = replace(spec, file=file, data_files=[])  # read in place, never verified: no data list
     return replace(manifest, roles=roles, engines=[], extra={})
 
