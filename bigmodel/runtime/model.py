@@ -17,6 +17,7 @@ from bigmodel.errors import BundleError, InputError
 from bigmodel.manifest import Manifest
 from bigmodel.priors import Prior, draw_labels, slerp
 from bigmodel.runtime.checks import ZERO_VIEWS, Input, check_finite_output, check_sample_request
+from bigmodel.runtime.labels import labelled_call, main_inputs, refusal
 
 IMAGE_ROLES = ("decoder", "generator")
 # method -> roles it needs (beyond the image role every family has)
@@ -302,20 +303,7 @@ class Model:
 
     def _needs_more(self, role: str):
         """The single-input call of a role that takes more than one input: it raises, naming what to pass."""
-        names = ", ".join(i.name for i in self._inputs[role])
-        main = self._main.get(role)
-        if main is not None and main[1] is not None:
-            n = f" on {main[1].classes} classes" if main[1].classes else ""
-            message = (f"this bundle's {role} is conditional{n}: pass labels= (one class id for every sample, or "
-                       f"an integer array of shape (batch,))")
-        else:
-            message = (f"this bundle's {role} takes several inputs ({names}); call run({role!r}, {{...}}) with "
-                       "each of them")
-
-        def refuse(x=None, labels=None):
-            raise InputError(message)
-
-        return refuse
+        return refusal(role, self._inputs[role], self._main.get(role))
 
     def _labelled(self, role: str, names: tuple[str, ...] | None, what: str):
         """`call(x, labels)` -> the outputs `names` (default: the first) of a role fed its main input and labels.
@@ -325,33 +313,15 @@ class Model:
         names = names or tuple(self._outputs[role][:1])
         key = (role, names, "labels")
         call = self._extra_calls.get(key)
-        if call is not None:
-            return call
-        self._check_outputs(role, names, what)
-        main, label = self._main.get(role, (None, None))
-        if main is None:
-            return self._needs_more(role)
-        if label is None:
-            def call(x, labels):
-                raise InputError(f"{what}: this bundle's {role} takes no labels (it is not conditional); "
-                                 f"got labels={labels!r:.60}")
-            return call
-        pick = [self._outputs[role].index(n) for n in names]
-        check = self._check_values and main.lo is None  # as in _compile: codes in, outputs checked
-        execute = functools.partial(self._execute, role)
-
-        def call(x, labels) -> tuple[np.ndarray, ...]:
-            xs = main.prepare(x)
-            if isinstance(labels, (int, np.integer)) and not isinstance(labels, bool):
-                labels = np.full(len(xs), labels, label.dtype)  # one class for the whole batch
-            ys = label.prepare(labels)
-            if len(ys) != len(xs):
-                raise InputError(f"{label.what}: expected {len(xs)} labels, one per {main.kind} (or one int for "
-                                 f"all); got {len(ys)}")
-            outs = execute({main.name: xs, label.name: ys})
-            return tuple(_float32(outs[i], f"{role} output {self._outputs[role][i]!r}", check) for i in pick)
-
-        return self._extra_calls.setdefault(key, call)
+        if call is None:
+            self._check_outputs(role, names, what)
+            main = self._main.get(role)
+            if main is None:
+                return self._needs_more(role)
+            call = labelled_call(role, self._outputs[role], names, *main, functools.partial(self._execute, role),
+                                 self._check_values, what)
+            call = self._extra_calls.setdefault(key, call)
+        return call
 
     def _single(self, role: str, x) -> np.ndarray:
         """First output of a single-input role on `x`, float32."""
@@ -475,18 +445,3 @@ class Model:
         if labels is None:
             return self._single(role, x)
         return self._labelled(role, None, "discriminate")(x, labels)[0]
-
-
-def main_inputs(inputs: list[Input]) -> tuple[Input, Input | None] | None:
-    """(the image or code input, the class-label input or None) of a role the methods can feed, else None."""
-    labels = [i for i in inputs if i.kind == "label"]
-    rest = [i for i in inputs if i.kind != "label"]
-    if len(rest) != 1 or len(labels) > 1:
-        return None
-    return rest[0], (labels[0] if labels else None)
-
-
-def _float32(out: np.ndarray, what: str, check: bool) -> np.ndarray:
-    """`out` as float32, checked finite when `check` (the labelled calls' general path)."""
-    out = out if out.dtype == F32 else out.astype(F32)
-    return check_finite_output(out, what) if check else out
