@@ -203,6 +203,31 @@ def bigan_bundle(folder: Path, seed: int = 0) -> tuple[Path, dict]:
     return write_bundle(folder, roles, data, LatentSpec(COND_Z), arch="bigan"), modules
 
 
+class LookupGenerator(nn.Module):
+    """(codes (N, 16), labels (N,)) -> the table's image of each label, barely moved by the code: a conditional
+    generator whose samples show exactly the class asked for (when the table holds one image per class)."""
+
+    def __init__(self, table: np.ndarray, nz: int = COND_Z):
+        super().__init__()
+        flat = np.clip(table.reshape(len(table), -1), 1e-3, 1 - 1e-3)
+        self.embed = nn.Embedding.from_pretrained(torch.from_numpy(np.log(flat / (1 - flat))).float())
+        self.mix = nn.Linear(nz, 1)
+        self.shape = tuple(table.shape[1:])
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.embed(labels) + 0.01 * torch.tanh(self.mix(z))  # (N, C*H*W)
+        return torch.sigmoid(logits).view(-1, *self.shape)
+
+
+def lookup_bundle(folder: Path, table: np.ndarray) -> tuple[Path, dict]:
+    """A conditional generator bundle on mnist-5k's shape whose class k is `table[k]`."""
+    modules = {"generator": LookupGenerator(table).eval()}
+    roles = {"generator": (modules["generator"], [latent("z", (COND_Z,)), label(classes=len(table))],
+                           [image("x", tuple(table.shape[1:]))])}
+    data = DataSpec("mnist-5k", tuple(table.shape[1:]))
+    return write_bundle(folder, roles, data, LatentSpec(COND_Z), arch="lookup"), modules
+
+
 def torch_run(module: nn.Module, *arrays: np.ndarray) -> np.ndarray:
     """The torch module on numpy inputs (in order), eval mode, float32 numpy out."""
     with torch.inference_mode():

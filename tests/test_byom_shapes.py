@@ -454,3 +454,32 @@ def test_fp16_and_int8_bundles_of_a_dcgan_and_a_conditional_gan(dcgan, cgan, mni
         got = m.sample(8, seed=0)
         assert np.abs(got - want).max() < 0.15, (precision, bundle, np.abs(got - want).max())
         assert any("pass" in line for line in said)
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def test_eval_of_a_conditional_generator_measures_label_agreement(mnist5k, tmp_path):
+    """A generator that draws class k as a real digit the feature net reads as k agrees with the net on
+    (nearly) every sample; the same table shifted by one class agrees on (nearly) none."""
+    from byom_models import lookup_bundle
+
+    from bigmodel.data import load_labels
+    from bigmodel.eval import EvalOptions, load_eval_data
+    from bigmodel.eval.features import ClassifierSettings
+    from bigmodel.eval.run import evaluate_model
+    from bigmodel.manifest import DataSpec
+
+    opts = EvalOptions(samples=200, classifier=ClassifierSettings(epochs=2, width=8), cache_dir=tmp_path / "cache")
+    data = load_eval_data(DataSpec("mnist-5k", (1, 28, 28)), opts)
+    val_labels = load_labels("mnist-5k", seed=0)[1]
+    read = data.classifier.features(mnist5k.val)[1]
+    table = np.stack([mnist5k.val[np.flatnonzero((val_labels == k) & (read == k))[0]] for k in range(CLASSES)])
+    reports = {}
+    for name, t in (("right", table), ("shifted", np.roll(table, 1, axis=0))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bundle, _ = lookup_bundle(tmp_path / name, t)
+        m = load(bundle, backend="ort-cpu", threads=1)
+        reports[name] = evaluate_model(m, m.manifest.data, {"bundle": str(bundle)}, opts, data)
+    assert reports["right"]["label_agreement"] > 0.95, reports["right"]
+    assert reports["shifted"]["label_agreement"] < 0.05, reports["shifted"]
+    assert "reconstruction" not in reports["right"]  # no encoder

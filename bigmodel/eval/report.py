@@ -12,6 +12,7 @@ NOTES = {
     "fid": "lower is better",
     "precision": "share of samples on the data manifold",
     "recall": "share of data covered by samples",
+    "label_agreement": "share of samples the feature net puts in the class they were drawn for",
 }
 
 
@@ -30,6 +31,8 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("FID", f"{r['fid']:.2f}", f"feature net; training vs validation images: {r['fid_floor']:.2f}"),
         ("precision", f"{r['precision']:.3f}", NOTES["precision"]),
         ("recall", f"{r['recall']:.3f}", NOTES["recall"]),
+        *([("label agreement", f"{r['label_agreement']:.3f}", NOTES["label_agreement"])]
+          if "label_agreement" in r else []),
         ("classes >= 1%", f"{len(r['coverage']) - len(rare)}/{len(r['coverage'])}",
          "below 1%: " + ", ".join(map(str, rare)) if rare else "every class drawn"),
         ("feature net accuracy", f"{r['classifier']['accuracy']:.3f}",

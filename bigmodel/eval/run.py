@@ -61,6 +61,7 @@ class EvalData:
     classifier: Any  # features.Classifier
     val_features: np.ndarray
     floor_fid: float  # FID of training against validation images: what a perfect model would get
+    val_labels: np.ndarray | None = None  # (N,) int64: a conditional model's labels for the validation images
 
 
 def load_eval_data(spec: DataSpec, opts: EvalOptions) -> EvalData:
@@ -75,7 +76,7 @@ def load_eval_data(spec: DataSpec, opts: EvalOptions) -> EvalData:
     clf = get_classifier(data.train, labels[0], data.val, labels[1], opts.cache_dir, opts.classifier)
     val_features = clf.features(data.val)[0]
     floor = metrics.frechet_distance(clf.features(data.train[: len(data.val) * 4])[0], val_features)
-    return EvalData(data.train, data.val, clf, val_features, floor)
+    return EvalData(data.train, data.val, clf, val_features, floor, labels[1])
 
 
 def target_spec(target: Path) -> DataSpec:
@@ -154,16 +155,22 @@ def evaluate_model(model, spec: DataSpec, name: dict[str, Any], opts: EvalOption
         "data": {"source": spec.source, "split": "validation", "images": len(data.val)},
         "classifier": {"accuracy": clf.accuracy, "cache": str(clf.path), "cached": clf.cached},
     }
-    x = data.val
+    x, y = data.val, data.val_labels
     if "encode" in model.offers:
         say("reconstruction")
-        report["reconstruction"] = reconstruction(model, x)
+        report["reconstruction"] = reconstruction(model, x, y)
     if model.family == "vae":
         say(f"-ELBO and IWAE bound, K={opts.k} on {min(opts.nll_images, len(x))} images")
-        report["nll"] = nll(model, x[: opts.nll_images], opts)
+        report["nll"] = nll(model, x[: opts.nll_images], opts, None if y is None else y[: opts.nll_images])
     say(f"{opts.samples} samples: FID, precision/recall, coverage")
-    samples = model.sample(opts.samples, seed=opts.seed)
+    # a conditional model samples its classes uniformly (Model.sample's rule); the classifier then says how
+    # often a sample shows the class it was drawn for
+    drawn = model.sample_labels(opts.samples, seed=opts.seed) if getattr(model, "classes", None) else None
+    samples = model.sample(opts.samples, seed=opts.seed) if drawn is None else \
+        model.sample(opts.samples, seed=opts.seed, labels=drawn)
     feats, predicted = clf.features(samples)
+    if drawn is not None:
+        report["label_agreement"] = float(np.mean(predicted == drawn))
     n = min(len(feats), len(data.val_features))
     precision, recall = metrics.precision_recall(data.val_features[:n], feats[:n], opts.pr_k)
     coverage = metrics.class_coverage(predicted, clf.classes)
@@ -182,29 +189,67 @@ def evaluate_model(model, spec: DataSpec, name: dict[str, Any], opts: EvalOption
     return report
 
 
-def reconstruction(model, x: np.ndarray) -> dict[str, float]:
-    """BCE (from the decoder's logits) and squared error of decode(encode(x)), summed per image, mean."""
-    codes = model.encode(x)
-    bce = metrics.bce_per_image(model.decode(codes, logits=True), x)
-    sse = metrics.sse_per_image(model.decode(codes), x)
+def reconstruction(model, x: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
+    """BCE (from the decoder's logits) and squared error of decode(encode(x)), summed per image, mean.
+
+    labels: the images' classes, passed to the encoder and decoder that take them (a conditional VAE).
+    """
+    enc, dec = _labels_for(model, "encoder", labels), _labels_for(model, _image_role(model), labels)
+    codes = _coded(model, model.encode(x) if enc is None else model.encode(x, labels=enc))
+    bce = metrics.bce_per_image(_decode(model, codes, dec, logits=True), x)
+    sse = metrics.sse_per_image(_decode(model, codes, dec), x)
     return {"bce": float(bce.mean()), "mse": float(sse.mean())}
 
 
-def nll(model, x: np.ndarray, opts: EvalOptions) -> dict[str, float]:
-    """-ELBO and the importance-weighted NLL bound (nats per image) from the same K draws per image."""
+def nll(model, x: np.ndarray, opts: EvalOptions, labels: np.ndarray | None = None) -> dict[str, float]:
+    """-ELBO and the importance-weighted NLL bound (nats per image) from the same K draws per image.
+
+    Codes of any shape are handled flat, (B, dim); labels go to the roles that take them.
+    """
     rng = np.random.default_rng(opts.seed)
     per_call = max(1, opts.codes_per_call // opts.k)
+    enc, dec = _labels_for(model, "encoder", labels), _labels_for(model, _image_role(model), labels)
     nelbo, iwae = [], []
     for i in range(0, len(x), per_call):
         xb = x[i : i + per_call]
-        mu, logvar = model.encode(xb, full=True)
+        mu, logvar = model.encode(xb, full=True) if enc is None else \
+            model.encode(xb, full=True, labels=enc[i : i + per_call])
+        mu, logvar = mu.reshape(len(xb), -1), logvar.reshape(len(xb), -1)
         eps = rng.standard_normal((opts.k, len(xb), mu.shape[1]))
-        w = metrics.log_weights(xb, mu, logvar, eps, lambda z: model.decode(z, logits=True))
+        yb = None if dec is None else np.tile(dec[i : i + per_call], opts.k)  # the K draws are k-major
+
+        def decode_logits(z, yb=yb):
+            return _decode(model, _coded(model, z), yb, logits=True)
+
+        w = metrics.log_weights(xb, mu, logvar, eps, decode_logits)
         a, b = metrics.nll_bounds(w)
         nelbo.append(a)
         iwae.append(b)
     return {"k": opts.k, "images": len(x), "nelbo": float(np.concatenate(nelbo).mean()),
             "iwae": float(np.concatenate(iwae).mean())}
+
+
+def _image_role(model) -> str:
+    return "decoder" if "decoder" in model.manifest.roles else "generator"
+
+
+def _labels_for(model, role: str, labels: np.ndarray | None) -> np.ndarray | None:
+    """`labels` if the model's `role` takes class labels, else None."""
+    spec = model.manifest.roles.get(role)
+    takes = spec is not None and any(t.kind == "label" for t in spec.inputs)
+    if takes and labels is None:
+        raise InputError(f"this model's {role} takes class labels, and the evaluation data has none")
+    return labels if takes else None
+
+
+def _coded(model, codes: np.ndarray) -> np.ndarray:
+    """Codes in the shape the decoder takes (an encoder's (B, dim) for a decoder of (B, dim, 1, 1) codes)."""
+    shape = tuple(getattr(model, "latent_shape", codes.shape[1:]))
+    return codes if codes.shape[1:] == shape else codes.reshape(len(codes), *shape)
+
+
+def _decode(model, codes: np.ndarray, labels: np.ndarray | None, logits: bool = False) -> np.ndarray:
+    return model.decode(codes, logits=logits) if labels is None else model.decode(codes, labels=labels, logits=logits)
 
 
 def write_picture(path: Path, samples: np.ndarray, train: np.ndarray) -> None:
@@ -219,7 +264,7 @@ def write_picture(path: Path, samples: np.ndarray, train: np.ndarray) -> None:
 
 
 NUMBERS = (("reconstruction", "bce"), ("reconstruction", "mse"), ("nll", "nelbo"), ("nll", "iwae"),
-           ("fid",), ("precision",), ("recall",))
+           ("fid",), ("precision",), ("recall",), ("label_agreement",))
 
 
 def lookup(report: dict[str, Any], key: tuple[str, ...]) -> float | None:
