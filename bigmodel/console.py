@@ -8,6 +8,39 @@ from __future__ import annotations
 
 PARITY_SHOWN = 12  # failure lines printed; --json has every one
 
+# What a character the terminal cannot show becomes (anything else unencodable: "?")
+ASCII_FALLBACK = {"±": "+/-", "σ": "sigma", "μ": "u", "µ": "u", "—": "-", "–": "-", "…": "...", "→": "->",
+                  "←": "<-", "×": "x", "≥": ">=", "≤": "<=", "≈": "~", "✓": "ok", "✗": "x", "•": "*", "‘": "'",
+                  "’": "'", "“": '"', "”": '"', "━": "-", "─": "-", "│": "|", "█": "#", "°": " deg", "²": "^2"}
+ASCII_ERRORS = "bigmodel-ascii"
+
+
+def _ascii_fallback(e: UnicodeError):
+    """codecs error handler: each character the stream's encoding cannot show -> its ASCII stand-in."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    return "".join(ASCII_FALLBACK.get(c, "?") for c in e.object[e.start:e.end]), e.end
+
+
+def safe_output() -> None:
+    """Make stdout and stderr degrade to ASCII (ASCII_FALLBACK) where their encoding cannot show a
+    character, instead of raising UnicodeEncodeError after the work is done (PYTHONIOENCODING=ascii)."""
+    import codecs
+    import sys
+
+    try:
+        codecs.lookup_error(ASCII_ERRORS)
+    except LookupError:
+        codecs.register_error(ASCII_ERRORS, _ascii_fallback)
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        if encoding is None or not hasattr(stream, "reconfigure"):
+            continue  # (a StringIO under test capture holds any character)
+        try:
+            "±σ→—".encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            stream.reconfigure(errors=ASCII_ERRORS)
+
 
 def console():
     from rich.console import Console

@@ -18,6 +18,7 @@ import functools
 import gzip
 import importlib.util
 import math
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bigmodel.errors import DataError
+from bigmodel.limits import check_image_pixels, check_items, check_npy
 from bigmodel.manifest import DataSpec
 
 SOURCES: tuple[str, ...] = ("mnist-5k", "digits", "mnist", "fashion-mnist", "cifar10")
@@ -284,6 +286,7 @@ def _read_array_file(path: Path) -> tuple[np.ndarray, float]:
             magic = f.read(6)
         if magic != b"\x93NUMPY":
             raise DataError(f"{path}: expected a .npy file as written by numpy.save, got another file")
+        check_npy(path, DataError)
         try:
             x = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
@@ -344,10 +347,13 @@ def _read_image_folder(folder: Path) -> tuple[np.ndarray, float]:
     sizes, gray = [], True
     for p in files:
         try:
-            with Image.open(p) as im:
-                sizes.append(im.size)
-                gray = gray and im.mode in _GRAY_MODES
-        except (OSError, UnidentifiedImageError) as e:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # a refusal, not a warning
+                with Image.open(p) as im:
+                    check_image_pixels(p, *im.size, DataError)
+                    sizes.append(im.size)
+                    gray = gray and im.mode in _GRAY_MODES
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise DataError(f"cannot read {p}: expected an image, got {type(e).__name__}: {e}") from e
     for p, size in zip(files, sizes, strict=True):
         if size != sizes[0]:
@@ -357,6 +363,7 @@ def _read_image_folder(folder: Path) -> tuple[np.ndarray, float]:
             )
     w, h = sizes[0]
     c = 1 if gray else 3
+    check_items(len(files), str(folder), c * h * w * 5, "images (uint8, then float32)")
     x = np.empty((len(files), c, h, w), dtype=np.uint8)
     for i, p in enumerate(files):
         try:

@@ -204,7 +204,7 @@ class Manifest:
                 format_version=version,
                 reference=_reference(d.get("reference")),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BundleError(f"manifest is malformed: {type(e).__name__}: {e}") from e
 
     def save(self, bundle_dir: str | Path) -> Path:
@@ -240,8 +240,8 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         raise BundleError(f"not a bundle: expected {path} to exist (run `bigmodel export RUN_DIR` first)")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"cannot read {path}: expected JSON, got {type(e).__name__}: {e}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nesting past the stack)
+        raise BundleError(f"cannot read {path}: expected JSON, got {type(e).__name__}: {str(e)[:200]}") from e
     if not isinstance(d, dict):
         raise BundleError(f"{path}: expected a JSON object, got {type(d).__name__}")
     return Manifest.from_dict(d)

@@ -28,6 +28,7 @@ from bigmodel.bench.adapters import (
 from bigmodel.bench.stats import NOISY_CV, add_speedups, summarize
 from bigmodel.bench.timing import alternate
 from bigmodel.errors import BackendUnavailable, BigmodelError, InputError
+from bigmodel.limits import check_batch_sizes, check_count, check_seconds, check_seed, check_threads
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.progress import Progress, ProgressFn
 from bigmodel.threads import torch_threads
@@ -56,6 +57,9 @@ class BenchSettings:
     roofline: bool = True  # measure the machine's GEMM and memcpy ceilings and report % of them
 
 
+MAX_RUNS = 10**7  # --iters, --warmup, --rounds: more timed runs than a day holds at 10 us each
+
+
 def _validate(settings: BenchSettings, manifest: Manifest) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if settings.device not in DEFAULT_BACKENDS:
         raise InputError(f"--device must be cpu, cuda or cuda:N; got {settings.device!r}")
@@ -68,20 +72,17 @@ def _validate(settings: BenchSettings, manifest: Manifest) -> tuple[tuple[str, .
     if missing or not roles:
         raise InputError(f"a {manifest.family} bundle has roles {', '.join(manifest.roles)}; "
                          f"got {', '.join(missing) or '-'}")
-    if not settings.batch_sizes or any(not isinstance(b, int) or b < 1 for b in settings.batch_sizes):
-        raise InputError(f"--batch-sizes must be positive integers; got {settings.batch_sizes}")
-    if settings.warmup < 0:
-        raise InputError(f"--warmup must be >= 0; got {settings.warmup}")
-    if settings.iters is not None and settings.iters < 1:
-        raise InputError(f"--iters must be >= 1; got {settings.iters}")
-    if settings.duration is not None and not settings.duration > 0:
-        raise InputError(f"--duration must be > 0 seconds; got {settings.duration}")
+    check_batch_sizes(settings.batch_sizes, manifest, roles)
+    check_count(settings.warmup, "--warmup", MAX_RUNS, least=0)
+    if settings.iters is not None:
+        check_count(settings.iters, "--iters", MAX_RUNS)
+    if settings.duration is not None:
+        check_seconds(settings.duration, "--duration")
     if settings.iters is not None and settings.duration is not None:
         raise InputError("give --iters or --duration, not both")
-    if isinstance(settings.rounds, bool) or not isinstance(settings.rounds, int) or settings.rounds < 1:
-        raise InputError(f"--rounds must be a positive integer; got {settings.rounds}")
-    if settings.threads is not None and settings.threads < 1:
-        raise InputError(f"--threads must be >= 1; got {settings.threads}")
+    check_count(settings.rounds, "--rounds", MAX_RUNS)
+    check_threads(settings.threads)
+    check_seed(settings.seed)
     return tuple(dict.fromkeys(backends)), tuple(dict.fromkeys(roles))
 
 

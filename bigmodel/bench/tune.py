@@ -31,6 +31,8 @@ def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAUL
     (InputError before anything is measured otherwise).
     """
     from bigmodel.bench.adapters import role_inputs
+    from bigmodel.bench.run import MAX_RUNS
+    from bigmodel.limits import check_batch_sizes, check_count, check_seconds, check_seed, check_threads
     from bigmodel.manifest import read_manifest
     from bigmodel.runtime import backend_status, load
     from bigmodel.runtime.backends import registry
@@ -44,10 +46,11 @@ def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAUL
                          "replace it")
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda; got {device!r}")
-    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
-        raise InputError(f"--batch-sizes must be positive integers; got {batch_sizes}")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be >= 1; got {threads}")
+    check_batch_sizes(batch_sizes, manifest)
+    check_threads(threads)
+    check_seconds(seconds, "--seconds")
+    check_count(rounds, "rounds", MAX_RUNS)
+    check_seed(seed)
     names = tuple(backends or registry.names_for(device))
     for n in names:
         registry.entry(n)

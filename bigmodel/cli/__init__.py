@@ -36,13 +36,28 @@ MISSING_EXTRA = {
 }
 
 
+def _interrupted(e: BaseException) -> bool:
+    """A KeyboardInterrupt somewhere in the chain of causes of `e`."""
+    seen = 0
+    while e is not None and seen < 16:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
 def main() -> None:
     """Entry point of the `bigmodel` console script."""
+    ui.safe_output()  # a terminal that cannot show "±" gets "+/-", never a UnicodeEncodeError
     try:
         click_command()()  # standalone: Click shows usage errors itself and exits 2
     except BigmodelError as e:
         if _state["debug"]:
             raise
+        if _interrupted(e):  # Ctrl-C inside a library that wrapped it (torch.export does) is still Ctrl-C
+            ui.error("interrupted")
+            sys.exit(130)
         ui.error(str(e))
         sys.exit(e.exit_code)
     except OSError as e:  # the machine refused: disk full, read-only, permission (library code names its paths)

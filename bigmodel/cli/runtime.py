@@ -22,11 +22,13 @@ def _read_npy(path: Path):
     import numpy as np
 
     from bigmodel.errors import InputError
+    from bigmodel.limits import check_npy
 
     if path.is_dir():
         raise InputError(f"{path} is a folder; expected a .npy file")
     if not path.is_file():
         raise InputError(f"{path}: expected a .npy file; it does not exist")
+    check_npy(path)  # a broken header, or one declaring more than memory holds, before any allocation
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -82,6 +84,7 @@ def sample_cmd(
     Example: bigmodel sample runs/vae/bundle -n 64 --seed 0 --out grid.png
     """
     from bigmodel.errors import InputError
+    from bigmodel.limits import check_count, check_threads
     from bigmodel.runtime.checks import SEED_MAX
 
     if ncol < 1:
@@ -95,6 +98,8 @@ def sample_cmd(
         )
     if seed is not None and not 0 <= seed <= SEED_MAX:
         raise InputError(f"--seed must be an integer from 0 to 2**63-1; got {seed}")
+    check_count(ncol, "--ncol", SAMPLE_MAX, why="a grid holds at most -n's bound of images")
+    check_threads(threads)
     _check_outputs(
         force,
         (out, "sample grid", (".png",), "--out"),

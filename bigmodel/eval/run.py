@@ -26,6 +26,9 @@ RARE_CLASS = 0.01  # a class that gets under 1% of the samples is a dropped mode
 PICTURE_PAIRS = 16  # samples shown beside their nearest training images
 
 
+EVAL_IMAGE_BYTES = 4 * 4 * 3 * 64 * 64  # a float32 image up to 3x64x64, about four copies (input, output, features)
+
+
 @dataclass
 class EvalOptions:
     """What `bigmodel eval` was asked; see its --help for each field."""
@@ -44,10 +47,13 @@ class EvalOptions:
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
 
     def validate(self) -> None:
-        for name in ("k", "nll_images", "samples", "pr_k", "codes_per_call"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer; got {v!r}")
+        from bigmodel.limits import check_count, check_items, check_seed, check_threads
+
+        for name in ("k", "nll_images", "samples", "codes_per_call"):  # each one image (and its features) held
+            check_items(getattr(self, name), f"--{name.replace('_', '-')}", EVAL_IMAGE_BYTES, "images")
+        check_count(self.pr_k, "--pr-k", 1000)
+        check_seed(self.seed)
+        check_threads(self.threads)
         if self.samples <= self.pr_k:
             raise InputError(f"--samples must exceed --pr-k ({self.pr_k}); got {self.samples}")
 

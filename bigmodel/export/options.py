@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bigmodel.errors import InputError
+from bigmodel.limits import check_items
 from bigmodel.manifest import Manifest
 
 MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes natively
@@ -21,6 +22,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 IO_DTYPES = ("fp32", "fp16")
 
 INT8_MODES = ("static", "dynamic", "weights")
+
+SAMPLE_BYTES = 4 * 3 * 64 * 64 * 4  # one float32 sample up to 3x64x64 with its activations and copies (bounds)
 
 FP32_DIR = "fp32"  # fp16/int8 exports keep the fp32 graphs here while converting; removed before the rename
 
@@ -93,6 +96,9 @@ def validate_options(opts: ExportOptions) -> None:
         raise InputError(f"--calibration must be >= 1; got {opts.calibration}")
     if opts.max_batch < 1 or opts.opt_batch < 1:
         raise InputError(f"--max-batch and --opt-batch must be >= 1; got {opts.max_batch} and {opts.opt_batch}")
+    check_items(opts.calibration, "--calibration", SAMPLE_BYTES, "calibration samples")
+    check_items(opts.max_batch, "--max-batch", SAMPLE_BYTES, "samples of a batch")
+    check_items(opts.probes, "probes", SAMPLE_BYTES, "probe samples", least=2)
     if opts.opt_batch > opts.max_batch:
         raise InputError(f"--opt-batch must be <= --max-batch; got {opts.opt_batch} > {opts.max_batch}")
     if opts.probes < 2:

@@ -154,6 +154,11 @@ def os_refusal(e: BaseException) -> OSError | None:
     while e is not None and seen < 8:
         if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
             return e
+        if isinstance(e, OSError) and e.errno is None and (
+                ("requested and" in str(e) and "written" in str(e)) or "Not enough free space" in str(e)):
+            # numpy's tofile on a full disk: "N requested and M written" or "Not enough free space to write N
+            # bytes", no errno (a short write is ENOSPC)
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         e = e.__cause__ or e.__context__
         seen += 1
     return None

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bigmodel.errors import BackendUnavailable, InputError
+from bigmodel.limits import COPIES_HELD, check_items, check_seed, check_threads, sample_bytes
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.parity.check import check_targets
 from bigmodel.parity.inputs import DEFAULT_SAMPLES, probe_inputs, targets_of, validation_images
@@ -42,6 +43,9 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
     names, explicit = _backend_names(backends, BACKENDS)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 3 or samples % 2 == 0:
         raise InputError(f"--samples must be an odd integer >= 3 (checks run at batch 1 and batch N); got {samples!r}")
+    check_items(samples, "--samples", COPIES_HELD * sample_bytes(manifest), "probe samples", least=3)
+    check_seed(seed)
+    check_threads(threads)
     precision = tolerances or ("tf32" if tf32 and manifest.precision == "fp32" else manifest.precision)
     tol = tolerances_for(precision, atol, rtol)
     ckpt_path, ckpt_sha = find_checkpoint(bundle, manifest, checkpoint)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bigmodel.checksum import sha256_file
 from bigmodel.errors import BackendUnavailable, BundleError, InputError
+from bigmodel.limits import check_threads
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.runtime.backends import registry
 from bigmodel.runtime.backends.registry import LoadOptions
@@ -30,6 +31,8 @@ def member(bundle: Path, file: str, what: str) -> Path:
     """`bundle / file`, refused (BundleError) unless it stays inside the bundle folder: no absolute path,
     no `..`, no symbolic link leading out. A manifest must never make the runtime read another file."""
     name = str(file)
+    if not isinstance(file, str) or "\0" in name:
+        raise BundleError(f"bundle {bundle}: {what} names {name!r}; expected a file name (a string without NUL)")
     parts = Path(name).parts
     if not name or Path(name).is_absolute() or os.path.isabs(name) or ".." in parts or "\\" in name:
         raise BundleError(f"bundle {bundle}: {what} names {name!r}; expected a relative path inside the bundle "
@@ -211,10 +214,14 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
 
     >>> model = load("runs/vae/bundle", device="cpu", threads=2)
     """
+    if not isinstance(path, str | os.PathLike) or isinstance(path, bytes):
+        raise InputError(f"load() expects a bundle folder as a str or os.PathLike path; got {type(path).__name__} "
+                         f"{path!r:.80}")
     path = Path(path)
     manifest = read_manifest(path)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer or None; got {threads!r}")
+    check_threads(threads, "threads")  # and at most a few per core: a million threads only hangs
     check_containment(path, manifest)
     if verify:
         verify_files(path, manifest)

@@ -38,7 +38,13 @@ def describe(bundle: str | os.PathLike) -> dict[str, Any]:
     for name, spec in manifest.roles.items():
         check = _check(bundle, spec.file, spec.sha256)
         f = bundle / spec.file
-        roles[name] = {**d["roles"][name], "bytes": f.stat().st_size if check == "ok" else 0, "check": check}
+        size = f.stat().st_size if check == "ok" else 0
+        for extra in [*spec.data_files, *([manifest.reference.programs[name]]
+                                          if name in manifest.reference.programs else [])]:
+            other = _check(bundle, extra.file, extra.sha256)  # its weights and program count as the role's
+            if check == "ok" and other != "ok":
+                check = f"{other} ({extra.file})"
+        roles[name] = {**d["roles"][name], "bytes": size if check == "ok" else 0, "check": check}
     status = backend_status()
     local = None
     if manifest.engines and status["tensorrt"] is None:

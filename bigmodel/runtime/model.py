@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bigmodel.errors import BundleError, InputError
+from bigmodel.limits import COPIES_HELD, check_items, sample_bytes
 from bigmodel.manifest import Manifest
 from bigmodel.priors import Prior, draw_labels, slerp
 from bigmodel.runtime.checks import ZERO_VIEWS, Input, check_finite_output, check_sample_request
@@ -421,6 +422,8 @@ class Model:
                              f"{self._prior.kind}: use method='linear'")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
             raise InputError(f"steps must be an integer >= 2; got {steps!r}")
+        check_items(steps, "steps", COPIES_HELD * sample_bytes(self._manifest, [self._image_role]), "decoded images",
+                    least=2)
         spec = self._main.get(self._image_role, (None,))[0]
         if spec is None:
             self._decode(None)  # raises: the image role takes other inputs besides codes

@@ -19,6 +19,7 @@ import torch
 
 from bigmodel.data import load_data
 from bigmodel.errors import CheckpointError, ConfigError, InputError
+from bigmodel.limits import check_count, check_items
 from bigmodel.manifest import DataSpec
 from bigmodel.models.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, require_fields
 from bigmodel.models.registry import archs, create_model, family_class, make_config
@@ -185,6 +186,7 @@ def validate_settings(settings: TrainSettings) -> None:
         value = getattr(settings, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
+    bound_sizes(settings)
     seed = settings.seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX):
         raise ConfigError(f"--seed must be an integer from 0 to 2**63-1; got {seed!r}")
@@ -197,6 +199,22 @@ def validate_settings(settings: TrainSettings) -> None:
         raise InputError(f"--device must be auto, cpu or cuda; got {settings.device!r}")
     if not settings.resume:
         make_config(settings.family, **settings.model)
+
+
+# what one latent unit or one image of a batch costs at most (float32 weights/activations, gradients, Adam's two)
+LATENT_UNIT_BYTES = 4 * 4 * 4096  # one row of a layer up to 4096 wide
+IMAGE_BYTES = 4 * 4 * 3 * 64 * 64 * 8  # an image up to 3x64x64 and the activations it makes (about 8x)
+
+
+def bound_sizes(settings: TrainSettings) -> None:
+    """Sizes this machine can hold, refused before any work (limits.check_items names the bound)."""
+    if settings.epochs is not None:
+        check_count(settings.epochs, "--epochs", 10**6)
+    if settings.batch_size is not None:
+        check_items(settings.batch_size, "--batch-size", IMAGE_BYTES, "images in a batch")
+    latent = settings.model.get("latent_dim")
+    if latent is not None:
+        check_items(latent, "--latent-dim", LATENT_UNIT_BYTES, "latent units")
 
 
 def with_defaults(settings: TrainSettings) -> TrainSettings:

@@ -116,6 +116,29 @@ def probe_backend(name: str, device_id: int = 0) -> str | None:
     return unavailable_reason(name, device_id)
 
 
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def check_session_matches(session, spec, role: str, path: Path) -> None:
+    """The graph's inputs and outputs are the manifest's (names, dtypes, fixed dims), before any run:
+    a manifest that contradicts its graph (or a graph swapped for another) is a BundleError."""
+    for kind, graph_side, listed in (("input", session.get_inputs(), spec.inputs),
+                                     ("output", session.get_outputs(), spec.outputs)):
+        graph = {t.name: t for t in graph_side}
+        if set(graph) != {t.name for t in listed}:
+            raise BundleError(f"{path}: the {role} graph's {kind}s are {sorted(graph)}; its manifest lists "
+                              f"{sorted(t.name for t in listed)} (a manifest that does not describe its graph)")
+        for t in listed:
+            g = graph[t.name]
+            dtype = ORT_DTYPES.get(g.type, g.type)
+            dims = [d if isinstance(d, int) else "batch" for d in g.shape]
+            fixed = [(a, b) for a, b in zip(dims, t.shape, strict=False) if isinstance(a, int) and isinstance(b, int)]
+            if dtype != t.dtype or len(dims) != len(t.shape) or any(a != b for a, b in fixed):
+                raise BundleError(f"{path}: {role} {kind} {t.name!r} is {dtype} {dims} in the graph; its manifest "
+                                  f"says {t.dtype} {list(t.shape)} (a manifest that does not describe its graph)")
+
+
 def create(name: str, bundle: Path, manifest: Manifest, options) -> OrtBackend:
     """Registry factory: one session per role (options: a registry.LoadOptions)."""
     return OrtBackend(bundle, manifest, name, threads=options.threads, device_id=options.device_id,
@@ -283,6 +306,7 @@ class OrtBackend:
                     raise CheckFailed(f"strict: {name} cannot hold every node of {role} without the CPU provider: "
                                       f"{first}") from e
                 raise BundleError(f"onnxruntime cannot load {path}: {first}") from e
+            check_session_matches(session, spec, role, path)
             used = session.get_providers()[0]
             if used != PROVIDERS[name][0]:
                 misplaced.append(f"{role} on {used}")
