@@ -136,7 +136,7 @@ def check_npy(path, error: type[InputError] = InputError) -> None:
         raise error(f"{path}: expected a .npy array file; its header does not parse ({type(e).__name__}: "
                     f"{str(e)[:120]})") from e
     if dtype.hasobject:
-        raise error(f"{path}: expected a .npy array of numbers; got dtype {dtype} (objects are never unpickled)")
+        raise error(f"{path}: expected a .npy array file of numbers; got dtype {dtype} (objects are never unpickled)")
     declared = math.prod(shape) * dtype.itemsize
     budget = memory_bytes() // MEMORY_SHARE
     if declared > budget:

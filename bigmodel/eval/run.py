@@ -49,6 +49,10 @@ class EvalOptions:
     def validate(self) -> None:
         from bigmodel.limits import check_count, check_items, check_seed, check_threads
 
+        for name in ("k", "nll_images", "samples", "pr_k", "codes_per_call"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer; got {v!r}")
         for name in ("k", "nll_images", "samples", "codes_per_call"):  # each one image (and its features) held
             check_items(getattr(self, name), f"--{name.replace('_', '-')}", EVAL_IMAGE_BYTES, "images")
         check_count(self.pr_k, "--pr-k", 1000)

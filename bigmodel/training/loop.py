@@ -213,7 +213,7 @@ def bound_sizes(settings: TrainSettings) -> None:
     if settings.batch_size is not None:
         check_items(settings.batch_size, "--batch-size", IMAGE_BYTES, "images in a batch")
     latent = settings.model.get("latent_dim")
-    if latent is not None:
+    if isinstance(latent, int) and latent > 0:  # (below 1: the model's config says what it takes)
         check_items(latent, "--latent-dim", LATENT_UNIT_BYTES, "latent units")
 
 
