@@ -188,6 +188,13 @@ def bench_table(console, report) -> None:
 
 
 
+def io_note(t: dict) -> str:
+    """What a graph input or output says beyond name, dtype and shape: a label's classes, an image's own range."""
+    if t.get("classes"):
+        return f" {t['classes']} classes"
+    return f" in [{t['range'][0]:g}, {t['range'][1]:g}]" if t.get("range") else ""
+
+
 def print_info(console, bundle: Path, d: dict) -> None:
     """`bigmodel info`: the bundle's header, roles, engines, export verification, versions, backends here."""
     from rich.table import Table
@@ -201,13 +208,14 @@ def print_info(console, bundle: Path, d: dict) -> None:
     )
     console.print(
         f"data: {data['source']} {tuple(data['shape'])} in {tuple(data['value_range'])}   "
-        f"latent: {latent['dim']}, prior {latent['prior']}{params}   methods: {', '.join(d['methods'])}"
+        f"latent: {latent['dim']}{' as ' + str(tuple(latent['shape'])) if latent.get('shape') else ''}, "
+        f"prior {latent['prior']}{params}   methods: {', '.join(d['methods'])}"
     )
     console.print(f"prior: {latent['params'].get('source') or 'set by the model family (not fitted to data)'}")
     roles = Table("role", "file", "MB", "sha256", "inputs", "outputs", box=None, title="roles", title_justify="left")
     for name, r in d["roles"].items():
         ios = [
-            ", ".join(f"{t['name']} {t['dtype']} ({', '.join(map(str, t['shape']))})" for t in r[k])
+            ", ".join(f"{t['name']} {t['dtype']} ({', '.join(map(str, t['shape']))}){io_note(t)}" for t in r[k])
             for k in ("inputs", "outputs")
         ]
         roles.add_row(name, r["file"], f"{r['bytes'] / 1e6:.2f}", check_cell(r["check"]), *ios)

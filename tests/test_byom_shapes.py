@@ -422,6 +422,20 @@ def test_cli_sample_of_a_dcgan_and_a_conditional_gan(dcgan, cgan, tmp_path):
         m = load(bundle, backend="ort-cpu", threads=1)
         np.testing.assert_allclose(np.load(npy), m.sample(6, seed=2), atol=1e-6)  # labels too: Model.sample's
         assert png.is_file()
+    m = load(cgan[0], backend="ort-cpu", threads=1)
+    code, out, err = cli("sample", cgan[0], "-n", "4", "--label", "7", "--out", tmp_path / "7.png", "--npy",
+                         tmp_path / "7.npy", "--latents", tmp_path / "z.npy", "--backend", "ort-cpu")
+    assert code == 0, out + err
+    np.testing.assert_allclose(np.load(tmp_path / "7.npy"), m.sample(4, seed=0, labels=7), atol=1e-6)
+    code, out, err = cli("decode", cgan[0], tmp_path / "z.npy", "--label", "7", "--out", tmp_path / "x.npy",
+                         "--backend", "ort-cpu")
+    assert code == 0, out + err
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), np.load(tmp_path / "7.npy"), atol=1e-6)
+    code, out, err = cli("decode", cgan[0], tmp_path / "z.npy", "--label", "10", "--out", tmp_path / "y.npy",
+                         "--backend", "ort-cpu")
+    assert code == 2 and "expected class ids in [0, 10)" in out + err, out + err
+    code, out, err = cli("sample", dcgan[0], "--label", "1", "--out", tmp_path / "d.png", "--backend", "ort-cpu")
+    assert code == 2 and "takes no labels" in out + err, out + err
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
@@ -483,3 +497,13 @@ def test_eval_of_a_conditional_generator_measures_label_agreement(mnist5k, tmp_p
     assert reports["right"]["label_agreement"] > 0.95, reports["right"]
     assert reports["shifted"]["label_agreement"] < 0.05, reports["shifted"]
     assert "reconstruction" not in reports["right"]  # no encoder
+
+
+def test_the_docs_example_runs(cgan):
+    """docs/shapes-and-labels.md's runtime example, run on a conditional GAN bundle."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "shapes-and-labels.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(code.replace('"cgan_bundle"', repr(str(cgan[0]))), scope)  # noqa: S102 (our own docs)
+    assert (scope["gan"].classes, scope["gan"].latent_shape) == (CLASSES, (COND_Z,))
+    assert scope["sevens"].shape == scope["mixed"].shape == (8, 1, 28, 28) and scope["logits"].shape == (8, 1)

@@ -58,6 +58,11 @@ def _save_images(path: Path, images, manifest, ncol: int = 8) -> None:
 SAMPLE_MAX = 10_000  # images in one PNG grid
 
 
+LabelOpt = Annotated[
+    int | None, typer.Option("--label", help="A conditional model's class id, for every image.")
+]
+
+
 @app.command("sample")
 def sample_cmd(
     bundle: BundleArg,
@@ -73,6 +78,7 @@ def sample_cmd(
         Path | None, typer.Option("--latents", help="Also write the prior codes (n, latent) to this .npy.")
     ] = None,
     ncol: Annotated[int, typer.Option(help="Images per row of the grid.")] = 8,
+    label: LabelOpt = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -109,8 +115,9 @@ def sample_cmd(
     )
     model = _runtime_model(bundle, backend, device, threads, fallback)
     z = model.sample_latent(n, seed=seed)
-    # a conditional model: uniform class labels from the same seed, as Model.sample draws them
-    images = model.decode(z) if model.classes is None else model.decode(z, labels=model.sample_labels(n, seed))
+    # a conditional model without --label: uniform class labels from the same seed, as Model.sample draws them
+    labels = label if label is not None or model.classes is None else model.sample_labels(n, seed)
+    images = model.decode(z) if labels is None else model.decode(z, labels=labels)
     _save_images(out, images, model.manifest, ncol)
     if npy:
         _write_npy(npy, images)
@@ -149,6 +156,7 @@ def decode_cmd(
     codes: Annotated[Path, typer.Argument(help=".npy of latent codes (N, latent) or one (latent,).")],
     out: Annotated[Path, typer.Option("--out", help=".npy to write the images (N, C, H, W) float32 to.")],
     png: Annotated[Path | None, typer.Option("--png", help="Also save the images as a PNG grid.")] = None,
+    label: LabelOpt = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -162,7 +170,7 @@ def decode_cmd(
     _check_outputs(force, (out, "images", (".npy",), "--out"), (png, "image grid", (".png",), "--png"),
                    reads=(bundle,))
     model = _runtime_model(bundle, backend, device, threads, fallback)
-    images = model.decode(_read_npy(codes))
+    images = model.decode(_read_npy(codes)) if label is None else model.decode(_read_npy(codes), labels=label)
     _write_npy(out, images)
     if png:
         _save_images(png, images, model.manifest)
