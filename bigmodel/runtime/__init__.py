@@ -203,8 +203,10 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     carry the choice they were built with). strict: onnxruntime may not fall back to the CPU
     provider for any node (a CheckFailed names the nodes); per-provider node counts land in
     `model.backend.settings["placement"]`.
-    check_values: float images outside the bundle's data range are an InputError, and so are outputs
-    of encode/decode/sample/... that come back NaN or Inf; False gives the model's raw behaviour.
+    check_values: float images outside their range (the bundle's data range unless the manifest gives
+    an image its own) are an InputError, and so are outputs of encode/decode/sample/... that come back
+    NaN or Inf; False gives the model's raw behaviour. Class labels are always checked (integers in
+    [0, classes)).
     Every file the manifest names must lie inside the bundle folder (always checked). A bundle exported
     with --allow-failing loads with a RuntimeWarning naming the roles whose checks failed.
 
