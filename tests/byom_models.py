@@ -203,6 +203,44 @@ def bigan_bundle(folder: Path, seed: int = 0) -> tuple[Path, dict]:
     return write_bundle(folder, roles, data, LatentSpec(COND_Z), arch="bigan"), modules
 
 
+class CondEncoder(nn.Module):
+    """(images (N, 1, 28, 28), labels (N,)) -> (mu, logvar), each (N, 16): a conditional VAE's q(z|x, y)."""
+
+    def __init__(self, nz: int = COND_Z, classes: int = CLASSES, hidden: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(classes, hidden)
+        self.x = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden))
+        self.out = nn.Linear(hidden, 2 * nz)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.out(torch.relu(self.x(x) + self.embed(labels))).chunk(2, dim=1)
+        return mu, logvar
+
+
+class CondDecoder(nn.Module):
+    """(codes (N, 16), labels (N,)) -> (images in [0, 1], their Bernoulli logits), each (N, 1, 28, 28)."""
+
+    def __init__(self, nz: int = COND_Z, classes: int = CLASSES, hidden: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(classes, nz)
+        self.net = nn.Sequential(nn.Linear(2 * nz, hidden), nn.ReLU(), nn.Linear(hidden, 784))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(torch.cat([z, self.embed(labels)], dim=1)).view(-1, 1, 28, 28)
+        return torch.sigmoid(logits), logits
+
+
+def cvae_bundle(folder: Path, seed: int = 0) -> tuple[Path, dict]:
+    """A conditional VAE: encoder (x, labels) -> (mu, logvar), decoder (z, labels) -> (x, logits)."""
+    modules = {"encoder": seeded(CondEncoder(), seed), "decoder": seeded(CondDecoder(), seed + 1)}
+    stat = TensorSpec("logvar", "float32", [BATCH, COND_Z], "stat")
+    roles = {"encoder": (modules["encoder"], [image("x", (1, 28, 28)), label()], [latent("mu", (COND_Z,)), stat]),
+             "decoder": (modules["decoder"], [latent("z", (COND_Z,)), label()],
+                         [image("x", (1, 28, 28)), TensorSpec("logits", "float32", [BATCH, 1, 28, 28], "image_logit")])}
+    data = DataSpec("mnist-5k", (1, 28, 28))
+    return write_bundle(folder, roles, data, LatentSpec(COND_Z), family="vae", arch="cvae"), modules
+
+
 class LookupGenerator(nn.Module):
     """(codes (N, 16), labels (N,)) -> the table's image of each label, barely moved by the code: a conditional
     generator whose samples show exactly the class asked for (when the table holds one image per class)."""
@@ -228,10 +266,12 @@ def lookup_bundle(folder: Path, table: np.ndarray) -> tuple[Path, dict]:
     return write_bundle(folder, roles, data, LatentSpec(COND_Z), arch="lookup"), modules
 
 
-def torch_run(module: nn.Module, *arrays: np.ndarray) -> np.ndarray:
-    """The torch module on numpy inputs (in order), eval mode, float32 numpy out."""
+def torch_run(module: nn.Module, *arrays: np.ndarray, output: int | None = None) -> np.ndarray:
+    """The torch module on numpy inputs (in order), eval mode, float32 numpy out (of a tuple: the first, or
+    `output`)."""
     with torch.inference_mode():
-        return module.eval()(*[torch.as_tensor(a) for a in arrays]).numpy()
+        out = module.eval()(*[torch.as_tensor(a) for a in arrays])
+    return (out[output or 0] if isinstance(out, tuple) else out).numpy()
 
 
 def module_reference(modules: dict[str, nn.Module], manifest: Manifest):
@@ -247,7 +287,10 @@ def module_reference(modules: dict[str, nn.Module], manifest: Manifest):
         for i, role in enumerate(target):
             spec = manifest.roles[role]
             step = feeds if i == 0 else chain_feeds(spec, value, feeds)
-            value = torch_run(modules[role], *[step[t.name] for t in spec.inputs])
-        return [value]
+            with torch.inference_mode():
+                out = modules[role].eval()(*[torch.as_tensor(step[t.name]) for t in spec.inputs])
+            outs = [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+            value = outs[0]
+        return outs
 
     return reference

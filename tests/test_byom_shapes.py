@@ -53,6 +53,15 @@ def cgan(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cvae(tmp_path_factory):
+    from byom_models import cvae_bundle
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cvae_bundle(tmp_path_factory.mktemp("cvae") / "bundle")
+
+
+@pytest.fixture(scope="session")
 def bigan(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -185,6 +194,50 @@ def test_label_errors_are_one_line_naming_what_came(cgan, call, expected):
     assert expected in text, text
 
 
+def test_a_conditional_vae_passes_labels_to_encoder_and_decoder(cvae, mnist5k):
+    bundle, torch_models = cvae
+    enc, dec = torch_models["encoder"], torch_models["decoder"]
+    m = load(bundle, backend="ort-cpu", threads=1)
+    x, y = mnist5k.val[:5], np.array([3, 1, 4, 1, 5])
+    mu = torch_run(enc, x, y)
+    np.testing.assert_allclose(m.encode(x, labels=y), mu, atol=ATOL)
+    got_mu, got_logvar = m.encode(x, full=True, labels=y)
+    np.testing.assert_allclose(got_logvar, torch_run(enc, x, y, output=1), atol=ATOL)
+    np.testing.assert_allclose(m.reconstruct(x, labels=y), torch_run(dec, mu, y), atol=ATOL)
+    np.testing.assert_allclose(m.decode(mu, labels=y, logits=True), torch_run(dec, mu, y, output=1), atol=ATOL)
+    np.testing.assert_allclose(m.reconstruct(x, labels=2), torch_run(dec, torch_run(enc, x, np.full(5, 2)),
+                                                                     np.full(5, 2)), atol=ATOL)
+    for call in (lambda: m.encode(x), lambda: m.encode(x, full=True), lambda: m.reconstruct(x)):
+        assert "encoder is conditional on 10 classes: pass labels=" in refusal(call)
+    assert "decoder is conditional" in refusal(lambda: m.decode(mu, logits=True))
+
+
+def test_eval_of_a_conditional_vae_uses_the_validation_labels(cvae, mnist5k, tmp_path):
+    """Reconstruction and the NLL bounds of a conditional VAE, with the images' own labels, from torch."""
+    from bigmodel.data import load_labels
+    from bigmodel.eval import EvalOptions
+    from bigmodel.eval import metrics as M
+    from bigmodel.eval.run import nll, reconstruction
+
+    bundle, torch_models = cvae
+    enc, dec = torch_models["encoder"], torch_models["decoder"]
+    m = load(bundle, backend="ort-cpu", threads=1)
+    x, y = mnist5k.val[:6], load_labels("mnist-5k", seed=0)[1][:6]
+    got = reconstruction(m, x, y)
+    mu = torch_run(enc, x, y)
+    assert got["bce"] == pytest.approx(float(M.bce_per_image(torch_run(dec, mu, y, output=1), x).mean()), rel=1e-4)
+    opts = EvalOptions(k=3, nll_images=6)
+    bounds = nll(m, x, opts, y)
+    eps = np.random.default_rng(opts.seed).standard_normal((3, 6, COND_Z))
+    w = M.log_weights(x, mu, torch_run(enc, x, y, output=1), eps,
+                      lambda z: torch_run(dec, z, np.tile(y, 3), output=1))
+    nelbo, iwae = M.nll_bounds(w)
+    assert bounds["nelbo"] == pytest.approx(float(nelbo.mean()), rel=1e-4)
+    assert bounds["iwae"] == pytest.approx(float(iwae.mean()), rel=1e-4)
+    with pytest.raises(InputError, match="takes class labels, and the evaluation data has none"):
+        reconstruction(m, x)
+
+
 def test_labels_on_a_model_that_takes_none_are_refused(dcgan, bigan):
     m = load(dcgan[0], backend="ort-cpu", threads=1)
     z = m.sample_latent(2, seed=0)
@@ -279,6 +332,7 @@ def test_parity_checks_a_dcgan_and_a_conditional_gan_against_their_torch_modules
     for bundle, modules in (dcgan, cgan):
         targets, inputs, feeds, cases = _parity(bundle, modules)
         assert targets == [("generator",), ("discriminator",), ("generator", "discriminator")]
+        assert len(cases) == 12, [(c.target, c.probe, c.batch) for c in cases]  # 6 sets x batch 1, 5
         assert cases and all(c.passed for c in cases), [c for c in cases if not c.passed][:2]
         probes = {(c.target, c.probe) for c in cases}
         assert {("generator", "prior"), ("generator", "extreme"), ("discriminator", "noise"),
@@ -290,6 +344,13 @@ def test_parity_checks_a_dcgan_and_a_conditional_gan_against_their_torch_modules
     generated = feeds["discriminator", "generated"][1]
     assert list(generated) == ["x", "labels"] and generated["x"].min() >= 0
     assert any("labels: seeded uniform class ids" in i.source for i in inputs)
+
+
+def test_parity_of_a_conditional_vae_chain(cvae):
+    targets, _, feeds, cases = _parity(*cvae)
+    assert ("encoder", "decoder") in targets and all(c.passed for c in cases)
+    assert {o.output for c in cases if c.target == "encoder->decoder" for o in c.outputs} == {"x", "logits"}
+    assert list(feeds["encoder->decoder", "noise"][1]) == ["x", "labels"]
 
 
 def test_parity_fails_when_the_reference_differs(cgan):
