@@ -345,14 +345,14 @@ class Model:
         labels: for an encoder that takes class labels (a conditional VAE): one id, or (B,) ids.
         """
         role = self._require("encode")
+        if not full and labels is None:  # the common call first: nothing else looked at
+            return self._single(role, x)
         if full and self.family != "vae":
             raise InputError(f"encode(full=True) gives a Gaussian encoder's (mu, logvar); a {self.family} encoder "
                              f"is deterministic: use encode(x)")
         if labels is not None:
             outs = self._labelled(role, ("mu", "logvar") if full else None, "encode")(x, labels)
             return outs if full else outs[0]
-        if not full:
-            return self._single(role, x)
         return self._extra_call(role, ("mu", "logvar"), "encode(full=True)")(x)
 
     def decode(self, z, labels=None, logits: bool = False) -> np.ndarray:
