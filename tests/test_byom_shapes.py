@@ -311,7 +311,7 @@ def test_input_probes_keep_todays_sets_for_one_input_and_follow_the_kinds():
 
 
 # -------------------------------------------------------------------------------------------- parity
-def _parity(bundle: Path, modules: dict, reference=None, samples: int = 5):
+def _parity(bundle: Path, modules: dict, reference=None, samples: int = 5, backend: str = "ort-cpu"):
     from bigmodel.parity.check import check_targets
     from bigmodel.parity.inputs import probe_inputs, targets_of
     from bigmodel.parity.tolerances import tolerances_for
@@ -324,7 +324,7 @@ def _parity(bundle: Path, modules: dict, reference=None, samples: int = 5):
         return reference((role,), ("_generated", 0), feeds)[0]
 
     inputs, feeds = probe_inputs(manifest, targets, None, "none", samples, 0, generate)
-    model = load(bundle, backend="ort-cpu", threads=1)
+    model = load(bundle, backend=backend, threads=1)
     return targets, inputs, feeds, check_targets(model, reference, manifest, targets, feeds, tolerances_for("fp32"))
 
 
@@ -344,6 +344,17 @@ def test_parity_checks_a_dcgan_and_a_conditional_gan_against_their_torch_modules
     generated = feeds["discriminator", "generated"][1]
     assert list(generated) == ["x", "labels"] and generated["x"].min() >= 0
     assert any("labels: seeded uniform class ids" in i.source for i in inputs)
+
+
+def test_parity_on_openvino_feeds_labels_and_shaped_codes_too(dcgan, cgan):
+    from bigmodel.runtime import backend_status
+
+    reason = backend_status(("ov-cpu",))["ov-cpu"]
+    if reason is not None:
+        pytest.skip(f"ov-cpu cannot run here: {reason}")
+    for bundle, modules in (dcgan, cgan):
+        _, _, _, cases = _parity(bundle, modules, backend="ov-cpu")
+        assert len(cases) == 12 and all(c.passed for c in cases), [c for c in cases if not c.passed][:1]
 
 
 def test_parity_of_a_conditional_vae_chain(cvae):
