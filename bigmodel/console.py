@@ -98,6 +98,9 @@ class TrainProgress:
         """Progress("train") after each batch, Progress("train:epoch") after each epoch's validation."""
         import time
 
+        if p.stage == "train:note":  # a default fitted to the data, said before the first batch
+            self.bar.console.print(f"note: {p.message}", markup=False, soft_wrap=True)
+            return
         m = p.metrics
         epoch = f"{m['epoch']}/{m['epochs']}"
         if self.task is None or p.stage == "train" and p.done == 1:
@@ -237,11 +240,18 @@ def quickstart_summary(console, s) -> None:
         else "[red]FAIL[/red]: " + escape("; ".join(s.parity_failures[:3]))
     )
     say(f"  parity         {verdict}  ({escape(str(s.files['parity']))})")
-    ups = ", ".join(f"{v:.2f}x at batch {b}" if v is not None else f"- at batch {b}" for b, v in s.speedups.items())
+    notes = getattr(s, "speedup_notes", {})
+    ups = ", ".join((f"{v:.2f}x" if v is not None else "-") + f" at batch {b}" + (" ?" if b in notes else "")
+                    for b, v in s.speedups.items())
     say(f"  speed-up       onnxruntime over torch eager on {s.bench_role}: {ups}  ({escape(str(s.files['bench']))})")
+    for b, note in notes.items():
+        say(f"                 ? batch {b}: {escape(note)}")
     for backend, lat in s.latency_ms.items():
         say(f"                 {backend:8s} p50 " + ", ".join(f"{ms:.3f} ms @ {b}" for b, ms in lat.items()))
-    if s.load_average is not None and s.cpus and s.load_average > s.cpus:
+    if notes:
+        say("  [yellow]warning[/yellow]: '?' speed-ups were measured while the machine was busy and are unreliable; "
+            "rerun `bigmodel bench` when it is quiet")
+    elif s.load_average is not None and s.cpus and s.load_average > s.cpus:
         say(
             f"  [yellow]warning[/yellow]: the machine was busy (load average {s.load_average:.1f} on {s.cpus} CPUs), "
             "so the speed-ups above are unreliable; rerun `bigmodel bench` when it is quiet"
@@ -298,13 +308,18 @@ def print_export(console, result) -> None:
 
 
 def print_train(console, result) -> None:
-    """The end of `bigmodel train`: the last validation losses and what to run next."""
+    """The end of `bigmodel train`: the last validation losses, whether it learned, and what to run next."""
+    from rich.markup import escape
+
     if not result.epochs_run:
         console.print(f"nothing to do: {result.out} already reached epoch {result.history[-1]['epoch']}")
         return
     last = result.history[-1]
     val = "  ".join(f"{k} {v:.4g}" for k, v in last["val"].items())
     console.print(f"[green]done[/green]: epoch {last['epoch']}  validation: {val}")
+    for warning in (result.learning or {}).get("warnings", []):
+        console.print(f"[yellow]warning[/yellow]: {escape(warning)}; train longer (--epochs) or on more images",
+                      soft_wrap=True)
     console.print(f"run directory: {result.out}  (checkpoint.pt, metrics.jsonl, samples.png, curves.png)")
     console.print(f"next: bigmodel export {result.out}")
 
@@ -380,7 +395,7 @@ class QuickstartProgress:
             self.console.print(f"[bold]\\[{p.done + 1}/{p.total}] {name}[/bold]: {escape(p.message)}", soft_wrap=True)
             if name == "train":
                 self.train = self.bar.__enter__()
-        elif p.stage in ("train", "train:epoch") and self.train is not None:
+        elif p.stage in ("train", "train:epoch", "train:note") and self.train is not None:
             self.train(p)
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ class QuickstartSummary:
     load_average: float | None = None  # 1-minute load average when the bench ended
     cpus: int | None = None
     next_commands: list[str] = field(default_factory=list)
+    speedup_notes: dict[int, str] = field(default_factory=dict)  # batch -> why its speed-up is unreliable or withheld
 
     @property
     def total_seconds(self) -> float:
@@ -135,6 +136,7 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
     write_json(bench_json, bench)
     files["bench"] = bench_json
     speedups = {r["batch"]: r["speedup_vs_torch"] for r in bench["results"] if r["backend"] == "ort-cpu"}
+    notes = {r["batch"]: speedup_note(r) for r in bench["results"] if r["backend"] == "ort-cpu" and r.get("unreliable")}
     latency: dict[str, dict[int, float]] = {}
     for r in bench["results"]:
         latency.setdefault(r["backend"], {})[r["batch"]] = r["warm"]["p50"] * 1e3
@@ -156,7 +158,16 @@ def run_quickstart(family: str = "vae", out: str | Path = "runs/quickstart", epo
         parity_passed=report.passed, parity_failures=report.messages()[:5], bench_role=image_role,
         speedups=speedups, latency_ms=latency, files=files, seconds=seconds,
         next_commands=next_commands(out, bundle, family), load_average=bench["machine"].get("load_average_1m"),
-        cpus=bench["machine"].get("logical_cpus"))
+        cpus=bench["machine"].get("logical_cpus"), speedup_notes=notes)
+
+
+def speedup_note(r: dict) -> str:
+    """Why one bench result's speed-up is not a headline: withheld (a side collapsed; the one-thread ratio
+    instead) or measured on a busy machine."""
+    if r.get("speedup_withheld"):
+        one = r.get("speedup_one_thread_vs_torch")
+        return r["speedup_withheld"] + (f"; {one:.2f}x with one thread each" if one is not None else "")
+    return "machine busy: " + "; ".join(r["contention"]["reasons"])
 
 
 def validate(epochs: int, max_train: int | None, batch_sizes: tuple[int, ...], bench_duration: float,

@@ -167,11 +167,16 @@ def bench_table(console, report) -> None:
             f"[yellow]warning[/yellow]: cv > {NOISY_CV:.0%} marked '!': timings vary a lot (a busy or "
             "noisy machine); compare p50s with care, or rerun with a longer --duration"
         )
+    from bigmodel.bench.report import contention_lines
+
+    flagged = contention_lines(report)
+    for i, line in enumerate(flagged):
+        console.print(("[yellow]warning[/yellow]: " if i == 0 else "") + escape(line), soft_wrap=False)
     load = m.get("load_average_1m")
-    if load is not None and load > m.get("logical_cpus", 1):
+    if not flagged and load is not None and load > m.get("logical_cpus", 1):
         console.print(
             f"[yellow]warning[/yellow]: load average {load:.1f} on {m['logical_cpus']} CPUs while "
-            "benchmarking: other processes compete for the cores, so these figures understate both sides"
+            "benchmarking, though no cell showed contention; compare with a run on a quiet machine"
         )
     if s["device"].startswith("cuda"):
         console.print(f"copies: {escape(s['copies_note'])}")

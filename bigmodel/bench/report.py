@@ -102,14 +102,42 @@ def table_rows(report: dict[str, Any]) -> list[TableRow]:
     rows = []
     for r in report["results"]:
         w, c = r["warm"], r["cold"]
-        speed = r["speedup_vs_torch"]
         rows.append(TableRow(r["backend"], r["role"], r["batch"], [
             r["backend"], r["role"], str(r["batch"]), _ms(c["load_s"]), _ms(c["first_run_s"]),
             _ms(w["p50"]), _ms(w["p90"]), _ms(w["p99"]), f"{w['cv'] * 100:.1f}%" + (" !" if r["noisy"] else ""),
-            f"{r['throughput']:,.0f}" if r["throughput"] else "-", f"{speed:.2f}x" if speed is not None else "-",
+            f"{r['throughput']:,.0f}" if r["throughput"] else "-", speed_cell(r),
             *_roofline_cells(r.get("roofline")),
         ], r["noisy"]))
     return rows
+
+
+def speed_cell(r: dict[str, Any]) -> str:
+    """'2.53x'; '2.53x ?' measured under contention; '- ?' withheld (a side collapsed); '-' without torch."""
+    speed = r["speedup_vs_torch"]
+    mark = " ?" if r.get("unreliable") else ""
+    return (f"{speed:.2f}x" if speed is not None else "-") + mark
+
+
+def contention_lines(report: dict[str, Any]) -> list[str]:
+    """Plain lines under the table: why cells are marked '?', which speed-ups were withheld, and the
+    one-thread comparison in their place; nothing when every cell was measured on a quiet machine."""
+    cells: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in report["results"]:
+        if r.get("unreliable"):
+            cells.setdefault((r["role"], r["batch"]), r["contention"])
+    if not cells:
+        return []
+    lines = ["'?': measured while the machine was busy, so these speed-ups are unreliable; rerun on a quiet machine "
+             "(or with --threads 1):"]
+    for (role, batch), c in cells.items():
+        lines.append(f"  {role} batch {batch}: {'; '.join(c['reasons'])}")
+    for r in report["results"]:
+        if r.get("speedup_withheld"):
+            one = r.get("speedup_one_thread_vs_torch")
+            alt = f"; with one thread each, {r['backend']} is {one:.2f}x torch" if one is not None else ""
+            lines.append(f"  {r['backend']} {r['role']} batch {r['batch']}: no speed-up shown, "
+                         f"{r['speedup_withheld']}{alt}")
+    return lines
 
 
 def _roofline_cells(roof: dict[str, Any] | None) -> list[str]:

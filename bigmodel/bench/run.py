@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from bigmodel.bench import contention
 from bigmodel.bench.adapters import (
     ALL_BACKENDS,
     DEFAULT_BACKENDS,
@@ -26,7 +27,7 @@ from bigmodel.bench.adapters import (
     unavailable,
 )
 from bigmodel.bench.stats import NOISY_CV, add_speedups, summarize
-from bigmodel.bench.timing import alternate
+from bigmodel.bench.timing import alternate, medians
 from bigmodel.errors import BackendUnavailable, BigmodelError, InputError
 from bigmodel.limits import check_batch_sizes, check_count, check_seconds, check_seed, check_threads
 from bigmodel.manifest import Manifest, read_manifest
@@ -124,6 +125,8 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
 
     skipped: list[dict[str, Any]] = []
     adapters: dict[str, Any] = {}
+    single: dict[str, Any] = {}  # one-thread twins of the runtime backends, opened for a contention control
+    cpus = contention.cpus_available()
     cold_load: dict[str, float] = {}
     used: dict[str, dict[str, Any]] = {}
     total = len(backends) * len(roles) * len(settings.batch_sizes)
@@ -182,13 +185,18 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                             done += 1
                     failed: dict[str, BaseException] = {}
                     per_round: dict[str, list[float | None]] = {}
+                    record: dict[str, Any] | None = None
                     if runners:
                         say(Progress("bench", f"{role} batch {batch}: {', '.join(runners)} in {settings.rounds} "
                                               "alternating rounds", done, total))
+                        others = [contention.sample_others()]
                         times = alternate(runners, settings.rounds,
                                           None if settings.iters is not None else duration / settings.rounds,
                                           runs=settings.iters, warmup=settings.warmup, min_runs=settings.min_iters,
                                           failed=failed, per_round=per_round)
+                        others.append(contention.sample_others())
+                        record = check_contention(settings, bundle, manifest, adapters, single, role, feeds,
+                                                  times, failed, per_round, others, cpus, duration)
                     for name in runners:
                         done += 1
                         if name in failed:
@@ -208,6 +216,7 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                             "speedup_paired_vs_torch": None,
                             "copies": bool(adapter.copies) if adapter.device == "cuda" else None,
                             "noisy": warm["cv"] > NOISY_CV,
+                            "contention": record,
                         })
                     if ceilings is not None:  # the ceiling of this cell, right after it: the same machine state
                         # timed no longer than the cell's slowest backend was (a quick --iters bench stays quick)
@@ -216,7 +225,7 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                         say(Progress("bench", f"GEMM ceiling {role} batch {batch}", done, total))
                         measure_cell(ceilings, role, batch, min(CELL_CEILING_S, cell_s))
         finally:
-            for adapter in adapters.values():
+            for adapter in (*adapters.values(), *single.values()):
                 adapter.close()
     add_speedups(results)
     if ceilings is not None and results:
@@ -227,6 +236,40 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
     return {"machine": machine_info(settings.device, gpu), "settings": _settings_record(bundle, manifest, settings,
                                                                                          backends, roles, duration),
             "backend_settings": used, "results": results, "skipped": skipped, "roofline": ceilings}
+
+
+def check_contention(settings: BenchSettings, bundle: Path, manifest: Manifest, adapters: dict[str, Any],
+                     single: dict[str, Any], role: str, feeds: dict[str, np.ndarray], times: dict[str, list[float]],
+                     failed: dict[str, BaseException], per_round: dict[str, list[float | None]],
+                     others: list[int | None], cpus: int, duration: float | None) -> dict[str, Any]:
+    """One cell's contention record (`bench.contention.verdict`); when the machine is busy or the rounds
+    disagree, every side of the cell is first timed again on one thread (torch's intra-op threads set to 1,
+    a one-thread twin of each runtime backend, opened once into `single`), in the same alternating rounds."""
+    ran = [n for n in times if n not in failed and times[n]]
+    spreads = {n: contention.round_spread(per_round.get(n, [])) for n in ran}
+    p50 = medians({n: times[n] for n in ran})
+    seen = [n for n in others if n is not None]
+    one_thread = None
+    if settings.device == "cpu" and contention.needs_control(max(seen, default=None), settings.threads or 1, cpus,
+                                                             spreads):
+        runners = {}
+        for name in ran:
+            if name in TORCH_BACKENDS:
+                runners[name] = adapters[name].runner(role, feeds)
+                continue
+            with contextlib.suppress(Exception):  # a twin that cannot open leaves its side without a control
+                if name not in single:
+                    twin = RuntimeAdapter(name, bundle, manifest, BenchSettings(**{**settings.__dict__, "threads": 1}))
+                    twin.open()
+                    single[name] = twin
+                runners[name] = single[name].runner(role, feeds)
+        lost: dict[str, BaseException] = {}
+        with torch_threads(1):
+            control = alternate(runners, settings.rounds,
+                                None if settings.iters is not None else duration / settings.rounds,
+                                runs=settings.iters, warmup=settings.warmup, min_runs=settings.min_iters, failed=lost)
+        one_thread = medians({n: v for n, v in control.items() if n not in lost})
+    return contention.verdict(others, settings.threads or 1, cpus, spreads, p50, one_thread)
 
 
 def start(adapter, role: str, feeds: dict[str, np.ndarray]) -> tuple[float, float, Any]:

@@ -58,3 +58,21 @@ def add_speedups(results: list[dict[str, Any]]) -> None:
         if "round_p50" in r:
             r["speedup_paired_vs_torch"] = None if t is None or "round_p50" not in t else \
                 paired_ratio({"torch": t["round_p50"], "this": r["round_p50"]}, "torch", "this")
+        if "contention" in r:
+            withhold_collapsed(r, r["contention"])
+
+
+def withhold_collapsed(r: dict[str, Any], cell: dict[str, Any] | None) -> None:
+    """A result of a cell measured under contention: `unreliable` set; no speed-up where torch or this
+    backend collapsed (slower on its threads than on one: `speedup_withheld` says which), and the ratio
+    of the one-thread controls in `speedup_one_thread_vs_torch` where both sides have one."""
+    cell = cell or {}
+    r["unreliable"] = bool(cell.get("unreliable"))
+    one = cell.get("one_thread_p50") or {}
+    r["speedup_one_thread_vs_torch"] = one["torch"] / one[r["backend"]] \
+        if r["backend"] != "torch" and "torch" in one and one.get(r["backend"]) else None
+    gone = [b for b in ("torch", r["backend"]) if b in cell.get("collapsed", ())]
+    r["speedup_withheld"] = None
+    if gone and r["backend"] != "torch":
+        r["speedup_withheld"] = f"{' and '.join(dict.fromkeys(gone))} collapsed on {cell['threads']} threads"
+        r["speedup_vs_torch"] = r["speedup_paired_vs_torch"] = None
