@@ -57,6 +57,9 @@ class TrainResult:
     history: list[dict[str, Any]]  # every epoch of the run, restored ones included
     epochs_run: int = 0  # epochs trained by this call
     reports: bool = True  # False on torchrun ranks other than 0: only rank 0 writes and reports
+    notes: list[str] = field(default_factory=list)  # defaults fitted to a small dataset, one line each
+    learning: dict[str, Any] | None = None  # training.health.learning_report: figures and warnings
+    model: Any = field(default=None, repr=False)  # the trained model, until train() has checked it
 
 
 def resolve_device(name: str) -> torch.device:
@@ -226,6 +229,33 @@ def with_defaults(settings: TrainSettings) -> TrainSettings:
                    seed=settings.seed if settings.seed is not None else 0)
 
 
+MIN_STEPS = 500  # a default run makes at least this many optimizer steps (more epochs on a small dataset)
+MIN_BATCHES = 8  # a default batch size leaves at least this many batches an epoch
+PICTURES_EVERY_S = 5.0  # samples.png, reconstructions.png and curves.png: redrawn at most this often (and at the end)
+
+
+def fit_to_data(asked: TrainSettings, settings: TrainSettings, n_train: int, world: int = 1
+                ) -> tuple[TrainSettings, list[str]]:
+    """Defaults that scale with the dataset: a batch size left out is clamped so an epoch has MIN_BATCHES
+    batches, epochs left out are raised until MIN_STEPS optimizer steps happen; one note per change.
+
+    >>> fit_to_data(TrainSettings(), TrainSettings(epochs=20, batch_size=128), 90)[0].batch_size
+    11
+    """
+    per_rank = n_train // world
+    batch, epochs, notes = settings.batch_size, settings.epochs, []
+    if asked.batch_size is None and per_rank // MIN_BATCHES < batch:
+        batch = max(1, per_rank // MIN_BATCHES)
+        notes.append(f"batch size {batch}: the default {settings.batch_size} would leave fewer than {MIN_BATCHES} "
+                     f"batches an epoch of the {per_rank} training images")
+    batches = max(1, per_rank // batch)
+    if asked.epochs is None and batches * epochs < MIN_STEPS:
+        epochs = -(-MIN_STEPS // batches)
+        notes.append(f"{epochs} epochs ({batches * epochs} optimizer steps): the default {settings.epochs} would "
+                     f"make only {batches * settings.epochs} on {per_rank} images")
+    return replace(settings, batch_size=batch, epochs=epochs), notes
+
+
 def train(settings: TrainSettings, progress: ProgressFn | None = None) -> TrainResult:
     """Train `settings.family` on `settings.dataset`; writes checkpoint, metrics and pictures to the run dir.
 
@@ -244,12 +274,17 @@ def train(settings: TrainSettings, progress: ProgressFn | None = None) -> TrainR
         stale = check_run_folder(out, settings.resume, settings.force)
     if settings.resume:
         settings, state = _restore(settings, out)
+    asked = settings
     settings = with_defaults(settings)
     device = resolve_device(settings.device)
     data = load_data(settings.dataset, seed=settings.seed)
     train_x = torch.from_numpy(data.train[: settings.max_train])
     val_x = torch.from_numpy(data.val)
     spec = DataSpec(**{**asdict(data.spec), "n_train": len(train_x)})
+    settings, notes = fit_to_data(asked, settings, len(train_x), int(os.environ.get("WORLD_SIZE", "1")))
+    if progress is not None and os.environ.get("RANK", "0") == "0":
+        for note in notes:
+            progress(Progress("train:note", note))
     if not 1 <= settings.batch_size <= len(train_x):
         limit = f" (--max-train {settings.max_train})" if settings.max_train else ""
         raise ConfigError(f"--batch-size must be between 1 and the {len(train_x)} training images; got "
@@ -257,9 +292,16 @@ def train(settings: TrainSettings, progress: ProgressFn | None = None) -> TrainR
 
     ranks = Ranks(device)
     try:
-        return _run(settings, state, out, device, ranks, train_x, val_x, spec, progress, stale)
+        result = _run(settings, state, out, device, ranks, train_x, val_x, spec, progress, stale)
     finally:
         ranks.close()
+    result.notes = notes
+    if result.reports and result.epochs_run and result.model is not None:
+        from bigmodel.training.health import learning_report
+
+        result.learning = learning_report(result.model, train_x, val_x, result.history[-1]["val"], device)
+    result.model = None  # (only for the check: a result stays plain data)
+    return result
 
 
 def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progress, stale=None) -> TrainResult:
@@ -297,6 +339,7 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
         out.mkdir(parents=True, exist_ok=True)
     config = json.dumps(config_record(settings, model, spec), indent=2) + "\n"  # written beside the first checkpoint
 
+    drawn = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs + 1):
         order = torch.randperm(len(train_x), generator=shuffle)[ranks.rank :: ranks.world]
         sums: dict[str, torch.Tensor] = {}
@@ -325,13 +368,17 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
             }
             history.append(record)
             first = epoch == start_epoch
+            draw = first or epoch == settings.epochs or time.perf_counter() - drawn >= PICTURES_EVERY_S
             write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device,
-                        config if first else None, stale if first else None)
+                        config if first else None, stale if first else None, pictures=draw)
+            drawn = time.perf_counter() if draw else drawn
             if progress is not None:
                 progress(Progress("train:epoch", f"epoch {epoch}/{settings.epochs}", batches, batches,
                                   epoch_metrics(record, settings.epochs)))
         ranks.barrier()
-    return TrainResult(out, history, max(0, settings.epochs + 1 - start_epoch), reports=ranks.main)
+    result = TrainResult(out, history, max(0, settings.epochs + 1 - start_epoch), reports=ranks.main)
+    result.model = model
+    return result
 
 
 class LossMetrics(Mapping[str, float]):

@@ -116,8 +116,11 @@ def config_record(settings, model, spec: DataSpec) -> dict[str, Any]:
 
 
 def write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device,
-                config: str | None = None, stale: Path | None = None) -> None:
+                config: str | None = None, stale: Path | None = None, pictures: bool = True) -> None:
     """Checkpoint first (atomic), then metrics and pictures (curves.png too): a kill loses at most this epoch.
+
+    `pictures` False skips the PNGs (the loop draws them every few seconds, not after each of hundreds
+    of tiny epochs on a small dataset; the last epoch always draws them).
 
     The first epoch of a run also writes `config` and drops the `stale` bundle of the run it replaced:
     only once the new checkpoint is on disk, so a refused write leaves the old run whole.
@@ -142,6 +145,7 @@ def write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history
     if stale is not None and is_bundle(stale):
         shutil.rmtree(stale)
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    write_pictures(model, val_x, out, device)
-    write_curves(out / "curves.png", history)
+    if pictures:
+        write_pictures(model, val_x, out, device)
+        write_curves(out / "curves.png", history)
     model.train()
