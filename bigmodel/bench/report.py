@@ -112,9 +112,10 @@ def table_rows(report: dict[str, Any]) -> list[TableRow]:
 
 
 def speed_cell(r: dict[str, Any]) -> str:
-    """'2.53x'; '2.53x ?' measured under contention; '- ?' withheld (a side collapsed); '-' without torch."""
+    """'2.53x'; '2.53x ?' measured under contention; '- ?' withheld (a side collapsed); '-' without torch.
+    torch's own row stays '1.00x' (the baseline, not a speed-up)."""
     speed = r["speedup_vs_torch"]
-    mark = " ?" if r.get("unreliable") else ""
+    mark = " ?" if r.get("unreliable") and r["backend"] != "torch" else ""
     return (f"{speed:.2f}x" if speed is not None else "-") + mark
 
 
