@@ -139,11 +139,13 @@ class ReferenceSpec:
 
     checkpoint: the run's checkpoint.pt beside the bundle (`checkpoint_sha256`); torch.export: one
     self-contained program per role inside the bundle (`programs`: role -> file + sha256), loadable
-    without the user's code; none: no reference travels (parity refuses, naming why).
+    without the user's code, and `examples`, probe images for data with no source to read again;
+    none: no reference travels (parity refuses, naming why).
     """
 
     kind: str = "checkpoint"
     programs: dict[str, DataFile] = field(default_factory=dict)
+    examples: DataFile | None = None  # probe images (N, C, H, W) float32, when the data has no source to reread
 
 
 @dataclass
@@ -219,7 +221,9 @@ def _reference(d: dict | None) -> ReferenceSpec:
         return ReferenceSpec()
     if d.get("kind") not in REFERENCE_KINDS:
         raise BundleError(f"manifest reference.kind must be one of {', '.join(REFERENCE_KINDS)}; got {d.get('kind')!r}")
-    return ReferenceSpec(d["kind"], {role: DataFile(**f) for role, f in d.get("programs", {}).items()})
+    examples = d.get("examples")
+    return ReferenceSpec(d["kind"], {role: DataFile(**f) for role, f in d.get("programs", {}).items()},
+                         DataFile(**examples) if examples else None)
 
 
 def manifest_schema() -> dict[str, Any]:

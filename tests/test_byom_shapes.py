@@ -394,12 +394,7 @@ def test_torch_reference_calls_role_modules_in_the_manifest_order(cgan):
     bundle, modules = cgan
     manifest = read_manifest(bundle)
 
-    class Holder:
-        def role_module(self, role):
-            return modules[role]
-
-    ref = object.__new__(TorchReference)  # its construction is the checkpoint's or the bundle's programs'
-    ref.model, ref.modules, ref.manifest, ref.cache = Holder(), modules, manifest, {}  # role modules either way
+    ref = TorchReference(modules, manifest)
     z = np.random.default_rng(0).standard_normal((3, COND_Z), dtype=np.float32)
     y = np.array([1, 5, 9])
     want = torch_run(modules["discriminator"], torch_run(modules["generator"], z, y), y)

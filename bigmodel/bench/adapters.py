@@ -63,36 +63,47 @@ class TorchAdapter:
         self.device_id = settings.device_id
         self.copies = settings.copies
         self.tf32 = settings.tf32
+        self.given = settings.checkpoint
         self.checkpoint = Path(settings.checkpoint) if settings.checkpoint else bundle.parent / "checkpoint.pt"
         self.manifest = manifest
+        self.bundle = bundle
 
     @property
     def where(self) -> str:
         return "cpu" if self.device == "cpu" else f"cuda:{self.device_id}"
 
     def preflight(self) -> None:
-        """Untimed checks: the checkpoint exists and is the one the bundle was exported from."""
-        from bigmodel.fileio import sha256_file
+        """Untimed checks: the bundle's PyTorch reference exists and is the one it was exported from."""
+        from bigmodel.errors import CheckpointError
 
+        if self.manifest.reference.kind == "torch.export" and self.given is None:
+            return  # the programs inside the bundle, sha256-checked as they load in open()
         path = self.checkpoint / "checkpoint.pt" if self.checkpoint.is_dir() else self.checkpoint
         if not path.is_file():
             raise BackendUnavailable(f"no checkpoint for the torch baseline at {path} (pass --checkpoint)")
         want = self.manifest.checkpoint_sha256
+        from bigmodel.fileio import sha256_file
+
         if want and sha256_file(path) != want:
             raise BackendUnavailable(f"{path} is not the checkpoint this bundle was exported from "
                                      "(sha256 differs from the manifest; pass --checkpoint)")
+        if not want:
+            raise BackendUnavailable(str(CheckpointError(f"{self.bundle} records no checkpoint_sha256 and carries "
+                                                         "no torch.export programs: no torch baseline")))
         self.checkpoint = path
 
     def open(self) -> None:
         import torch
 
-        from bigmodel.models.checkpoint import load_model
+        from bigmodel.parity.reference import reference_modules
 
         self.torch = torch
         if self.device != "cpu":
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
             torch.backends.cudnn.allow_tf32 = self.tf32
-        self.model = load_model(self.checkpoint).to(self.where).eval()
+        use = None if self.manifest.reference.kind == "torch.export" and self.given is None else self.checkpoint
+        modules, _, _ = reference_modules(self.bundle, self.manifest, use)
+        self.modules = {role: m.to(self.where) for role, m in modules.items()}
 
     def settings(self) -> dict[str, Any]:
         if self.device == "cpu":
@@ -101,9 +112,10 @@ class TorchAdapter:
 
     def runner(self, role: str, feeds: dict[str, np.ndarray]) -> Runner:
         torch = self.torch
-        module = self.model.role_module(role).eval()
+        module = self.modules[role]
         names = [t.name for t in self.manifest.roles[role].inputs]
-        arrays = [np.asarray(feeds[n], dtype=np.float32) for n in names]
+        arrays = [np.asarray(feeds[n], dtype=np.float32 if feeds[n].dtype.kind == "f" else feeds[n].dtype)
+                  for n in names]
         if self.device == "cpu":
             host = [torch.from_numpy(a) for a in arrays]
 
@@ -113,7 +125,7 @@ class TorchAdapter:
             return run_cpu
         with torch.inference_mode():
             resident = [torch.from_numpy(a).to(self.where) for a in arrays]
-            staging = [torch.empty(a.shape, dtype=torch.float32).pin_memory() for a in arrays]
+            staging = [torch.empty(a.shape, dtype=torch.from_numpy(a[:0]).dtype).pin_memory() for a in arrays]
             sample = module(*resident)  # output shapes, for the pinned output buffers
         outs = list(sample) if isinstance(sample, (tuple, list)) else [sample]
         out_staging = [torch.empty(tuple(o.shape), dtype=o.dtype).pin_memory() for o in outs]

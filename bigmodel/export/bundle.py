@@ -1,7 +1,9 @@
 """`export_bundle`: the export stages in order, in a temporary folder renamed into place at the end.
 
-1. read the checkpoint (memory-mapped, `models.checkpoint.load_model`);
-2. each role -> ONNX, cleaned and checked (`torch_onnx.export_role`, `graph.check_graph`);
+1. read the checkpoint (memory-mapped, `models.checkpoint.load_model`) -- or take the user's modules
+   (`export.modules.export_modules`): either way a `Source` of declared, resolved roles;
+2. each role -> torch.export program -> ONNX, cleaned and checked (`torch_onnx.export_role`, `graph.check_graph`);
+   for user modules the program is kept as the bundle's PyTorch reference (`reference/ROLE.pt2`);
 3. each graph against PyTorch in onnxruntime with parity's fp32 rules (`verify.check_against_reference`);
 4. fp16/int8 conversion, verified against the fp32 graphs (`precision.convert_bundle`);
 5. the manifest; TensorRT engines (`tensorrt.py`); a Triton repository (`triton.py`); the rename.
@@ -14,13 +16,16 @@ import contextlib
 import gc
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import bigmodel
 from bigmodel.data import load_data
 from bigmodel.errors import CheckFailed, ExportError
+from bigmodel.export.declare import IO, Resolved, Role, resolve_roles
 from bigmodel.export.graph import file_bytes
 from bigmodel.export.options import ABS_CHECKED, FP32_DIR, ExportOptions, ExportResult, RoleReport, validate_options
 from bigmodel.export.torch_onnx import export_role
@@ -34,10 +39,29 @@ from bigmodel.fileio import (
     replace_dir,
     sha256_file,
 )
-from bigmodel.manifest import Manifest
+from bigmodel.manifest import DataFile, DataSpec, LatentSpec, Manifest, ReferenceSpec
 from bigmodel.models.checkpoint import CHECKPOINT_NAME
 from bigmodel.models.checkpoint import load_model as load_checkpoint_model
 from bigmodel.progress import ProgressFn, reporter
+
+
+@dataclass
+class Source:
+    """What a bundle is made from: resolved roles, the data spec and probe images, the latent prior.
+
+    checkpoint_sha256 ties a bigmodel run's bundle to its checkpoint (its reference); otherwise each
+    role's torch.export program travels in the bundle, and `examples` (probe images) too when the
+    data has no source a later process can read again.
+    """
+
+    family: str
+    arch: str
+    data: DataSpec
+    roles: dict[str, Resolved]
+    latent: LatentSpec
+    val: np.ndarray  # (N, C, H, W) float32 in the data range: probes, calibration
+    checkpoint_sha256: str = ""
+    examples: np.ndarray | None = None
 
 
 def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
@@ -51,40 +75,65 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
     >>> result.bundle, [r.max_abs_err for r in result.roles]
     """
     opts = opts or ExportOptions()
-    validate_options(opts)
-    t0 = time.perf_counter()
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
     out = Path(opts.out) if opts.out else ckpt_path.parent / "bundle"
+    check_destinations(out, opts)
+    model, ckpt_sha = load_model(ckpt_path)
+    data = load_data(model.data.source, seed=model.data.seed, val_fraction=model.data.val_fraction)
+    latent = model.export_latent_spec(data.train)  # a plain AE fits its prior here
+    declared = {role: Role(model.role_module(role), [IO(n, k) for n, k in io.inputs],
+                           [IO(n, k) for n, k in io.outputs]) for role, io in model.roles.items()}
+    roles, _ = resolve_roles(declared, model.data.shape, model.data.value_range, data.val, (model.config.latent_dim,))
+    source = Source(model.family, model.arch, model.data, roles, latent, data.val, ckpt_sha)
+    del data, model
+    return write_bundle(source, out, opts, progress)
+
+
+def check_destinations(out: Path, opts: ExportOptions) -> None:
+    """Every option and output folder checked before any work (nothing is written on a refusal)."""
+    validate_options(opts)
     check_output_folders(opts.force, (out, "bundle", "--out"), (opts.triton, "Triton model repository", "--triton"))
     if opts.engine:
         from bigmodel.export.tensorrt import require_tensorrt
 
         require_tensorrt()  # before any work: no GPU or no TensorRT is a one-line exit 2, and nothing written
-    say = reporter(progress, "export")
-    model, ckpt_sha = load_model(ckpt_path)
 
+
+def write_bundle(source: Source, out: Path, opts: ExportOptions, progress: ProgressFn | None = None) -> ExportResult:
+    """The export stages on a resolved `Source`, in a temporary folder renamed to `out` at the end."""
+    t0 = time.perf_counter()
+    say = reporter(progress, "export")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent)
     tmp = make_temp_dir(out)
     triton_tmp: Path | None = None
+    travels = not source.checkpoint_sha256  # no checkpoint: the torch.export programs are the reference
     try:
-        data = load_data(model.data.source, seed=model.data.seed, val_fraction=model.data.val_fraction)
-        val, latent = data.val, model.export_latent_spec(data.train)  # a plain AE fits its prior here
-        del data
-        roles, refs, seconds = {}, {}, {}
-        for role in model.roles:
+        val, latent = source.val, source.latent
+        roles, refs, seconds, programs = {}, {}, {}, {}
+        for role, resolved in source.roles.items():
             t_role = time.perf_counter()
-            roles[role], refs[role] = export_role(model, role, tmp, opts, val)
+            probes = export_probes(resolved.inputs, latent, source.data.value_range, val, opts.probes)
+            roles[role], refs[role], program = export_role(role, resolved, tmp, opts, probes, keep_program=travels)
+            if program is not None:
+                programs[role] = program
             seconds[role] = time.perf_counter() - t_role
             size = file_bytes(tmp / roles[role].file)
             say(f"{role}: wrote {roles[role].file} ({size / 1e6:.2f} MB) in {seconds[role]:.1f}s")
+        reference = ReferenceSpec("checkpoint")
+        if travels:
+            examples = None
+            if source.examples is not None:
+                examples = save_examples(tmp, source.examples)
+            reference = ReferenceSpec("torch.export", programs, examples)
         manifest = Manifest(
-            family=model.family, arch=model.arch, data=model.data, latent=latent, roles=roles,
-            precision="fp32", opset=opts.opset, versions=_versions(), checkpoint_sha256=ckpt_sha,
+            family=source.family, arch=source.arch, data=source.data, latent=latent, roles=roles,
+            precision="fp32", opset=opts.opset, versions=_versions(), checkpoint_sha256=source.checkpoint_sha256,
+            reference=reference,
         )
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        del model  # onnxruntime loads the graphs next: never hold a big model twice
+        weights = sum(p.numel() * p.element_size() for r in source.roles.values() for p in r.module.parameters())
+        source.roles = {}  # onnxruntime loads the graphs next: never hold a big model twice
         if weights > 256 * 1024**2:
             gc.collect()  # in case a reference cycle still holds the weights
         reports = []
@@ -141,6 +190,52 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
         raise
     return ExportResult(out, manifest, reports, time.perf_counter() - t0, quality,
                         Path(opts.triton) if opts.triton else None, failures)
+
+
+EXAMPLES_FILE = "reference/examples.npy"  # probe images, for bundles whose data has no source to read again
+EXAMPLES_MAX = 512
+
+
+def save_examples(folder: Path, images: np.ndarray) -> DataFile:
+    """Up to EXAMPLES_MAX probe images (float32) inside the bundle, so parity needs no data of its own."""
+    from bigmodel.fileio import atomic_write
+
+    path = folder / EXAMPLES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keep = np.ascontiguousarray(images[:EXAMPLES_MAX], dtype=np.float32)
+    atomic_write(path, lambda tmp: _save_npy(tmp, keep))
+    return DataFile(EXAMPLES_FILE, sha256_file(path))
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a bare temporary name
+        np.save(f, array, allow_pickle=False)
+
+
+def export_probes(inputs, latent: LatentSpec, value_range, val: np.ndarray, n: int) -> dict[str, dict[str, np.ndarray]]:
+    """Probe feeds for a role: the sets of its first input's kind (as parity's), the other inputs drawn per set."""
+    from bigmodel.export.declare import example_feeds
+    from bigmodel.models.probes import role_probes
+
+    first = inputs[0]
+    if first.kind in ("image", "latent"):
+        sets = role_probes(first.kind, latent.dim, val, n, seed=0)
+        if first.kind == "latent":
+            sets = {k: v.reshape(len(v), *first.shape[1:]) for k, v in sets.items()}
+        elif first.range is not None:
+            lo, hi = first.range
+            sets = {k: (lo + (hi - lo) * v).astype(np.float32) for k, v in sets.items()}
+        elif tuple(value_range) != (0.0, 1.0):
+            lo, hi = value_range
+            sets = {"val": sets["val"], "noise": (lo + (hi - lo) * sets["noise"]).astype(np.float32)}
+    else:
+        sets = {"drawn": example_feeds([first], val, n)[0].numpy()}
+    probes = {}
+    for i, (name, x) in enumerate(sets.items()):
+        rest = example_feeds(inputs[1:], val, len(x), seed=i + 1)
+        probes[name] = {first.name: np.ascontiguousarray(x), **{t.name: f.numpy() for t, f in zip(inputs[1:], rest,
+                                                                                                  strict=True)}}
+    return probes
 
 
 def load_model(ckpt_path: Path):

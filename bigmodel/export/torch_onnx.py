@@ -17,60 +17,68 @@ import numpy as np
 import torch
 
 from bigmodel.errors import ExportError
+from bigmodel.export.declare import Resolved
 from bigmodel.export.graph import EXTERNAL_DATA_BYTES, check_graph, data_files, import_optional, save_onnx
 from bigmodel.export.options import ExportOptions
 from bigmodel.fileio import os_refusal, sha256_file, storage_error
-from bigmodel.manifest import BATCH, RoleSpec, TensorSpec
-from bigmodel.models.probes import role_probes
+from bigmodel.manifest import DataFile, RoleSpec
 
 
 @dataclass
 class Reference:
     """PyTorch's outputs for one role's probe inputs, computed before the model is released."""
 
-    inputs: dict[str, np.ndarray]  # probe set -> its inputs
+    inputs: dict[str, dict[str, np.ndarray]]  # probe set -> {input name: array}
     outputs: dict[tuple[str, int], list[np.ndarray]]  # (probe set, batch) -> outputs on inputs[:batch]
 
 
-def export_role(model, role: str, folder: Path, opts: ExportOptions, val: np.ndarray) -> tuple[RoleSpec, Reference]:
-    """Export, clean and check one role; returns its manifest entry and PyTorch's outputs on its probes."""
-    module = model.role_module(role).eval()
-    io_spec = model.roles[role]
-    probes = role_probes(io_spec.inputs[0][1], model.config.latent_dim, val, opts.probes, seed=0)
-    ref = torch_reference(module, probes)
-    example = torch.from_numpy(next(iter(probes.values()))[:2])
+def export_role(role: str, r: Resolved, folder: Path, opts: ExportOptions, probes: dict[str, dict[str, np.ndarray]],
+                keep_program: bool = False) -> tuple[RoleSpec, Reference, DataFile | None]:
+    """Trace, export, clean and check one role; returns its manifest entry, PyTorch's outputs on its probes
+    and, with keep_program, the saved torch.export program (the reference that travels)."""
+    from bigmodel.export.program import PROGRAM_DIR, check_batch_independent, save_program, trace
+
+    module = r.module.eval()
+    first = next(iter(probes.values()))
+    feeds = [torch.from_numpy(first[t.name]) for t in r.inputs]
+    program = trace(role, module, [f[:2] for f in feeds], r.source)
+    check_batch_independent(role, module, feeds, r.outputs)
+    ref = torch_reference(module, probes, [t.name for t in r.inputs])
     path = folder / f"{role}.onnx"
     big = opts.external_data
     if big is None:
         big = sum(p.numel() * p.element_size() for p in module.parameters()) >= EXTERNAL_DATA_BYTES
-    write_onnx(module, example, [n for n, _ in io_spec.inputs], [n for n, _ in io_spec.outputs], path, opts.opset, big)
+    kept = None
+    if keep_program:
+        file = folder / PROGRAM_DIR / f"{role}.pt2"
+        save_program(program, file)
+        kept = DataFile(f"{PROGRAM_DIR}/{role}.pt2", sha256_file(file))
+    write_onnx(program, tuple(f[:2] for f in feeds), [t.name for t in r.inputs], [t.name for t in r.outputs], path,
+               opts.opset, big)
+    del program
     check_graph(path)
-    outs = next(iter(ref.outputs.values()))
-    spec = RoleSpec(
-        file=path.name,
-        sha256=sha256_file(path),
-        data_files=data_files(path),
-        inputs=[TensorSpec(n, "float32", [BATCH, *example.shape[1:]], k) for n, k in io_spec.inputs],
-        outputs=[TensorSpec(n, "float32", [BATCH, *o.shape[1:]], k) for (n, k), o in zip(io_spec.outputs, outs,
-                                                                                        strict=True)],
-    )
-    return spec, ref
+    spec = RoleSpec(file=path.name, sha256=sha256_file(path), data_files=data_files(path), inputs=list(r.inputs),
+                    outputs=list(r.outputs))
+    return spec, ref, kept
 
 
-def torch_reference(module: torch.nn.Module, probes: dict[str, np.ndarray]) -> Reference:
+def torch_reference(module: torch.nn.Module, probes: dict[str, dict[str, np.ndarray]],
+                    names: list[str]) -> Reference:
     """PyTorch's outputs at batch 1 and at an odd batch (all but one probe) for every probe set."""
     outputs = {}
     with torch.no_grad():
-        for probe, x in probes.items():
-            for batch in sorted({1, len(x) - 1 or 1}):
-                got = module(torch.from_numpy(x[:batch]))
-                outputs[(probe, batch)] = [t.numpy().copy() for t in (got if isinstance(got, tuple) else (got,))]
+        for probe, feeds in probes.items():
+            n = len(feeds[names[0]])
+            for batch in sorted({1, n - 1 or 1}):
+                got = module(*[torch.from_numpy(feeds[k][:batch]) for k in names])
+                outputs[(probe, batch)] = [t.float().numpy().copy() for t in got]
     return Reference(probes, outputs)
 
 
-def write_onnx(module: torch.nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str], path: Path,
+def write_onnx(program, examples: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str], path: Path,
                opset: int, external_data: bool) -> None:
-    """torch.onnx (dynamo) with a dynamic batch axis, then cleanup; exporter chatter is captured.
+    """torch.onnx (dynamo) of a role's torch.export program (dynamic batch axis), then cleanup; exporter
+    chatter is captured.
 
     torch.onnx runs onnxscript's optimizer (constant folding, BatchNorm fusion, dead code) on
     every graph. Embedded-weight graphs then go through onnxslim; external-data graphs are saved
@@ -80,13 +88,11 @@ def write_onnx(module: torch.nn.Module, example: torch.Tensor, inputs: list[str]
     onnx = import_optional("onnx", "ONNX export")
     onnxslim = import_optional("onnxslim", "ONNX graph cleanup")
     log = io.StringIO()
-    dynamic = ({0: torch.export.Dim("batch", min=1)},)
     path.with_suffix(".onnx.data").unlink(missing_ok=True)
     try:
         with _quiet(log), _cached_torchlib_registry():
-            program = torch.onnx.export(module, (example,), None, input_names=inputs, output_names=outputs,
-                                        dynamic_shapes=dynamic, dynamo=True, opset_version=opset, optimize=True,
-                                        verbose=False)
+            program = torch.onnx.export(program, examples, None, input_names=inputs, output_names=outputs,
+                                        dynamo=True, opset_version=opset, optimize=True, verbose=False)
             try:
                 program.save(str(path), external_data=external_data)
             finally:
@@ -101,11 +107,24 @@ def write_onnx(module: torch.nn.Module, example: torch.Tensor, inputs: list[str]
     except Exception as e:
         if os_refusal(e) is not None:  # disk full, read-only: the machine's refusal, not the exporter's
             raise storage_error(os_refusal(e), path, "write") from e
-        raise ExportError(f"torch.onnx could not export {path.stem}: {type(e).__name__}: {str(e)[:300]}") from e
+        raise ExportError(f"torch.onnx could not export {path.stem}: {_onnx_refusal(e)}") from e
     if got != {opset}:
         raise ExportError(f"asked for opset {opset}, but the exporter wrote {sorted(got)}; pick one of those")
     if not external_data:
         save_onnx(slim, path, False)
+
+
+def _onnx_refusal(e: Exception) -> str:
+    """torch.onnx's error in one line; an operator it has no ONNX translation for is named, with the fix."""
+    import re
+
+    text = str(e)
+    unsupported = "No ONNX function" in text or "Unsupported" in text
+    op = re.search(r"(aten::\w+|aten\.\w+(?:\.\w+)?)", text) if unsupported else None
+    if op:
+        return (f"the operator {op.group(1)} has no ONNX translation in torch {torch.__version__}; rewrite that step "
+                "with supported operators or register a translation (torch.onnx custom_translation_table)")
+    return f"{type(e).__name__}: {text.strip()[:300]}"
 
 
 def _release_weights(program) -> None:

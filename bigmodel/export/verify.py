@@ -42,11 +42,10 @@ def check_against_reference(path: Path, ref: Reference, spec: RoleSpec,
     """
     tol = tolerances_for("fp32")
     session = ort_session(path)
-    name = session.get_inputs()[0].name
     errors: dict[str, float] = {}
     failures: list[str] = []
     for (probe, batch), want in ref.outputs.items():
-        got = session.run(None, {name: ref.inputs[probe][:batch]})
+        got = session.run(None, {k: v[:batch] for k, v in ref.inputs[probe].items()})
         for t, g, w in zip(spec.outputs, got, want, strict=True):
             check = compare(g, w, t.kind, rule(tol, t.kind, probe), value_range, t.name)
             size = max(1.0, float(np.max(np.abs(w)))) if w.size else 1.0

@@ -67,19 +67,24 @@ class AE(GenerativeModel):
         A plain autoencoder has no prior; decoding N(0, I) gives blobs. Sampling this density of its
         own codes gives digits (Ghosh et al., 2020, "From variational to deterministic autoencoders").
         """
-        from bigmodel.priors import fit_mixture
-
         x = torch.from_numpy(np.ascontiguousarray(train[:PRIOR_FIT_MAX], dtype=np.float32))
         was_training = self.training
         self.eval()
         codes = torch.cat([self.encoder(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
         self.train(was_training)
-        fit = fit_mixture(codes, components=PRIOR_COMPONENTS, seed=0)
-        source = (f"fitted at export: {PRIOR_COMPONENTS}-component diagonal Gaussian mixture, EM on the codes of "
-                  f"{len(codes)} training images of {self.data.source}")
-        params = {"means": fit["means"], "stds": fit["stds"], "weights": fit["weights"], "source": source,
-                  "log_likelihood": round(fit["log_likelihood"], 4)}
-        return LatentSpec(dim=self.config.latent_dim, prior="mixture", params=params)
+        return mixture_prior(codes, f"training images of {self.data.source}")
 
     def reconstruct(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.decoder(self.encoder(x)))
+
+
+def mixture_prior(codes: np.ndarray, of: str) -> LatentSpec:
+    """The latent entry of a diagonal Gaussian mixture fitted by EM to codes (N, dim) of `of`."""
+    from bigmodel.priors import fit_mixture
+
+    fit = fit_mixture(codes, components=PRIOR_COMPONENTS, seed=0)
+    source = (f"fitted at export: {PRIOR_COMPONENTS}-component diagonal Gaussian mixture, EM on the codes of "
+              f"{len(codes)} {of}")
+    params = {"means": fit["means"], "stds": fit["stds"], "weights": fit["weights"], "source": source,
+              "log_likelihood": round(fit["log_likelihood"], 4)}
+    return LatentSpec(dim=int(codes.shape[1]), prior="mixture", params=params)

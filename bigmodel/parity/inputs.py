@@ -20,7 +20,7 @@ import numpy as np
 from bigmodel.errors import CheckpointError, DataError
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.parity.feeds import Feeds
-from bigmodel.parity.reference import TorchReference, find_checkpoint
+from bigmodel.parity.reference import TorchReference
 from bigmodel.parity.report import ProbeInput
 
 # Chains composed from roles: the first role's first output feeds the second role's first input; the
@@ -29,9 +29,20 @@ CHAINS = (("encoder", "decoder"), ("generator", "discriminator"), ("encoder", "d
 DEFAULT_SAMPLES = 31  # inputs per probe set: runs at batch 1 and batch 31
 
 
-def validation_images(manifest: Manifest, data) -> tuple[np.ndarray, str]:
+def validation_images(manifest: Manifest, data, bundle: Path | None = None) -> tuple[np.ndarray, str]:
+    """The images parity probes with: `data` if given, the examples the bundle carries, or its data source's
+    validation split -- in the bundle's data range."""
     from bigmodel.data import load_data
 
+    examples = manifest.reference.examples
+    if data is None and examples is not None and bundle is not None:
+        from bigmodel.fileio import sha256_file
+
+        path = Path(bundle) / examples.file
+        if not path.is_file() or sha256_file(path) != examples.sha256:
+            raise DataError(f"{path}: the bundle's example images are missing or altered (sha256 differs from the "
+                            "manifest); pass --data PATH or re-export")
+        return np.load(path, allow_pickle=False), f"the {examples.file} the bundle carries"
     source = str(data) if data is not None else manifest.data.source
     d = manifest.data
     try:
@@ -44,7 +55,15 @@ def validation_images(manifest: Manifest, data) -> tuple[np.ndarray, str]:
                         f"the bundle takes {tuple(d.shape)}")
     if len(val) == 0:
         raise DataError(f"{source!r} has no validation images (val_fraction {d.val_fraction})")
-    return val, source
+    return to_range(val, d.value_range), source
+
+
+def to_range(images: np.ndarray, value_range) -> np.ndarray:
+    """Images in [0, 1] (what `bigmodel.data` reads) mapped into the bundle's data range."""
+    lo, hi = (float(v) for v in value_range)
+    if (lo, hi) == (0.0, 1.0):
+        return images
+    return (lo + (hi - lo) * images).astype(np.float32)
 
 
 def targets_of(manifest: Manifest) -> list[tuple[str, ...]]:
@@ -178,10 +197,10 @@ def save_inputs(bundle: str | Path, folder: str | Path, samples: int = DEFAULT_S
     Each file lists every probe set at batch 1 then batch N, every input of the role in its graph dtype.
     """
     manifest = read_manifest(Path(bundle))
-    val, name = validation_images(manifest, data)
+    val, name = validation_images(manifest, data, Path(bundle))
     generate = None
     with contextlib.suppress(CheckpointError):  # no checkpoint beside the bundle: no generated images
-        generate = TorchReference(find_checkpoint(Path(bundle), manifest, None)[0]).generate
+        generate = TorchReference.of(Path(bundle), manifest).generate
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -12,7 +12,7 @@ from bigmodel.limits import COPIES_HELD, check_items, check_seed, check_threads,
 from bigmodel.manifest import Manifest, read_manifest
 from bigmodel.parity.check import check_targets
 from bigmodel.parity.inputs import DEFAULT_SAMPLES, probe_inputs, targets_of, validation_images
-from bigmodel.parity.reference import TorchReference, find_checkpoint
+from bigmodel.parity.reference import TorchReference, reference_modules
 from bigmodel.parity.report import BackendRun, ParityReport
 from bigmodel.parity.tolerances import tolerances_for
 from bigmodel.progress import Progress, ProgressFn
@@ -48,7 +48,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
     check_threads(threads)
     precision = tolerances or ("tf32" if tf32 and manifest.precision == "fp32" else manifest.precision)
     tol = tolerances_for(precision, atol, rtol)
-    ckpt_path, ckpt_sha = find_checkpoint(bundle, manifest, checkpoint)
+    modules, ckpt_path, ckpt_sha = reference_modules(bundle, manifest, checkpoint)
     from bigmodel.runtime.backends import parse_device
 
     _, gpu = parse_device(device)
@@ -58,8 +58,8 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
     for name in names if explicit else ():
         if status.get(name) is not None:  # asked for by name: an error before any work, never a skip
             raise BackendUnavailable(f"backend {name} cannot run here: {status[name]}")
-    val, data_name = validation_images(manifest, data)
-    reference = TorchReference(ckpt_path)
+    val, data_name = validation_images(manifest, data, bundle)
+    reference = TorchReference(modules, manifest)
     targets = targets_of(manifest)
     inputs, feeds = probe_inputs(manifest, targets, val, data_name, samples, seed, reference.generate)
 
