@@ -13,7 +13,27 @@ from bigmodel.cli.app import JsonOutOpt, _check_outputs, _locked, app
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory holding checkpoint.pt (or the checkpoint file).")],
+    run_dir: Annotated[Path | None, typer.Argument(
+        help="Run directory holding checkpoint.pt (or the checkpoint file); omit it with --module.")] = None,
+    module: Annotated[str | None, typer.Option(
+        "--module", metavar="FILE.py:FACTORY",
+        help="Your own model: a function (in FILE.py or package.module) returning {role: nn.Module}; "
+             "with --family, --data and --out. See docs/own-model.md.")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        help="--module: a state dict for the factory's modules ({role: state_dict} or 'role.'-prefixed keys), "
+             "read with weights_only=True.")] = None,
+    family: Annotated[str | None, typer.Option(
+        help="--module: the preset that declares the roles' inputs and outputs: vae, ae, gan or aae.")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="--module: example images (mnist-5k, digits, a .npy/.npz file or an image folder).")] = None,
+    value_range: Annotated[str, typer.Option(
+        metavar="LOW,HIGH", help="--module: the images' value range, e.g. -1,1 for a tanh generator.")] = "0,1",
+    latent: Annotated[str | None, typer.Option(
+        metavar="SHAPE", help="--module: the code shape when no encoder shows it, e.g. 100 or 100,1,1.")] = None,
+    classes: Annotated[int | None, typer.Option(
+        help="--module: class-conditional models with this many classes (a 'labels' input).")] = None,
+    image_logits: Annotated[bool, typer.Option(
+        "--image-logits", help="--module: the decoder/generator returns Bernoulli logits, not pixels.")] = False,
     out: Annotated[Path | None, typer.Option(help="Bundle folder (default RUN_DIR/bundle).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset to write (18 up to what the installed onnx knows).")] = 18,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8: the precision of the bundle's graphs.")] = "fp32",
@@ -74,10 +94,19 @@ def export(
     Example: bigmodel export runs/vae --precision fp16 --triton models/
     """
 
+    from bigmodel.errors import InputError
     from bigmodel.export import ExportOptions, export_bundle
 
+    if (run_dir is None) == (module is None):
+        raise InputError("bigmodel export: give a run directory (RUN_DIR) or --module FILE.py:FACTORY, not "
+                         f"{'both' if module else 'neither'}")
+    if module is not None and (out is None or data is None):
+        raise InputError("--module needs --out BUNDLE (where to write) and --data (example images, e.g. mnist-5k)")
+    if module is None and any(v is not None for v in (weights, family, data, latent, classes)) or (
+            module is None and image_logits):
+        raise InputError("--weights, --family, --data, --latent, --classes and --image-logits go with --module")
     bundle = out or (run_dir if run_dir.is_dir() else run_dir.parent) / "bundle"  # export_bundle's default
-    _check_outputs(force, (json_out, "export report", (), "--json"), reads=(run_dir, bundle, triton))
+    _check_outputs(force, (json_out, "export report", (), "--json"), reads=(run_dir or bundle, bundle, triton))
     console = ui.console()
     opts = ExportOptions(
         out=out,
@@ -95,9 +124,27 @@ def export(
         allow_failing=allow_failing,
     )
     with _locked("bundle", bundle, triton):  # one writer per folder: a second export here exits 2
-        result = export_bundle(run_dir, opts, progress=ui.export_steps(console))
+        if module is None:
+            result = export_bundle(run_dir, opts, progress=ui.export_steps(console))
+        else:
+            from bigmodel.export.modules import export_modules, load_factory
+
+            roles = load_factory(module, weights)
+            result = export_modules(roles, data, out, family=family, value_range=_numbers(value_range, "--value-range"),
+                                    latent=_numbers(latent, "--latent", int) if latent else None, classes=classes,
+                                    image_logits=image_logits, options=opts, progress=ui.export_steps(console))
     ui.print_export(console, result)
     if json_out:
         from bigmodel.fileio import write_json
 
         write_json(json_out, result.to_dict())
+
+
+def _numbers(text: str, flag: str, kind=float) -> tuple:
+    from bigmodel.errors import InputError
+
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError as e:
+        raise InputError(f"{flag}: expected comma-separated numbers, e.g. {'-1,1' if kind is float else '100,1,1'}; "
+                         f"got {text!r}") from e

@@ -42,6 +42,7 @@ from bigmodel.fileio import (
 from bigmodel.manifest import DataFile, DataSpec, LatentSpec, Manifest, ReferenceSpec
 from bigmodel.models.checkpoint import CHECKPOINT_NAME
 from bigmodel.models.checkpoint import load_model as load_checkpoint_model
+from bigmodel.models.probes import input_probes
 from bigmodel.progress import ProgressFn, reporter
 
 
@@ -114,7 +115,7 @@ def write_bundle(source: Source, out: Path, opts: ExportOptions, progress: Progr
         roles, refs, seconds, programs = {}, {}, {}, {}
         for role, resolved in source.roles.items():
             t_role = time.perf_counter()
-            probes = export_probes(resolved.inputs, latent, source.data.value_range, val, opts.probes)
+            probes = input_probes(resolved.inputs, latent, source.data.value_range, val, opts.probes, seed=0)
             roles[role], refs[role], program = export_role(role, resolved, tmp, opts, probes, keep_program=travels)
             if program is not None:
                 programs[role] = program
@@ -210,32 +211,6 @@ def save_examples(folder: Path, images: np.ndarray) -> DataFile:
 def _save_npy(path: str, array: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a bare temporary name
         np.save(f, array, allow_pickle=False)
-
-
-def export_probes(inputs, latent: LatentSpec, value_range, val: np.ndarray, n: int) -> dict[str, dict[str, np.ndarray]]:
-    """Probe feeds for a role: the sets of its first input's kind (as parity's), the other inputs drawn per set."""
-    from bigmodel.export.declare import example_feeds
-    from bigmodel.models.probes import role_probes
-
-    first = inputs[0]
-    if first.kind in ("image", "latent"):
-        sets = role_probes(first.kind, latent.dim, val, n, seed=0)
-        if first.kind == "latent":
-            sets = {k: v.reshape(len(v), *first.shape[1:]) for k, v in sets.items()}
-        elif first.range is not None:
-            lo, hi = first.range
-            sets = {k: (lo + (hi - lo) * v).astype(np.float32) for k, v in sets.items()}
-        elif tuple(value_range) != (0.0, 1.0):
-            lo, hi = value_range
-            sets = {"val": sets["val"], "noise": (lo + (hi - lo) * sets["noise"]).astype(np.float32)}
-    else:
-        sets = {"drawn": example_feeds([first], val, n)[0].numpy()}
-    probes = {}
-    for i, (name, x) in enumerate(sets.items()):
-        rest = example_feeds(inputs[1:], val, len(x), seed=i + 1)
-        probes[name] = {first.name: np.ascontiguousarray(x), **{t.name: f.numpy() for t, f in zip(inputs[1:], rest,
-                                                                                                  strict=True)}}
-    return probes
 
 
 def load_model(ckpt_path: Path):

@@ -148,6 +148,9 @@ def resolve_roles(roles: Mapping[str, Role], image_shape: tuple[int, ...], value
     for name, role in roles.items():
         _check_declared(name, role)
     latent = tuple(int(s) for s in latent_shape) if latent_shape is not None else None
+    declared = [io.shape for r in roles.values() for io in (*r.inputs, *r.outputs) if io.kind == "latent" and io.shape]
+    if latent is None and declared:
+        latent = tuple(int(s) for s in declared[0])
     order = sorted(roles, key=lambda r: 0 if any(o.kind == "latent" for o in roles[r].outputs) else 1)
     resolved: dict[str, Resolved] = {}
     for name in order:  # encoders first: their codes give the latent shape

@@ -69,9 +69,69 @@ def export_modules(roles: Mapping[str, object], data, out: str | Path, *, family
     return write_bundle(source, out, opts, progress)
 
 
+def load_factory(spec: str, weights: str | Path | None = None) -> dict:
+    """The role modules a factory returns: `FILE.py:NAME` or `package.module:NAME`, weights loaded if given.
+
+    weights: a state dict saved with torch.save -- {role: state_dict}, or one flat dict whose keys
+    start with the role ("decoder.net.0.weight") -- read with weights_only=True.
+    """
+    import importlib
+    import importlib.util
+
+    where, sep, name = str(spec).rpartition(":")
+    if not sep or not where or not name.isidentifier():
+        raise InputError(f"--module: expected FILE.py:FACTORY or package.module:FACTORY; got {spec!r}")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise InputError(f"--module: no file {path}")
+            loaded = importlib.util.spec_from_file_location(f"bigmodel_user_{path.stem}", path)
+            mod = importlib.util.module_from_spec(loaded)
+            loaded.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(where)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"--module: importing {where} failed: {type(e).__name__}: {str(e).strip()[:200]}") from e
+    factory = getattr(mod, name, None)
+    if not callable(factory):
+        raise InputError(f"--module: {where} has no function {name!r}")
+    roles = factory()
+    if not isinstance(roles, Mapping) or not roles:
+        raise InputError(f"--module: {spec} must return {{role: module}}; got {type(roles).__name__}")
+    if weights is not None:
+        _load_weights(dict(roles), Path(weights))
+    return dict(roles)
+
+
+def _load_weights(roles: dict, path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"--weights: no file {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"--weights: {path} is not a torch.save'd state dict readable with weights_only=True: "
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}") from e
+    if not isinstance(state, Mapping):
+        raise InputError(f"--weights: expected a state dict in {path}; got {type(state).__name__}")
+    for role, module in roles.items():
+        target = module.module if isinstance(module, Role) else module
+        part = state.get(role) if isinstance(state.get(role), Mapping) else {
+            k[len(role) + 1:]: v for k, v in state.items() if k.startswith(role + ".")}
+        if not part:
+            raise InputError(f"--weights: {path} holds no weights for {role} (expected {{{role!r}: state_dict}} or "
+                             f"keys starting with '{role}.')")
+        try:
+            target.load_state_dict(part)
+        except RuntimeError as e:
+            raise InputError(f"--weights: {role}: {str(e).strip().splitlines()[0][:200]}") from e
+
+
 def read_examples(data, value_range: tuple[float, float]) -> tuple[np.ndarray, DataSpec, bool]:
     """(images (N, C, H, W) float32 in value_range, their DataSpec, whether they must travel in the bundle)."""
-    from bigmodel.parity.inputs import to_range
+    from bigmodel.models.probes import rescale
 
     lo, hi = value_range
     if isinstance(data, (str, Path)):
@@ -80,7 +140,7 @@ def read_examples(data, value_range: tuple[float, float]) -> tuple[np.ndarray, D
         d = load_data(str(data))
         spec = DataSpec(d.spec.source, d.spec.shape, (lo, hi), d.spec.scale, d.spec.n_train, d.spec.n_val,
                         d.spec.val_fraction, d.spec.seed)
-        return to_range(d.val, (lo, hi)), spec, False
+        return rescale(d.val, (0.0, 1.0), (lo, hi)), spec, False
     if hasattr(data, "__iter__") and not isinstance(data, (np.ndarray, torch.Tensor)):
         data = _from_loader(data)
     x = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
@@ -145,4 +205,4 @@ def _fitted_prior(roles, images: np.ndarray, code_shape, source: str):
     return latent_spec(code_shape, "mixture", spec.params)
 
 
-__all__ = ["PRESETS", "Role", "export_modules"]
+__all__ = ["PRESETS", "Role", "export_modules", "load_factory"]

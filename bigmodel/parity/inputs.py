@@ -33,6 +33,7 @@ def validation_images(manifest: Manifest, data, bundle: Path | None = None) -> t
     """The images parity probes with: `data` if given, the examples the bundle carries, or its data source's
     validation split -- in the bundle's data range."""
     from bigmodel.data import load_data
+    from bigmodel.models.probes import rescale
 
     examples = manifest.reference.examples
     if data is None and examples is not None and bundle is not None:
@@ -55,15 +56,7 @@ def validation_images(manifest: Manifest, data, bundle: Path | None = None) -> t
                         f"the bundle takes {tuple(d.shape)}")
     if len(val) == 0:
         raise DataError(f"{source!r} has no validation images (val_fraction {d.val_fraction})")
-    return to_range(val, d.value_range), source
-
-
-def to_range(images: np.ndarray, value_range) -> np.ndarray:
-    """Images in [0, 1] (what `bigmodel.data` reads) mapped into the bundle's data range."""
-    lo, hi = (float(v) for v in value_range)
-    if (lo, hi) == (0.0, 1.0):
-        return images
-    return (lo + (hi - lo) * images).astype(np.float32)
+    return rescale(val, (0.0, 1.0), d.value_range), source
 
 
 def targets_of(manifest: Manifest) -> list[tuple[str, ...]]:
