@@ -327,6 +327,10 @@ def print_eval(console, path: Path, report: dict, samples: int) -> None:
     for row in summary_rows(report):
         table.add_row(*row)
     console.print(table)
+    from bigmodel.eval.report import skipped_lines
+
+    for line in skipped_lines(report):
+        console.print(line, markup=False, style="dim", soft_wrap=True)
     if "picture" in report:
         console.print(f"samples above their nearest training images: {report['picture']}", markup=False)
 

@@ -289,8 +289,39 @@ def test_eval_cli_bad_inputs_exit_2(trained_run, eval_cache, tmp_path, mnist_npy
 
     unlabelled = train(TrainSettings(family="ae", dataset=str(mnist_npy), epochs=1, batch_size=64, device="cpu",
                                      out=str(tmp_path / "npy-run"))).out
-    code, out = run_cli("eval", str(unlabelled), "--cache-dir", str(eval_cache))
-    assert code == 2 and "has none" in out
+    code, out = run_cli("eval", str(unlabelled), "--metrics", "reconstruction,fid", "--cache-dir", str(eval_cache))
+    assert code == 2 and "--metrics fid needs a feature classifier trained on class labels" in out and "has none" in out
+    code, out = run_cli("eval", str(unlabelled), "--metrics", "recon")
+    assert code == 2 and "--metrics must name some of reconstruction, nll, fid" in out and "'recon'" in out
     code, out = run_cli("eval", str(trained_run("vae")), "--compare", str(unlabelled),
                         "--cache-dir", str(eval_cache))
     assert code == 2 and "same dataset" in out
+
+
+def test_eval_without_labels_computes_what_needs_none_and_names_the_rest(tmp_path, mnist_npy, eval_cache):
+    import json
+
+    from bigmodel.training.loop import TrainSettings, train
+
+    run = train(TrainSettings(family="vae", dataset=str(mnist_npy), epochs=1, batch_size=64, device="cpu",
+                              out=str(tmp_path / "npy-run"))).out  # a .npy of images: no class labels
+    code, out = run_cli("eval", str(run), "--k", "4", "--nll-images", "16", "--samples", "200",
+                        "--cache-dir", str(eval_cache), "--json", str(tmp_path / "eval.json"))
+    assert code == 0, out
+    for metric in ("reconstruction BCE", "reconstruction MSE", "-ELBO", "IWAE NLL (K=4)"):
+        assert metric in out
+    assert "skipped fid: needs a feature classifier trained on class labels" in out and "has none" in out
+    report = json.loads((tmp_path / "eval.json").read_text())["report"]
+    assert set(report["skipped"]) == {"fid", "precision-recall", "coverage"} and report["classifier"] is None
+    assert report["nll"]["iwae"] > 0 and report["reconstruction"]["bce"] > 0 and "fid" not in report
+
+
+def test_eval_metrics_chooses(eval_bundle, eval_data):
+    opts = tiny_options(Path("."), metrics=("reconstruction",))
+    from bigmodel.eval import evaluate_model
+
+    with load(eval_bundle("vae")) as model:
+        report = evaluate_model(model, model.manifest.data, {"family": "vae"}, opts, eval_data)
+    assert "reconstruction" in report and "nll" not in report and "fid" not in report and "precision" not in report
+    left = ("nll", "fid", "precision-recall", "coverage")
+    assert report["skipped"] == dict.fromkeys(left, "not asked for (--metrics)")

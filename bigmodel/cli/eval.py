@@ -25,6 +25,13 @@ def eval_cmd(
         int, typer.Option(help="VAE: the fixed subset for -ELBO/IWAE: the first N validation images.")
     ] = 500,
     samples: Annotated[int, typer.Option(help="Generated images for FID, precision/recall and class coverage.")] = 2000,
+    metrics: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated, from reconstruction, nll, fid, precision-recall, coverage (or all: every one that "
+            "applies; on data without class labels, those that need none). What is left out is named."
+        ),
+    ] = "all",
     seed: Annotated[int, typer.Option(help="Seed of the samples and of the importance draws.")] = 0,
     backend: BackendOpt = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -53,13 +60,15 @@ def eval_cmd(
 
     Real images are the validation split of the model's own dataset; the feature net for FID,
     precision/recall (Kynkaanniemi et al. 2019) and class coverage is a small classifier trained
-    on the training split once and cached (its accuracy is printed). Works on every family, on
-    fp32/fp16/int8 bundles and on any backend.
+    on the training split once and cached (its accuracy is printed); on data without class labels
+    those are skipped, said so, and the rest computed. Works on every family, on fp32/fp16/int8
+    bundles and on any backend.
 
     Example: bigmodel eval runs/vae/bundle-int8 --compare runs/vae/bundle
     """
     from bigmodel.eval import EvalOptions, evaluate, load_eval_data, same_data
     from bigmodel.eval import compare as compare_reports
+    from bigmodel.eval.run import parse_metrics
 
     _check_outputs(
         force,
@@ -78,6 +87,7 @@ def eval_cmd(
         device=device,
         threads=threads,
         cache_dir=cache_dir,
+        metrics=parse_metrics(metrics),
     )
     opts.validate()
     with console.status("loading data and the feature classifier"):

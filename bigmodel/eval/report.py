@@ -26,19 +26,26 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         n = r["nll"]
         rows += [("-ELBO", f"{n['nelbo']:.2f}", f"{NOTES['nll.nelbo']}, {n['images']} images"),
                  (f"IWAE NLL (K={n['k']})", f"{n['iwae']:.2f}", NOTES["nll.iwae"])]
-    rare = r["rare_classes"]
-    rows += [
-        ("FID", f"{r['fid']:.2f}", f"feature net; training vs validation images: {r['fid_floor']:.2f}"),
-        ("precision", f"{r['precision']:.3f}", NOTES["precision"]),
-        ("recall", f"{r['recall']:.3f}", NOTES["recall"]),
-        *([("label agreement", f"{r['label_agreement']:.3f}", NOTES["label_agreement"])]
-          if "label_agreement" in r else []),
-        ("classes >= 1%", f"{len(r['coverage']) - len(rare)}/{len(r['coverage'])}",
-         "below 1%: " + ", ".join(map(str, rare)) if rare else "every class drawn"),
-        ("feature net accuracy", f"{r['classifier']['accuracy']:.3f}",
-         ("cached " if r["classifier"]["cached"] else "trained, cached at ") + r["classifier"]["cache"]),
-    ]
+    if "fid" in r:
+        rows.append(("FID", f"{r['fid']:.2f}", f"feature net; training vs validation images: {r['fid_floor']:.2f}"))
+    if "precision" in r:
+        rows += [("precision", f"{r['precision']:.3f}", NOTES["precision"]),
+                 ("recall", f"{r['recall']:.3f}", NOTES["recall"])]
+    if "label_agreement" in r:
+        rows.append(("label agreement", f"{r['label_agreement']:.3f}", NOTES["label_agreement"]))
+    if "coverage" in r:
+        rare = r["rare_classes"]
+        rows.append(("classes >= 1%", f"{len(r['coverage']) - len(rare)}/{len(r['coverage'])}",
+                     "below 1%: " + ", ".join(map(str, rare)) if rare else "every class drawn"))
+    if r.get("classifier"):
+        rows.append(("feature net accuracy", f"{r['classifier']['accuracy']:.3f}",
+                     ("cached " if r["classifier"]["cached"] else "trained, cached at ") + r["classifier"]["cache"]))
     return rows
+
+
+def skipped_lines(r: dict[str, Any]) -> list[str]:
+    """'skipped METRIC: why' for each metric the report does not hold."""
+    return [f"skipped {metric}: {why}" for metric, why in r.get("skipped", {}).items()]
 
 
 def compare_rows(deltas: dict[str, dict[str, float | None]]) -> list[tuple[str, str, str, str]]:

@@ -28,6 +28,22 @@ PICTURE_PAIRS = 16  # samples shown beside their nearest training images
 
 EVAL_IMAGE_BYTES = 4 * 4 * 3 * 64 * 64  # a float32 image up to 3x64x64, about four copies (input, output, features)
 
+# --metrics: what each name computes; the last three work in the feature space of a classifier trained on labels
+METRICS = ("reconstruction", "nll", "fid", "precision-recall", "coverage")
+NEEDS_LABELS = ("fid", "precision-recall", "coverage")
+LABELLED = "labelled: mnist-5k, digits, mnist, fashion-mnist, cifar10, or a .npz with key 'y'"
+
+
+def parse_metrics(text: str | None) -> tuple[str, ...] | None:
+    """'reconstruction,nll' -> ('reconstruction', 'nll'); None, '' or 'all' -> None (every metric that applies)."""
+    if text is None or text.strip() in ("", "all"):
+        return None
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise InputError(f"--metrics must name some of {', '.join(METRICS)} (or all); got {text!r}")
+    return names
+
 
 @dataclass
 class EvalOptions:
@@ -45,6 +61,7 @@ class EvalOptions:
     cache_dir: Path | None = None
     picture: Path | None = None
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    metrics: tuple[str, ...] | None = None  # None: every metric that applies to the model and its data
 
     def validate(self) -> None:
         from bigmodel.limits import check_count, check_items, check_seed, check_threads
@@ -60,6 +77,11 @@ class EvalOptions:
         check_threads(self.threads)
         if self.samples <= self.pr_k:
             raise InputError(f"--samples must exceed --pr-k ({self.pr_k}); got {self.samples}")
+        if self.metrics is not None:
+            parse_metrics(",".join(self.metrics) or "-")
+
+    def wants(self, metric: str) -> bool:
+        return self.metrics is None or metric in self.metrics
 
 
 @dataclass
@@ -68,10 +90,11 @@ class EvalData:
 
     train: np.ndarray
     val: np.ndarray
-    classifier: Any  # features.Classifier
-    val_features: np.ndarray
-    floor_fid: float  # FID of training against validation images: what a perfect model would get
+    classifier: Any  # features.Classifier; None without labels (or when no metric needs it)
+    val_features: np.ndarray | None
+    floor_fid: float | None  # FID of training against validation images: what a perfect model would get
     val_labels: np.ndarray | None = None  # (N,) int64: a conditional model's labels for the validation images
+    no_classifier: str | None = None  # why there is no classifier
 
 
 def load_eval_data(spec: DataSpec, opts: EvalOptions) -> EvalData:
@@ -80,9 +103,14 @@ def load_eval_data(spec: DataSpec, opts: EvalOptions) -> EvalData:
 
     data = load_data(spec.source, seed=spec.seed, val_fraction=spec.val_fraction)
     labels = load_labels(spec.source, seed=spec.seed, val_fraction=spec.val_fraction)
-    if labels is None:
-        raise InputError(f"bigmodel eval trains its feature classifier on class labels, and {spec.source} has none "
-                         f"(labelled: mnist-5k, digits, mnist, fashion-mnist, cifar10, or a .npz with key 'y')")
+    asked = [m for m in NEEDS_LABELS if opts.metrics is not None and m in opts.metrics]
+    if labels is None and asked:
+        raise InputError(f"--metrics {','.join(asked)} needs a feature classifier trained on class labels, and "
+                         f"{spec.source} has none ({LABELLED}); reconstruction and nll need none")
+    if labels is None or not any(opts.wants(m) for m in NEEDS_LABELS):
+        why = (f"needs a feature classifier trained on class labels; {spec.source} has none ({LABELLED})"
+               if labels is None else "not asked for (--metrics)")
+        return EvalData(data.train, data.val, None, None, None, None if labels is None else labels[1], why)
     clf = get_classifier(data.train, labels[0], data.val, labels[1], opts.cache_dir, opts.classifier)
     val_features = clf.features(data.val)[0]
     floor = metrics.frechet_distance(clf.features(data.train[: len(data.val) * 4])[0], val_features)
@@ -163,35 +191,56 @@ def evaluate_model(model, spec: DataSpec, name: dict[str, Any], opts: EvalOption
     report: dict[str, Any] = {
         "model": name,
         "data": {"source": spec.source, "split": "validation", "images": len(data.val)},
-        "classifier": {"accuracy": clf.accuracy, "cache": str(clf.path), "cached": clf.cached},
+        "classifier": None if clf is None else {"accuracy": clf.accuracy, "cache": str(clf.path),
+                                                "cached": clf.cached},
+        "skipped": {},  # metric -> why it was not computed
     }
+    skipped = report["skipped"]
     x, y = data.val, data.val_labels
-    if "encode" in model.offers:
+    if not opts.wants("reconstruction"):
+        skipped["reconstruction"] = "not asked for (--metrics)"
+    elif "encode" not in model.offers:
+        skipped["reconstruction"] = f"a {model.family} has no encoder"
+    else:
         say("reconstruction")
         report["reconstruction"] = reconstruction(model, x, y)
-    if model.family == "vae":
+    if not opts.wants("nll"):
+        skipped["nll"] = "not asked for (--metrics)"
+    elif model.family != "vae":
+        skipped["nll"] = f"-ELBO and IWAE need a VAE's likelihood; this is a {model.family}"
+    else:
         say(f"-ELBO and IWAE bound, K={opts.k} on {min(opts.nll_images, len(x))} images")
         report["nll"] = nll(model, x[: opts.nll_images], opts, None if y is None else y[: opts.nll_images])
+    if clf is None:
+        skipped.update({m: data.no_classifier for m in NEEDS_LABELS if m not in skipped})
+        if opts.picture is not None:
+            write_picture(opts.picture, draw(model, PICTURE_PAIRS, opts.seed)[0], data.train)
+            report["picture"] = str(opts.picture)
+        report["seconds"] = round(time.perf_counter() - t0, 2)
+        return report
     say(f"{opts.samples} samples: FID, precision/recall, coverage")
     # a conditional model samples its classes uniformly (Model.sample's rule); the classifier then says how
     # often a sample shows the class it was drawn for
-    drawn = model.sample_labels(opts.samples, seed=opts.seed) if getattr(model, "classes", None) else None
-    samples = model.sample(opts.samples, seed=opts.seed) if drawn is None else \
-        model.sample(opts.samples, seed=opts.seed, labels=drawn)
+    samples, drawn = draw(model, opts.samples, opts.seed)
     feats, predicted = clf.features(samples)
     if drawn is not None:
         report["label_agreement"] = float(np.mean(predicted == drawn))
     n = min(len(feats), len(data.val_features))
     precision, recall = metrics.precision_recall(data.val_features[:n], feats[:n], opts.pr_k)
     coverage = metrics.class_coverage(predicted, clf.classes)
-    report.update({
-        "fid": metrics.frechet_distance(feats, data.val_features),
-        "fid_floor": data.floor_fid,
-        "precision": precision,
-        "recall": recall,
-        "coverage": [round(float(c), 4) for c in coverage],
-        "rare_classes": [int(i) for i in np.flatnonzero(coverage < RARE_CLASS)],
-    })
+    if opts.wants("fid"):
+        report.update({"fid": metrics.frechet_distance(feats, data.val_features), "fid_floor": data.floor_fid})
+    else:
+        skipped["fid"] = "not asked for (--metrics)"
+    if opts.wants("precision-recall"):
+        report.update({"precision": precision, "recall": recall})
+    else:
+        skipped["precision-recall"] = "not asked for (--metrics)"
+    if opts.wants("coverage"):
+        report.update({"coverage": [round(float(c), 4) for c in coverage],
+                       "rare_classes": [int(i) for i in np.flatnonzero(coverage < RARE_CLASS)]})
+    else:
+        skipped["coverage"] = "not asked for (--metrics)"
     if opts.picture is not None:
         write_picture(opts.picture, samples[:PICTURE_PAIRS], data.train)
         report["picture"] = str(opts.picture)
@@ -260,6 +309,12 @@ def _coded(model, codes: np.ndarray) -> np.ndarray:
 
 def _decode(model, codes: np.ndarray, labels: np.ndarray | None, logits: bool = False) -> np.ndarray:
     return model.decode(codes, logits=logits) if labels is None else model.decode(codes, labels=labels, logits=logits)
+
+
+def draw(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """n samples, and the classes a conditional model drew them for (uniform: Model.sample's rule) or None."""
+    drawn = model.sample_labels(n, seed=seed) if getattr(model, "classes", None) else None
+    return (model.sample(n, seed=seed) if drawn is None else model.sample(n, seed=seed, labels=drawn)), drawn
 
 
 def write_picture(path: Path, samples: np.ndarray, train: np.ndarray) -> None:
