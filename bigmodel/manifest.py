@@ -185,8 +185,8 @@ class Manifest:
                 name: RoleSpec(
                     file=r["file"],
                     sha256=r["sha256"],
-                    inputs=[TensorSpec(**t) for t in r["inputs"]],
-                    outputs=[TensorSpec(**t) for t in r["outputs"]],
+                    inputs=[tensor_spec(t, f"role {name} input") for t in r["inputs"]],
+                    outputs=[tensor_spec(t, f"role {name} output") for t in r["outputs"]],
                     data_files=[DataFile(**f) for f in r.get("data_files", [])],
                 )
                 for name, r in d["roles"].items()
@@ -213,6 +213,26 @@ class Manifest:
         from bigmodel.fileio import atomic_write_text  # tempfile is not needed by readers (runtime start-up)
 
         return atomic_write_text(Path(bundle_dir) / MANIFEST_NAME, self.to_json())
+
+
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")  # what a role's tensors may be
+
+
+def tensor_spec(d: dict, where: str) -> TensorSpec:
+    """A TensorSpec from the manifest, its fields of the types the schema gives (name, dtype, shape of
+    positive ints and one leading "batch", kind, range, classes): a lie is a BundleError, never a TypeError."""
+    t = TensorSpec(**d)
+    dims = t.shape if isinstance(t.shape, list) else None
+    if not (isinstance(t.name, str) and t.name and isinstance(t.dtype, str) and t.dtype in DTYPES
+            and isinstance(t.kind, str) and dims and dims[0] == BATCH
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x < 2**31 for x in dims[1:])
+            and (t.range is None or (isinstance(t.range, list) and len(t.range) == 2
+                                     and all(isinstance(v, int | float) and not isinstance(v, bool) for v in t.range)))
+            and (t.classes is None or (isinstance(t.classes, int) and not isinstance(t.classes, bool)
+                                       and t.classes > 0))):
+        raise BundleError(f"manifest is malformed: {where} {t.name!r}: expected a name, a dtype of "
+                          f"{', '.join(DTYPES)}, a shape of 'batch' then positive sizes, a kind; got {d}"[:400])
+    return t
 
 
 def _reference(d: dict | None) -> ReferenceSpec:

@@ -188,6 +188,11 @@ def validate(epochs: int, max_train: int | None, batch_sizes: tuple[int, ...], b
         raise ConfigError(f"parity samples must be odd and >= 3; got {parity_samples}")
     if not (isinstance(bench_duration, (int, float)) and math.isfinite(bench_duration) and bench_duration > 0):
         raise ConfigError(f"--bench-duration must be a positive number of seconds; got {bench_duration!r}")
+    from bigmodel.limits import MAX_SECONDS, check_count, check_seconds, check_threads
+
+    check_count(epochs, "--epochs", 10**6)
+    check_threads(threads)
+    check_seconds(bench_duration, "--bench-duration", MAX_SECONDS / 100)  # it runs per backend and batch size
 
 
 def next_commands(out: Path, bundle: Path, family: str) -> list[str]:

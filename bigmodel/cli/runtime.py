@@ -188,14 +188,18 @@ def info_cmd(
     """
     import json
 
+    from bigmodel.errors import BundleError
     from bigmodel.runtime.inspect import describe
 
-    d = describe(bundle)
-    if json_out:
-        typer.echo(json.dumps(d, indent=2, default=str))
-        _info_verdict(bundle, d)
-        return
-    tables.print_info(ui.console(), bundle, d)
+    try:
+        d = describe(bundle)
+        if json_out:
+            typer.echo(json.dumps(d, indent=2, default=str))
+        else:
+            tables.print_info(ui.console(), bundle, d)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:  # values not of the manifest's types
+        raise BundleError(f"bundle {bundle}: its manifest.json holds values of the wrong kind ({type(e).__name__}: "
+                          f"{str(e)[:200]})") from e
     _info_verdict(bundle, d)
 
 

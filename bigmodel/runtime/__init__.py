@@ -224,6 +224,17 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer or None; got {threads!r}")
     check_threads(threads, "threads")  # and at most a few per core: a million threads only hangs
+    try:
+        return _load(path, manifest, backend, device, threads, fallback, verify, precision, device_id, tf32, strict,
+                     check_values)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        # the arguments were checked above: what is left is a manifest whose values are not what it promises
+        raise BundleError(f"bundle {path}: its manifest.json does not describe a bundle the runtime can load "
+                          f"({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def _load(path: Path, manifest: Manifest, backend, device, threads, fallback, verify, precision, device_id, tf32,
+          strict, check_values) -> Model:
     check_containment(path, manifest)
     if verify:
         verify_files(path, manifest)
