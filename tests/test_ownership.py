@@ -302,9 +302,13 @@ def test_two_trainings_into_one_new_out_one_runs_the_other_is_refused(ws: Path) 
                               "--epochs", "2", "--max-train", "256", "--dataset", "digits"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = lock_path(ws / NEW)
-    end = time.monotonic() + 120
-    while not lock.exists() and first.poll() is None and time.monotonic() < end:
+    end = time.monotonic() + 600
+    while first.poll() is None and time.monotonic() < end:  # until the first holds the lock (its PID written)
+        with contextlib.suppress(OSError):
+            if lock.read_text().strip() == str(first.pid):
+                break
         time.sleep(0.01)
+    assert first.poll() is None, "the first training ended before it was seen holding its lock"
     code, out = run_cli("train", "vae", "--out", NEW, *TRAIN, "--seed", "9")
     assert first.wait() == 0, first.stderr.read()
     assert code == 2 and f"PID {first.pid}" in out, out

@@ -224,44 +224,38 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer or None; got {threads!r}")
     check_threads(threads, "threads")  # and at most a few per core: a million threads only hangs
-    try:
-        return _load(path, manifest, backend, device, threads, fallback, verify, precision, device_id, tf32, strict,
-                     check_values)
+    try:  # (no inner function: the RuntimeWarnings below name the caller's line)
+        check_containment(path, manifest)
+        if verify:
+            verify_files(path, manifest)
+        warn_failed_verification(path, manifest)
+        from bigmodel.runtime.backends import parse_device
+
+        _, gpu = parse_device(device, device_id)
+        if backend == "auto":
+            tuned = _tuned_backend(path, manifest, device, threads, gpu, tf32)
+            if tuned is not None:
+                return Model(path, manifest, tuned, check_values=check_values)
+        name = None
+        try:
+            name = resolve_backend(backend, device, manifest, device_id)
+            if name == "tensorrt":
+                if not manifest.engines:
+                    from bigmodel.runtime.engines import NO_ENGINES
+
+                    raise BundleError(NO_ENGINES.format(path=path))
+                if verify:
+                    verify_files(path, manifest, engines=True, roles=False)
+            impl = _make_backend(path, manifest, name, threads, precision, gpu, tf32, strict)
+        except BackendUnavailable as e:
+            if name == "ort-cpu":
+                raise
+            if not fallback:
+                raise BackendUnavailable(f"{e} (pass fallback=True to run on ort-cpu instead)") from e
+            warnings.warn(f"{e}; running on ort-cpu instead (fallback=True)", RuntimeWarning, stacklevel=2)
+            impl = _make_backend(path, manifest, "ort-cpu", threads, None)
+        return Model(path, manifest, impl, check_values=check_values)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         # the arguments were checked above: what is left is a manifest whose values are not what it promises
         raise BundleError(f"bundle {path}: its manifest.json does not describe a bundle the runtime can load "
                           f"({type(e).__name__}: {str(e)[:200]})") from e
-
-
-def _load(path: Path, manifest: Manifest, backend, device, threads, fallback, verify, precision, device_id, tf32,
-          strict, check_values) -> Model:
-    check_containment(path, manifest)
-    if verify:
-        verify_files(path, manifest)
-    warn_failed_verification(path, manifest)
-    from bigmodel.runtime.backends import parse_device
-
-    _, gpu = parse_device(device, device_id)
-    if backend == "auto":
-        tuned = _tuned_backend(path, manifest, device, threads, gpu, tf32)
-        if tuned is not None:
-            return Model(path, manifest, tuned, check_values=check_values)
-    name = None
-    try:
-        name = resolve_backend(backend, device, manifest, device_id)
-        if name == "tensorrt":
-            if not manifest.engines:
-                from bigmodel.runtime.engines import NO_ENGINES
-
-                raise BundleError(NO_ENGINES.format(path=path))
-            if verify:
-                verify_files(path, manifest, engines=True, roles=False)
-        impl = _make_backend(path, manifest, name, threads, precision, gpu, tf32, strict)
-    except BackendUnavailable as e:
-        if name == "ort-cpu":
-            raise
-        if not fallback:
-            raise BackendUnavailable(f"{e} (pass fallback=True to run on ort-cpu instead)") from e
-        warnings.warn(f"{e}; running on ort-cpu instead (fallback=True)", RuntimeWarning, stacklevel=2)
-        impl = _make_backend(path, manifest, "ort-cpu", threads, None)
-    return Model(path, manifest, impl, check_values=check_values)
