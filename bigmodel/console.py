@@ -402,3 +402,16 @@ class QuickstartProgress:
         if self.train is not None:
             self.bar.__exit__(None, None, None)
             self.train = None
+
+
+def print_serving(console, started) -> None:
+    """The lines `bigmodel serve` prints once every model is loaded (tests and scripts wait for "ready")."""
+    console.print(f"models   {', '.join(started.models)}", soft_wrap=True)
+    console.print(f"http     {started.http}  (health: {started.http}/v2/health/ready)", soft_wrap=True)
+    console.print(f"grpc     {started.grpc}", soft_wrap=True)
+    console.print(f"metrics  {started.metrics}", soft_wrap=True)
+    if started.libdir_fix:
+        console.print(f"LD_LIBRARY_PATH starts with {started.libdir_fix} (this interpreter's libpython, for "
+                      "Triton's Python stub)", soft_wrap=True)
+    console.print("ready (Ctrl-C or SIGTERM stops)", soft_wrap=True)
+    console.file.flush()

@@ -13,7 +13,7 @@ import sys
 from bigmodel import console as ui
 
 # isort: off
-from bigmodel.cli import train, export, parity, runtime, tune, bench, eval, doctor, quickstart  # noqa: F401  (order of --help)
+from bigmodel.cli import train, export, parity, runtime, tune, bench, eval, serve, doctor, quickstart  # noqa: F401  (order of --help)
 
 # isort: on
 from bigmodel.cli.app import _state, app, click_command
@@ -33,6 +33,8 @@ MISSING_EXTRA = {
     "sklearn": "cpu",
     "onnxruntime": "runtime",
     "PIL": "runtime",
+    "pytriton": "serve",
+    "tritonclient": "serve",
 }
 
 
