@@ -142,6 +142,9 @@ def gather() -> dict[str, Any]:
                           "for the ov-cpu backend" if ov
                           else f"{why} (the ov-cpu backend needs it: bigmodel[openvino])"))
 
+    from bigmodel.serve import status as serve_status
+
+    packages.append(_item("nvidia-pytriton", *serve_status()))
     gpu["nvinfer"] = nvinfer
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages,
             "gpu": gpu, "backends": backend_report(torch, gpu["cuda_available"])}

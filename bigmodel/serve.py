@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigmodel.errors import BigmodelError, InputError, missing_package
+from bigmodel.errors import BackendUnavailable, BigmodelError, InputError, missing_package
 
 SAMPLE_MODEL = "sample"  # the extra model of every bundle: (n, seed) -> n images from the prior
 # Defaults measured with benchmarks/serve_load.py (docs/serve.md): 8 batch-1 clients on 2 cores.
@@ -124,6 +124,49 @@ def apply_libdir_fix() -> str | None:
         old = os.environ.get("LD_LIBRARY_PATH", "")
         os.environ["LD_LIBRARY_PATH"] = libdir + (os.pathsep + old if old else "")
     return libdir
+
+
+def numpy_clash() -> str | None:
+    """Why PyTriton cannot run with this numpy, or None: nvidia-pytriton 0.7 declares numpy < 2 and, with
+    numpy 2, hands the callables empty arrays (measured: `cannot reshape array of size 0`)."""
+    import importlib.metadata as md
+
+    try:
+        pytriton = md.version("nvidia-pytriton")
+    except md.PackageNotFoundError:
+        return None
+    if int(np.__version__.split(".")[0]) >= 2 and tuple(int(p) for p in pytriton.split(".")[:2]) < (0, 8):
+        return (f"nvidia-pytriton {pytriton} needs numpy < 2 and this environment has numpy {np.__version__}; "
+                "install the serve extra in an environment of its own: pip install 'bigmodel[serve]' "
+                "(it brings numpy < 2 with the runtime, no torch)")
+    return None
+
+
+def status() -> tuple[str | None, str]:
+    """(nvidia-pytriton's version or None, one line for `bigmodel doctor`: the LIBDIR fix and numpy)."""
+    import importlib.metadata as md
+
+    try:
+        version = md.version("nvidia-pytriton")
+    except md.PackageNotFoundError:
+        return None, "not installed (bigmodel serve needs it: pip install 'bigmodel[serve]')"
+    clients = [m for m in ("tritonclient.http", "tritonclient.grpc") if _importable(m)]
+    fix = libdir_fix()
+    line = (f"for bigmodel serve; LIBDIR fix applies (the stub would link another libpython; serve puts {fix} "
+            "first on LD_LIBRARY_PATH)" if fix else "for bigmodel serve; LIBDIR fix not needed (the stub links "
+            "this interpreter's libpython)")
+    line += f"; clients: {', '.join(clients) or 'none (pip install tritonclient[http,grpc])'}"
+    clash = numpy_clash()
+    return version, line + (f"; BROKEN: {clash}" if clash else "")
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 # -- what each Triton model is --------------------------------------------------------------------------------
@@ -302,8 +345,11 @@ def serve(bundle: str | os.PathLike, o: ServeOptions = ServeOptions(),
     check_options(o)
     from bigmodel.runtime import load
 
-    model = load(bundle, backend=o.backend, device=o.device, threads=o.threads)
     _, tr = _pytriton()
+    clash = numpy_clash()
+    if clash:
+        raise BackendUnavailable(clash)
+    model = load(bundle, backend=o.backend, device=o.device, threads=o.threads)
     fix = apply_libdir_fix()
     workspace = Path(tempfile.mkdtemp(prefix="bigmodel-serve-"))
     config = tr.TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host,
@@ -383,17 +429,18 @@ class Child:
 
 @contextlib.contextmanager
 def launched(bundle: str | os.PathLike, *args: str, log: Path, timeout: float = 180.0,
-             env: dict[str, str] | None = None) -> Iterator[Child]:
+             env: dict[str, str] | None = None, python: str | None = None) -> Iterator[Child]:
     """`bigmodel serve BUNDLE ARGS` on free 127.0.0.1 ports, once it prints "ready"; stopped (SIGTERM) on exit.
 
+    `python`: the interpreter to run it with (default this one; the serve extra may live in its own venv).
     Its stdout and stderr go to `log`; InputError with the log's tail if it exits or is not ready in `timeout` s.
     """
     import sys
     import time
 
     http, grpc, metrics = free_ports(3)
-    cmd = [sys.executable, "-m", "bigmodel", "serve", str(bundle), "--host", "127.0.0.1", "--http-port", str(http),
-           "--grpc-port", str(grpc), "--metrics-port", str(metrics), *args]
+    cmd = [python or sys.executable, "-m", "bigmodel", "serve", str(bundle), "--host", "127.0.0.1",
+           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     child = Child(proc, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}", Path(log))

@@ -11,7 +11,7 @@ from conftest import run_cli as cli
 from bigmodel.doctor import gather
 
 PACKAGES = {"python", "numpy", "torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "tensorrt", "cuda-python",
-            "openvino"}
+            "openvino", "nvidia-pytriton"}
 BACKENDS = ["torch", "torch-cudagraph", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "ov-cpu"]
 
 

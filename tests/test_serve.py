@@ -235,3 +235,16 @@ def test_bad_options_are_refused_before_anything_starts(options, words):
 def test_cli_refuses_a_bad_port_with_exit_2(exported):
     code, text = run_cli("serve", exported("vae"), "--http-port", "70000")
     assert code == 2 and "--http-port must be a port number 1..65535; got 70000" in text
+
+
+def test_doctor_says_whether_serve_can_run_and_whether_the_libdir_fix_applies():
+    from bigmodel.doctor import gather
+
+    item = next(p for p in gather()["packages"] if p["name"] == "nvidia-pytriton")
+    try:
+        import pytriton  # noqa: F401
+    except ImportError:
+        assert not item["found"] and "bigmodel[serve]" in item["detail"]
+        return
+    assert item["found"]
+    assert ("LIBDIR fix applies" in item["detail"]) == (libdir_fix() is not None)
