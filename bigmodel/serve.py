@@ -306,6 +306,40 @@ def bind_all(triton, model, o: ServeOptions) -> list[str]:
     return [b.name for b in bindings(model)]
 
 
+def descendants(pid: int) -> list[int]:
+    """Process ids under `pid` (children, theirs, ...), read from /proc; [] where there is no /proc."""
+    parents: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += kids
+        todo += kids
+    return found
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def wait_gone(procs: dict[int, str], timeout: float) -> None:
+    """Wait up to `timeout` s until none of `procs` (pid -> command line) runs any more: Triton's Python stubs
+    finish their own clean-up after tritonserver exits."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(_cmdline(p) == cmd for p, cmd in procs.items()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 # -- running it --------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
@@ -355,11 +389,13 @@ def serve(bundle: str | os.PathLike, o: ServeOptions = ServeOptions(),
     config = tr.TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host,
                              grpc_port=o.grpc_port, metrics_address=o.host, metrics_port=o.metrics_port,
                              allow_gpu_metrics=False, log_verbose=o.log_verbose, exit_timeout_secs=5)
+    server: dict[int, str] = {}
     try:
         with _sigterm_as_interrupt():
             try:
                 with tr.Triton(config=config, workspace=workspace / "pytriton") as triton:
                     names = bind_all(triton, model, o)
+                    server = {p: c for p in descendants(os.getpid()) if (c := _cmdline(p)) and "triton" in c}
                     if on_ready is not None:
                         on_ready(Started(f"http://{o.host}:{o.http_port}", f"{o.host}:{o.grpc_port}",
                                          f"http://{o.host}:{o.metrics_port}/metrics", names, fix, workspace))
@@ -371,6 +407,7 @@ def serve(bundle: str | os.PathLike, o: ServeOptions = ServeOptions(),
             except Exception as e:  # PyTriton's start-up failures (a port in use, a model that fails to load)
                 raise InputError(f"Triton did not start: {type(e).__name__}: {e}") from e
     finally:
+        wait_gone(server, 30.0)
         model.close()
         shutil.rmtree(workspace, ignore_errors=True)
 
@@ -402,18 +439,7 @@ class Child:
 
     def descendants(self) -> list[int]:
         """Process ids under the child (tritonserver and its Python stubs), read from /proc."""
-        parents: dict[int, int] = {}
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        found, todo = [], [self.proc.pid]
-        while todo:
-            p = todo.pop()
-            kids = [c for c, pp in parents.items() if pp == p]
-            found += kids
-            todo += kids
-        return found
+        return descendants(self.proc.pid)
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then wait up to `timeout` s (SIGKILL after that); the exit code."""
