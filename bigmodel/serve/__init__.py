@@ -15,8 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
-import sysconfig
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from bigmodel.errors import BackendUnavailable, BigmodelError, InputError, missing_package
+from bigmodel.serve.environment import (  # noqa: F401  (the package's API)
+    apply_libdir_fix,
+    interpreter_libpython,
+    libdir_fix,
+    numpy_clash,
+    status,
+    stub_libpython,
+    stub_path,
+)
+from bigmodel.serve.processes import Child, _cmdline, descendants, free_ports, launched, wait_gone  # noqa: F401
 
 SAMPLE_MODEL = "sample"  # the extra model of every bundle: (n, seed) -> n images from the prior
 # Defaults measured with benchmarks/serve_load.py (docs/serve.md): 8 batch-1 clients on 2 cores.
@@ -61,112 +69,6 @@ def check_options(o: ServeOptions) -> None:
         raise InputError(f"--max-batch must be >= 1; got {o.max_batch}")
     if o.queue_delay_us < 0:
         raise InputError(f"--queue-delay-us must be >= 0; got {o.queue_delay_us}")
-
-
-# -- the LIBDIR fix ---------------------------------------------------------------------------------------------
-def interpreter_libpython() -> Path | None:
-    """This interpreter's shared libpython (LIBDIR/INSTSONAME), or None (a static build: nothing to fix)."""
-    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
-    if not libdir or not soname or not sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        return None
-    f = Path(libdir) / soname
-    return f if f.is_file() else None
-
-
-def stub_path() -> Path | None:
-    """PyTriton's Python-backend stub for this interpreter's version, or None without PyTriton."""
-    try:
-        from pytriton.utils.distribution import get_stub_path
-    except ImportError:
-        return None
-    import sys
-
-    p = Path(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"))
-    return p if p.is_file() else None
-
-
-def stub_libpython(stub: Path, env: dict[str, str] | None = None) -> Path | None:
-    """The libpython the dynamic loader gives `stub` (read off `ldd`), or None where ldd cannot say."""
-    try:
-        out = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, timeout=20,
-                             env=env if env is not None else dict(os.environ)).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        name, _, target = line.strip().partition(" => ")
-        if name.startswith("libpython"):
-            where = target.split(" (")[0].strip()
-            return Path(where).resolve() if where.startswith("/") else Path("not found")
-    return None
-
-
-def libdir_fix() -> str | None:
-    """The LD_LIBRARY_PATH entry the stub needs, or None where it already links this interpreter's libpython.
-
-    PyTriton's stub links `libpython3.X.so`; where the loader finds another build of it (the system's,
-    while this interpreter is pyenv's or conda's), models fail to load with `'_thread.RLock' object has no
-    attribute '_recursion_count'`. Putting this interpreter's LIBDIR first fixes it.
-    """
-    own, stub = interpreter_libpython(), stub_path()
-    if own is None or stub is None:
-        return None
-    linked = stub_libpython(stub)
-    if linked is not None and linked == own.resolve():
-        return None
-    return str(own.parent)
-
-
-def apply_libdir_fix() -> str | None:
-    """Put this interpreter's LIBDIR first on LD_LIBRARY_PATH where the stub needs it (PyTriton hands
-    its environment to tritonserver and the stub); returns the directory added, or None."""
-    libdir = libdir_fix()
-    if libdir is not None:
-        old = os.environ.get("LD_LIBRARY_PATH", "")
-        os.environ["LD_LIBRARY_PATH"] = libdir + (os.pathsep + old if old else "")
-    return libdir
-
-
-def numpy_clash() -> str | None:
-    """Why PyTriton cannot run with this numpy, or None: nvidia-pytriton 0.7 declares numpy < 2 and, with
-    numpy 2, hands the callables empty arrays (measured: `cannot reshape array of size 0`)."""
-    import importlib.metadata as md
-
-    try:
-        pytriton = md.version("nvidia-pytriton")
-    except md.PackageNotFoundError:
-        return None
-    if int(np.__version__.split(".")[0]) >= 2 and tuple(int(p) for p in pytriton.split(".")[:2]) < (0, 8):
-        return (f"nvidia-pytriton {pytriton} needs numpy < 2 and this environment has numpy {np.__version__}; "
-                "install the serve extra in an environment of its own: pip install 'bigmodel[serve]' "
-                "(it brings numpy < 2 with the runtime, no torch)")
-    return None
-
-
-def status() -> tuple[str | None, str]:
-    """(nvidia-pytriton's version or None, one line for `bigmodel doctor`: the LIBDIR fix and numpy)."""
-    import importlib.metadata as md
-
-    try:
-        version = md.version("nvidia-pytriton")
-    except md.PackageNotFoundError:
-        return None, "not installed (bigmodel serve needs it: pip install 'bigmodel[serve]')"
-    clients = [m for m in ("tritonclient.http", "tritonclient.grpc") if _importable(m)]
-    fix = libdir_fix()
-    line = (f"for bigmodel serve; LIBDIR fix applies (the stub would link another libpython; serve puts {fix} "
-            "first on LD_LIBRARY_PATH)" if fix else "for bigmodel serve; LIBDIR fix not needed (the stub links "
-            "this interpreter's libpython)")
-    line += f"; clients: {', '.join(clients) or 'none (pip install tritonclient[http,grpc])'}"
-    clash = numpy_clash()
-    return version, line + (f"; BROKEN: {clash}" if clash else "")
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 # -- what each Triton model is --------------------------------------------------------------------------------
@@ -306,40 +208,6 @@ def bind_all(triton, model, o: ServeOptions) -> list[str]:
     return [b.name for b in bindings(model)]
 
 
-def descendants(pid: int) -> list[int]:
-    """Process ids under `pid` (children, theirs, ...), read from /proc; [] where there is no /proc."""
-    parents: dict[int, int] = {}
-    with contextlib.suppress(OSError):
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        found += kids
-        todo += kids
-    return found
-
-
-def _cmdline(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-    except OSError:
-        return None
-
-
-def wait_gone(procs: dict[int, str], timeout: float) -> None:
-    """Wait up to `timeout` s until none of `procs` (pid -> command line) runs any more: Triton's Python stubs
-    finish their own clean-up after tritonserver exits."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while any(_cmdline(p) == cmd for p, cmd in procs.items()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
 # -- running it --------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
@@ -410,74 +278,3 @@ def serve(bundle: str | os.PathLike, o: ServeOptions = ServeOptions(),
         wait_gone(server, 30.0)
         model.close()
         shutil.rmtree(workspace, ignore_errors=True)
-
-
-# -- a server in a child process (tests, benchmarks/serve_load.py, your own integration tests) ------------------
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n distinct ports free on `host` now (the OS picks them: parallel test workers never collide)."""
-    import socket
-
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-@dataclass
-class Child:
-    """A `bigmodel serve` child process and where it listens."""
-
-    proc: subprocess.Popen
-    http: str  # host:port, as tritonclient.http takes it
-    grpc: str
-    metrics: str
-    log: Path
-
-    def descendants(self) -> list[int]:
-        """Process ids under the child (tritonserver and its Python stubs), read from /proc."""
-        return descendants(self.proc.pid)
-
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, then wait up to `timeout` s (SIGKILL after that); the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-
-@contextlib.contextmanager
-def launched(bundle: str | os.PathLike, *args: str, log: Path, timeout: float = 180.0,
-             env: dict[str, str] | None = None, python: str | None = None) -> Iterator[Child]:
-    """`bigmodel serve BUNDLE ARGS` on free 127.0.0.1 ports, once it prints "ready"; stopped (SIGTERM) on exit.
-
-    `python`: the interpreter to run it with (default this one; the serve extra may live in its own venv).
-    Its stdout and stderr go to `log`; InputError with the log's tail if it exits or is not ready in `timeout` s.
-    """
-    import sys
-    import time
-
-    http, grpc, metrics = free_ports(3)
-    cmd = [python or sys.executable, "-m", "bigmodel", "serve", str(bundle), "--host", "127.0.0.1",
-           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *args]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    child = Child(proc, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}", Path(log))
-    try:
-        deadline = time.monotonic() + timeout
-        while b"\nready (" not in Path(log).read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = Path(log).read_text(errors="replace")[-3000:]
-                raise InputError(f"bigmodel serve {'exited' if proc.poll() is not None else 'was not ready'} "
-                                 f"({' '.join(cmd)}); its log ends:\n{tail}")
-            time.sleep(0.2)
-        yield child
-    finally:
-        child.stop()
