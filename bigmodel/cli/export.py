@@ -80,6 +80,8 @@ def export(
             "recorded in its manifest (bigmodel info shows them).",
         ),
     ] = False,
+    trust_pickles: Annotated[bool, typer.Option(
+        "--trust-pickles", help="pythae folders: load custom nets' cloudpickle files (they run code when loaded).")] = False,
     json_out: JsonOutOpt = None,
 ) -> None:
     """Export a trained run: one ONNX graph per role + manifest.json, verified against PyTorch.
@@ -102,7 +104,16 @@ def export(
                          f"{'both' if module else 'neither'}")
     if module is not None and (out is None or data is None):
         raise InputError("--module needs --out BUNDLE (where to write) and --data (example images, e.g. mnist-5k)")
-    if module is None and any(v is not None for v in (weights, family, data, latent, classes)) or (
+    from bigmodel.export.from_pythae import export_pythae, is_pythae_folder
+
+    pythae = module is None and is_pythae_folder(run_dir)
+    if pythae and (out is None or data is None):
+        raise InputError("a pythae model folder needs --data (example images of its input_dim, e.g. mnist-5k) and --out")
+    if module is None and run_dir.is_dir() and not pythae and not (run_dir / "checkpoint.pt").is_file():
+        raise InputError(f"{run_dir}: expected a bigmodel run (checkpoint.pt) or a pythae model folder "
+                         "(model_config.json + model.pt); it has neither")
+    if module is None and any(v is not None for v in (weights, family, latent, classes)) or (
+            module is None and not pythae and data is not None) or (
             module is None and image_logits):
         raise InputError("--weights, --family, --data, --latent, --classes and --image-logits go with --module")
     bundle = out or (run_dir if run_dir.is_dir() else run_dir.parent) / "bundle"  # export_bundle's default
@@ -124,7 +135,10 @@ def export(
         allow_failing=allow_failing,
     )
     with _locked("bundle", bundle, triton):  # one writer per folder: a second export here exits 2
-        if module is None:
+        if pythae:
+            result = export_pythae(run_dir, data, out, value_range=_numbers(value_range, "--value-range"),
+                                   trust_pickles=trust_pickles, options=opts, progress=ui.export_steps(console))
+        elif module is None:
             result = export_bundle(run_dir, opts, progress=ui.export_steps(console))
         else:
             from bigmodel.export.modules import export_modules, load_factory
