@@ -81,7 +81,8 @@ def export(
         ),
     ] = False,
     trust_pickles: Annotated[bool, typer.Option(
-        "--trust-pickles", help="pythae folders: load custom nets' cloudpickle files (they run code when loaded).")] = False,
+        "--trust-pickles",
+        help="pythae folders: load custom nets' cloudpickle files (they run code when loaded).")] = False,
     json_out: JsonOutOpt = None,
 ) -> None:
     """Export a trained run: one ONNX graph per role + manifest.json, verified against PyTorch.
@@ -108,7 +109,8 @@ def export(
 
     pythae = module is None and is_pythae_folder(run_dir)
     if pythae and (out is None or data is None):
-        raise InputError("a pythae model folder needs --data (example images of its input_dim, e.g. mnist-5k) and --out")
+        raise InputError(
+            "a pythae model folder needs --data (example images of its input_dim, e.g. mnist-5k) and --out")
     if module is None and run_dir.is_dir() and not pythae and not (run_dir / "checkpoint.pt").is_file():
         raise InputError(f"{run_dir}: expected a bigmodel run (checkpoint.pt) or a pythae model folder "
                          "(model_config.json + model.pt); it has neither")

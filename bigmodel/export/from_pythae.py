@@ -74,7 +74,8 @@ def _load_model(folder: Path, config: dict, cls_name: str, trust: bool) -> nn.Mo
         raise missing_package("pythae", "pythae", "exporting a pythae model folder") from e
     custom = [n for n in NETS if config.get(f"uses_default_{n}") is False]
     if custom and not trust:
-        raise InputError(f"{folder}: custom {', '.join(custom)} saved as cloudpickle ({', '.join(n + '.pkl' for n in custom)}"
+        pickles = ", ".join(n + ".pkl" for n in custom)
+        raise InputError(f"{folder}: custom {', '.join(custom)} saved as cloudpickle ({pickles}"
                          "), which runs code when loaded; pass --trust-pickles only if you trust who wrote them")
     weights = folder / "model.pt"
     if not weights.is_file():
