@@ -314,7 +314,7 @@ def print_doctor(report: dict) -> None:
 
 
 
-def print_eval(console, path: Path, report: dict, samples: int) -> None:
+def print_eval(console, path: Path, report: dict) -> None:
     """One `bigmodel eval` report: a metric table and where the nearest-neighbour picture went."""
     from rich.table import Table
 
@@ -323,7 +323,7 @@ def print_eval(console, path: Path, report: dict, samples: int) -> None:
     m, d = report["model"], report["data"]
     table = Table("metric", "value", "note", box=None, title_justify="left",
                   title=f"{path}: {m['family']}/{m['arch']} {m['precision']} on {m['backend']}, "
-                        f"{d['images']} {d['source']} validation images, {samples} samples ({report['seconds']}s)")
+                        f"{d['images']} {d['source']} validation images ({report['seconds']}s)")
     for row in summary_rows(report):
         table.add_row(*row)
     console.print(table)

@@ -24,7 +24,16 @@ def eval_cmd(
     nll_images: Annotated[
         int, typer.Option(help="VAE: the fixed subset for -ELBO/IWAE: the first N validation images.")
     ] = 500,
-    samples: Annotated[int, typer.Option(help="Generated images for FID, precision/recall and class coverage.")] = 2000,
+    samples: Annotated[
+        int, typer.Option(help="Generated images for FID, KID, precision/recall and class coverage.")
+    ] = 10000,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Real images to score samples against: a .npz/.npy array or a folder of images of the model's "
+            "shape, at least 500 (default: the whole training split of the model's dataset)."
+        ),
+    ] = None,
     metrics: Annotated[
         str,
         typer.Option(
@@ -56,13 +65,14 @@ def eval_cmd(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing --json / --picture files.")] = False,
 ) -> None:
-    """Generative quality through the runtime: reconstruction, -ELBO and IWAE NLL, FID, precision/recall, coverage.
+    """Generative quality through the runtime: reconstruction, -ELBO and IWAE NLL, FID, KID, precision/recall, coverage.
 
-    Real images are the validation split of the model's own dataset; the feature net for FID,
-    precision/recall (Kynkaanniemi et al. 2019) and class coverage is a small classifier trained
-    on the training split once and cached (its accuracy is printed); on data without class labels
-    those are skipped, said so, and the rest computed. Works on every family, on fp32/fp16/int8
-    bundles and on any backend.
+    Reconstruction and NLL use the validation split of the model's own dataset. Samples are
+    compared with a reference, the whole training split or --reference: FID and KID (each with a
+    standard error), precision/recall (Kynkaanniemi et al. 2019) and class coverage, in the feature
+    space of a small classifier trained on the training split once and cached (its accuracy is
+    printed); on data without class labels those are skipped, said so, and the rest computed.
+    Works on every family, on fp32/fp16/int8 bundles and on any backend.
 
     Example: bigmodel eval runs/vae/bundle-int8 --compare runs/vae/bundle
     """
@@ -74,7 +84,7 @@ def eval_cmd(
         force,
         (json_out, "eval report", (), "--json"),
         (picture, "nearest-neighbour picture", (".png",), "--picture"),
-        reads=(target, compare),
+        reads=(target, compare, reference if reference is not None and reference.is_dir() else None),  # no PNG joins it
     )
     console = ui.console()
     paths = [target] + ([compare] if compare else [])
@@ -88,6 +98,7 @@ def eval_cmd(
         threads=threads,
         cache_dir=cache_dir,
         metrics=parse_metrics(metrics),
+        reference=reference,
     )
     opts.validate()
     with console.status("loading data and the feature classifier"):
@@ -98,7 +109,7 @@ def eval_cmd(
         with console.status(f"evaluating {path}") as status:
             report = evaluate(path, opts, data, progress=ui.status_progress(status, f"{path}: "))
         reports.append(report)
-        tables.print_eval(console, path, report, samples)
+        tables.print_eval(console, path, report)
     out = {"report": reports[0]}
     if compare:
         deltas = compare_reports(reports[0], reports[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 NOTES = {
@@ -9,7 +10,7 @@ NOTES = {
     "reconstruction.mse": "squared error summed per image",
     "nll.nelbo": "-ELBO, nats/image",
     "nll.iwae": "importance-weighted NLL bound, nats/image",
-    "fid": "lower is better",
+    "fid": "lower is better; bootstrap error",
     "precision": "share of samples on the data manifold",
     "recall": "share of data covered by samples",
     "label_agreement": "share of samples the feature net puts in the class they were drawn for",
@@ -26,8 +27,15 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         n = r["nll"]
         rows += [("-ELBO", f"{n['nelbo']:.2f}", f"{NOTES['nll.nelbo']}, {n['images']} images"),
                  (f"IWAE NLL (K={n['k']})", f"{n['iwae']:.2f}", NOTES["nll.iwae"])]
+    if "samples" in r:
+        ref = r["reference"]
+        rows += [("samples", str(r["samples"]), "generated: the model's side of FID, KID, precision/recall"),
+                 ("reference images", str(ref["images"]), f"the real side: {ref['source']}")]
     if "fid" in r:
-        rows.append(("FID", f"{r['fid']:.2f}", f"feature net; training vs validation images: {r['fid_floor']:.2f}"))
+        rows += [("FID", plus_minus(r["fid"], r["fid_se"]),
+                  f"{NOTES['fid']}; validation images vs the reference: {r['fid_floor']:.2f}"),
+                 ("KID", plus_minus(r["kid"], r["kid_se"]), "unbiased, lower is better; validation images vs the "
+                  f"reference: {plus_minus(r['kid_floor'], r['kid_floor_se'])}")]
     if "precision" in r:
         rows += [("precision", f"{r['precision']:.3f}", NOTES["precision"]),
                  ("recall", f"{r['recall']:.3f}", NOTES["recall"])]
@@ -41,6 +49,12 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("feature net accuracy", f"{r['classifier']['accuracy']:.3f}",
                      ("cached " if r["classifier"]["cached"] else "trained, cached at ") + r["classifier"]["cache"]))
     return rows
+
+
+def plus_minus(value: float, error: float) -> str:
+    """'189.04 ± 2.9': the value to the error's second significant digit (at least 2 decimals)."""
+    decimals = 2 if not error > 0 else min(6, max(2, 1 - math.floor(math.log10(error))))
+    return f"{value:.{decimals}f} ± {error:.{decimals}f}"
 
 
 def skipped_lines(r: dict[str, Any]) -> list[str]:

@@ -1,8 +1,12 @@
 """`evaluate`: generative quality of a bundle (any backend, any precision) or a run folder, via the runtime.
 
 A run folder is exported to a temporary fp32 bundle first, so every number comes through the same
-`bigmodel.runtime.Model` an application embeds. Real images are the validation split the model
-was not trained on; the feature net is trained on the training split (see `features.py`).
+`bigmodel.runtime.Model` an application embeds. Reconstruction and the likelihood bounds use the
+validation split the model was not trained on. Samples are compared (FID, KID, precision/recall)
+with a reference: the whole training split by default, or the user's own images (`reference`); the
+validation images against that reference give the floor a perfect model would score. The feature
+net is trained on the training split (see `features.py`; docs/quality.md says why scoring against
+the images it was trained on does not bias the reference).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from bigmodel.progress import ProgressFn, reporter
 
 RARE_CLASS = 0.01  # a class that gets under 1% of the samples is a dropped mode
 PICTURE_PAIRS = 16  # samples shown beside their nearest training images
+MIN_REFERENCE = 500  # fewer real images than this: FID's bias and KID's error swamp what they compare
+PR_IMAGES = 5000  # precision/recall hold (N, N) distances: at most this many images a side
+KID_SUBSETS = 10
+FID_RESAMPLES = 20
 
 
 EVAL_IMAGE_BYTES = 4 * 4 * 3 * 64 * 64  # a float32 image up to 3x64x64, about four copies (input, output, features)
@@ -51,7 +59,7 @@ class EvalOptions:
 
     k: int = 500  # importance samples per image for the IWAE bound
     nll_images: int = 500  # the fixed subset: the first N validation images (the split is seeded)
-    samples: int = 2000  # generated images for FID, precision/recall and coverage
+    samples: int = 10000  # generated images for FID, KID, precision/recall and coverage
     pr_k: int = 3  # the neighbourhood size of improved precision/recall
     seed: int = 0
     codes_per_call: int = 5000  # decoder batch in the IWAE
@@ -62,6 +70,7 @@ class EvalOptions:
     picture: Path | None = None
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     metrics: tuple[str, ...] | None = None  # None: every metric that applies to the model and its data
+    reference: Path | None = None  # real images for FID/KID/precision-recall; None: the training split
 
     def validate(self) -> None:
         from bigmodel.limits import check_count, check_items, check_seed, check_threads
@@ -75,8 +84,9 @@ class EvalOptions:
         check_count(self.pr_k, "--pr-k", 1000)
         check_seed(self.seed)
         check_threads(self.threads)
-        if self.samples <= self.pr_k:
-            raise InputError(f"--samples must exceed --pr-k ({self.pr_k}); got {self.samples}")
+        if self.samples <= self.pr_k or self.samples < 2 * KID_SUBSETS:
+            raise InputError(f"--samples must exceed --pr-k ({self.pr_k}) and be at least {2 * KID_SUBSETS} "
+                             f"(KID's {KID_SUBSETS} subsets); got {self.samples}")
         if self.metrics is not None:
             parse_metrics(",".join(self.metrics) or "-")
 
@@ -86,24 +96,58 @@ class EvalOptions:
 
 @dataclass
 class EvalData:
-    """Training and validation images with labels, and the classifier trained on them."""
+    """Training and validation images with labels, the classifier trained on them, and the reference's features."""
 
     train: np.ndarray
     val: np.ndarray
     classifier: Any  # features.Classifier; None without labels (or when no metric needs it)
     val_features: np.ndarray | None
-    floor_fid: float | None  # FID of training against validation images: what a perfect model would get
+    floor_fid: float | None  # FID of the validation images against the reference: what a perfect model gets
     val_labels: np.ndarray | None = None  # (N,) int64: a conditional model's labels for the validation images
     no_classifier: str | None = None  # why there is no classifier
+    reference_features: np.ndarray | None = None  # (N, 128): the real side of FID, KID and precision/recall
+    reference: dict[str, Any] | None = None  # {"source": what the reference is, "images": N}
+    floor_kid: tuple[float, float] | None = None  # KID (mean, standard error) of the validation images
+
+
+def load_reference(path: Path, spec: DataSpec) -> np.ndarray:
+    """The user's reference images (a .npz/.npy array or an image folder, read by bigmodel.data) as float32
+    (N, C, H, W) in [0, 1], of the model's image shape and at least MIN_REFERENCE of them: InputError otherwise."""
+    from bigmodel.data import read_images
+    from bigmodel.errors import DataError
+
+    path = Path(path).expanduser()
+    if not (path.is_dir() or (path.is_file() and path.suffix.lower() in (".npz", ".npy"))):
+        came = "no such file or folder" if not path.exists() else "another kind of file"
+        raise InputError(f"--reference: expected a .npz/.npy file or a folder of images; got {path} ({came})")
+    try:
+        x, scale = read_images(str(path.resolve()))  # an absolute path is never taken for a dataset name
+    except DataError as e:
+        raise InputError(f"--reference: {e}") from e
+    if tuple(x.shape[1:]) != tuple(spec.shape):
+        raise InputError(f"--reference {path}: expected images of shape (C, H, W) {tuple(spec.shape)}, the "
+                         f"model's data; got {tuple(x.shape[1:])}")
+    if len(x) < MIN_REFERENCE:
+        raise InputError(f"--reference {path}: expected at least {MIN_REFERENCE} images (fewer make FID and KID "
+                         f"meaningless); got {len(x)}")
+    return np.asarray(x, dtype=np.float32) / np.float32(scale)  # the reader refused pixels outside 0..255 or [0, 1]
 
 
 def load_eval_data(spec: DataSpec, opts: EvalOptions) -> EvalData:
-    """The model's own dataset and split (from its DataSpec), labels, and the cached classifier."""
+    """The model's own dataset and split (from its DataSpec), labels, the cached classifier and the reference.
+
+    The reference is `opts.reference`'s images, read and checked before anything else (a bad one writes
+    nothing, not even the classifier's cache), or else the whole training split.
+    """
     from bigmodel.data import load_data, load_labels
 
+    user_reference = None if opts.reference is None else load_reference(opts.reference, spec)
     data = load_data(spec.source, seed=spec.seed, val_fraction=spec.val_fraction)
     labels = load_labels(spec.source, seed=spec.seed, val_fraction=spec.val_fraction)
     asked = [m for m in NEEDS_LABELS if opts.metrics is not None and m in opts.metrics]
+    if labels is None and user_reference is not None:
+        raise InputError(f"--reference is the real side of fid, precision-recall and coverage, which need a feature "
+                         f"classifier trained on class labels, and {spec.source} has none ({LABELLED})")
     if labels is None and asked:
         raise InputError(f"--metrics {','.join(asked)} needs a feature classifier trained on class labels, and "
                          f"{spec.source} has none ({LABELLED}); reconstruction and nll need none")
@@ -113,8 +157,15 @@ def load_eval_data(spec: DataSpec, opts: EvalOptions) -> EvalData:
         return EvalData(data.train, data.val, None, None, None, None if labels is None else labels[1], why)
     clf = get_classifier(data.train, labels[0], data.val, labels[1], opts.cache_dir, opts.classifier)
     val_features = clf.features(data.val)[0]
-    floor = metrics.frechet_distance(clf.features(data.train[: len(data.val) * 4])[0], val_features)
-    return EvalData(data.train, data.val, clf, val_features, floor, labels[1])
+    if user_reference is None:
+        ref_features, reference = clf.features(data.train)[0], {"source": f"training split of {spec.source}"}
+    else:
+        ref_features, reference = clf.features(user_reference)[0], {"source": str(Path(opts.reference))}
+    reference["images"] = len(ref_features)
+    floor = metrics.frechet_distance(val_features, ref_features)
+    floor_kid = metrics.kernel_inception_distance(val_features, ref_features, KID_SUBSETS, seed=opts.seed)
+    return EvalData(data.train, data.val, clf, val_features, floor, labels[1], None, ref_features, reference,
+                    floor_kid)
 
 
 def target_spec(target: Path) -> DataSpec:
@@ -218,22 +269,29 @@ def evaluate_model(model, spec: DataSpec, name: dict[str, Any], opts: EvalOption
             report["picture"] = str(opts.picture)
         report["seconds"] = round(time.perf_counter() - t0, 2)
         return report
-    say(f"{opts.samples} samples: FID, precision/recall, coverage")
+    say(f"{opts.samples} samples: FID, KID, precision/recall, coverage")
     # a conditional model samples its classes uniformly (Model.sample's rule); the classifier then says how
     # often a sample shows the class it was drawn for
     samples, drawn = draw(model, opts.samples, opts.seed)
     feats, predicted = clf.features(samples)
     if drawn is not None:
         report["label_agreement"] = float(np.mean(predicted == drawn))
-    n = min(len(feats), len(data.val_features))
-    precision, recall = metrics.precision_recall(data.val_features[:n], feats[:n], opts.pr_k)
+    ref = data.reference_features
+    report.update({"samples": len(feats), "reference": data.reference})
     coverage = metrics.class_coverage(predicted, clf.classes)
-    if opts.wants("fid"):
-        report.update({"fid": metrics.frechet_distance(feats, data.val_features), "fid_floor": data.floor_fid})
+    if opts.wants("fid"):  # FID and KID, each with its standard error and its floor
+        kid, kid_se = metrics.kernel_inception_distance(feats, ref, KID_SUBSETS, seed=opts.seed)
+        report.update({"fid": metrics.frechet_distance(feats, ref),
+                       "fid_se": metrics.fid_standard_error(feats, ref, FID_RESAMPLES, opts.seed),
+                       "fid_floor": data.floor_fid, "kid": kid, "kid_se": kid_se,
+                       "kid_floor": data.floor_kid[0], "kid_floor_se": data.floor_kid[1]})
     else:
         skipped["fid"] = "not asked for (--metrics)"
     if opts.wants("precision-recall"):
-        report.update({"precision": precision, "recall": recall})
+        n = min(len(feats), len(ref), PR_IMAGES)  # the same number of images a side: radii depend on it
+        pick = np.random.default_rng(opts.seed).permutation(len(ref))[:n]  # a folder may be sorted by class
+        precision, recall = metrics.precision_recall(ref[pick], feats[:n], opts.pr_k)
+        report.update({"precision": precision, "recall": recall, "precision_recall_images": n})
     else:
         skipped["precision-recall"] = "not asked for (--metrics)"
     if opts.wants("coverage"):
@@ -329,7 +387,7 @@ def write_picture(path: Path, samples: np.ndarray, train: np.ndarray) -> None:
 
 
 NUMBERS = (("reconstruction", "bce"), ("reconstruction", "mse"), ("nll", "nelbo"), ("nll", "iwae"),
-           ("fid",), ("precision",), ("recall",), ("label_agreement",))
+           ("fid",), ("kid",), ("precision",), ("recall",), ("label_agreement",))
 
 
 def lookup(report: dict[str, Any], key: tuple[str, ...]) -> float | None:
