@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib.util
 import math
+import os
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +43,15 @@ _GRAY_MODES = frozenset({"1", "L", "LA"})
 
 @dataclass
 class Dataset:
-    """Train and validation images, float32 (N, C, H, W) in [0, 1], and their `DataSpec`."""
+    """Train and validation images, float32 (N, C, H, W) in [0, 1], and their `DataSpec`.
+
+    sha256: `images_sha256` of all the images read, for a path source ("" for a built-in one).
+    """
 
     train: np.ndarray
     val: np.ndarray
     spec: DataSpec
+    sha256: str = ""
 
 
 def load_data(
@@ -65,7 +71,78 @@ def load_data(
         val_fraction=float(val_fraction),
         seed=int(seed),
     )
-    return Dataset(train=_to_float(x, train_idx, scale), val=_to_float(x, val_idx, scale), spec=spec)
+    digest = "" if source in SOURCES else images_sha256(x)
+    return Dataset(_to_float(x, train_idx, scale), _to_float(x, val_idx, scale), spec, digest)
+
+
+def images_sha256(x: np.ndarray) -> str:
+    """sha256 of images as `read_images` gives them ((N, C, H, W), dtype and pixels): the same images
+    in another file format or folder hash the same."""
+    h = hashlib.sha256(f"{x.dtype.str} {tuple(x.shape)}".encode())
+    rows = max(1, (1 << 24) // max(1, x[:1].nbytes))  # 16 MB at a time (a memory-mapped .npy is read once)
+    for i in range(0, len(x), rows):
+        h.update(np.ascontiguousarray(x[i : i + rows]).data)
+    return h.hexdigest()
+
+
+def data_record(data: Dataset, folder: str | Path) -> dict[str, str] | None:
+    """Where a path dataset lies, for the run (or bundle) in `folder` to find it again: its absolute path,
+    that path relative to `folder`, and the images' sha256. None for a built-in source."""
+    if data.spec.source in SOURCES:
+        return None
+    return {"path": data.spec.source, "relative": os.path.relpath(data.spec.source, Path(folder).resolve()),
+            "sha256": data.sha256, "images": len(data.train) + len(data.val)}
+
+
+def find_run_data(spec: DataSpec, record: dict | None, folder: str | Path, given: str | None = None,
+                  needs: str = "its images", how: str = "--dataset PATH") -> Dataset:
+    """The images a run (or bundle) in `folder` was made from, split as `spec` says, with `spec` itself
+    (its source now where they were found).
+
+    A built-in source is read as is. A path source is looked for at `given` (the user's --dataset) or else
+    at its recorded absolute path, then at its path relative to `folder` (a run moved with its data); a
+    recorded sha256 must match. Nothing found is one DataError saying the data is gone, what `needs` it
+    and `how` to give it; `given` holding other images is one DataError saying so.
+    """
+    record = record if isinstance(record, dict) else {}
+    split = {"seed": spec.seed, "val_fraction": spec.val_fraction}
+    if spec.source in SOURCES:
+        if given is not None and given != spec.source:
+            raise DataError(f"--dataset {given}: this run was trained on the built-in {spec.source}, which is "
+                            "read without --dataset; leave it out")
+        return replace(load_data(spec.source, **split), spec=spec)
+    old, want = str(record.get("path") or spec.source), str(record.get("sha256") or "")
+    n = record.get("images") or spec.n_train + spec.n_val
+    if given is not None:
+        data = load_data(given, **split)
+        if not _same_images(data, spec, want):
+            got = _describe(len(data.train) + len(data.val), data.spec, data.sha256)
+            raise DataError(f"--dataset {given}: expected the images this run was made from ({old}: "
+                            f"{_describe(n, spec, want)}), got other images ({got})")
+        return replace(data, spec=replace(spec, source=data.spec.source))
+    places = [old] + ([os.path.normpath(Path(folder) / record["relative"])] if record.get("relative") else [])
+    changed = []
+    for place in places:
+        if Path(place).exists():
+            data = load_data(place, **split)
+            if _same_images(data, spec, want):
+                return replace(data, spec=replace(spec, source=data.spec.source))
+            changed.append(place)
+    if changed:
+        raise DataError(f"the run's data changed: {changed[0]} holds other images than the run was made from "
+                        f"({_describe(n, spec, want)}); {needs}; give those images with {how}")
+    raise DataError(f"the run's data is gone: {' and '.join(places)} {'do' if len(places) > 1 else 'does'} not "
+                    f"exist; {needs}; give them with {how}")
+
+
+def _same_images(data: Dataset, spec: DataSpec, sha256: str) -> bool:
+    """Do `data`'s images have the recorded sha256 (when one was recorded) and `spec`'s shape?"""
+    return (not sha256 or data.sha256 == sha256) and tuple(data.spec.shape) == tuple(spec.shape)
+
+
+def _describe(n: int, spec: DataSpec, sha256: str) -> str:
+    short = f", sha256 {sha256[:12]}" if sha256 else ""
+    return f"{n} images of shape {tuple(spec.shape)}{short}"
 
 
 def read_images(source: str, root: str | None = None) -> tuple[np.ndarray, float]:

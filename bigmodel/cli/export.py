@@ -34,6 +34,9 @@ def export(
         help="--module: class-conditional models with this many classes (a 'labels' input).")] = None,
     image_logits: Annotated[bool, typer.Option(
         "--image-logits", help="--module: the decoder/generator returns Bernoulli logits, not pixels.")] = False,
+    dataset: Annotated[str | None, typer.Option(
+        metavar="PATH", help="A run whose data moved: where its training images are now (checked against the "
+                             "sha256 recorded at training).")] = None,
     out: Annotated[Path | None, typer.Option(help="Bundle folder (default RUN_DIR/bundle).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset to write (18 up to what the installed onnx knows).")] = 18,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8: the precision of the bundle's graphs.")] = "fp32",
@@ -114,6 +117,8 @@ def export(
     if module is None and run_dir.is_dir() and not pythae and not (run_dir / "checkpoint.pt").is_file():
         raise InputError(f"{run_dir}: expected a bigmodel run (checkpoint.pt) or a pythae model folder "
                          "(model_config.json + model.pt); it has neither")
+    if dataset is not None and (module is not None or pythae):
+        raise InputError("--dataset goes with a bigmodel run directory; --module and pythae folders take --data")
     if module is None and any(v is not None for v in (weights, family, latent, classes)) or (
             module is None and not pythae and data is not None) or (
             module is None and image_logits):
@@ -141,7 +146,7 @@ def export(
             result = export_pythae(run_dir, data, out, value_range=_numbers(value_range, "--value-range"),
                                    trust_pickles=trust_pickles, options=opts, progress=ui.export_steps(console))
         elif module is None:
-            result = export_bundle(run_dir, opts, progress=ui.export_steps(console))
+            result = export_bundle(run_dir, opts, progress=ui.export_steps(console), dataset=dataset)
         else:
             from bigmodel.export.modules import export_modules, load_factory
 

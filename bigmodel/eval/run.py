@@ -172,19 +172,24 @@ def target_spec(target: Path) -> DataSpec:
     """The DataSpec of a bundle (its manifest) or a run folder (its config.json)."""
     import json
 
+    from bigmodel.data import find_run_data
     from bigmodel.manifest import read_manifest
 
     target = Path(target)
+    needs = ("eval needs its validation images", "`bigmodel export RUN --dataset PATH`, then evaluate that bundle")
     if (target / MANIFEST_NAME).is_file():
-        return read_manifest(target).data
+        m = read_manifest(target)
+        return find_run_data(m.data, m.extra.get("dataset"), target, None, *needs).spec  # found where it moved
     config = target / "config.json"
     if not config.is_file():
         raise InputError(f"{target}: expected a bundle folder (with {MANIFEST_NAME}) or a run folder (with "
                          f"config.json and checkpoint.pt)")
     try:
-        return DataSpec.from_dict(json.loads(config.read_text(encoding="utf-8"))["data_spec"])
+        d = json.loads(config.read_text(encoding="utf-8"))
+        spec = DataSpec.from_dict(d["data_spec"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{config}: cannot read its data_spec ({type(e).__name__}: {e})") from e
+    return find_run_data(spec, d.get("dataset"), target, None, *needs).spec
 
 
 def same_data(targets: list[Path]) -> DataSpec:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import bigmodel
-from bigmodel.data import load_data
+from bigmodel.data import data_record, find_run_data
 from bigmodel.errors import CheckFailed, ExportError
 from bigmodel.export.declare import IO, Resolved, Role, resolve_roles
 from bigmodel.export.graph import file_bytes
@@ -40,6 +40,7 @@ from bigmodel.fileio import (
     sha256_file,
 )
 from bigmodel.manifest import DataFile, DataSpec, LatentSpec, Manifest, ReferenceSpec
+from bigmodel.models.base import GenerativeModel
 from bigmodel.models.checkpoint import CHECKPOINT_NAME
 from bigmodel.models.checkpoint import load_model as load_checkpoint_model
 from bigmodel.models.probes import input_probes
@@ -63,14 +64,18 @@ class Source:
     val: np.ndarray  # (N, C, H, W) float32 in the data range: probes, calibration
     checkpoint_sha256: str = ""
     examples: np.ndarray | None = None
+    dataset: dict | None = None  # data.data_record of a path dataset: manifest.extra["dataset"]
 
 
 def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
-                  progress: ProgressFn | None = None) -> ExportResult:
+                  progress: ProgressFn | None = None, dataset: str | None = None) -> ExportResult:
     """Export every role of the run's checkpoint into a bundle folder (default RUN_DIR/bundle).
 
     Everything is written into a temporary folder beside the bundle and renamed at the end:
     a failure never leaves a half-written bundle (or Triton repository).
+
+    The run's images are found where they were, beside the run as they were, or at `dataset` (checked
+    against the sha256 recorded at training): see `data.find_run_data`.
 
     >>> result = export_bundle("runs/vae")
     >>> result.bundle, [r.max_abs_err for r in result.roles]
@@ -81,14 +86,25 @@ def export_bundle(run_dir: str | Path, opts: ExportOptions | None = None,
     out = Path(opts.out) if opts.out else ckpt_path.parent / "bundle"
     check_destinations(out, opts)
     model, ckpt_sha = load_model(ckpt_path)
-    data = load_data(model.data.source, seed=model.data.seed, val_fraction=model.data.val_fraction)
+    data = find_run_data(model.data, model.data_record, ckpt_path.parent, dataset, _needs(model, opts))
     latent = model.export_latent_spec(data.train)  # a plain AE fits its prior here
     declared = {role: Role(model.role_module(role), [IO(n, k) for n, k in io.inputs],
                            [IO(n, k) for n, k in io.outputs]) for role, io in model.roles.items()}
     roles, _ = resolve_roles(declared, model.data.shape, model.data.value_range, data.val, (model.config.latent_dim,))
-    source = Source(model.family, model.arch, model.data, roles, latent, data.val, ckpt_sha)
+    source = Source(model.family, model.arch, data.spec, roles, latent, data.val, ckpt_sha,
+                    dataset=data_record(data, out))
     del data, model
     return write_bundle(source, out, opts, progress)
+
+
+def _needs(model, opts: ExportOptions) -> str:
+    """What export reads the run's images for (the one-line refusal when they are gone says it)."""
+    uses = ["its validation images to check each graph against PyTorch"]
+    if opts.precision == "int8" and opts.int8_mode == "static":
+        uses.append("to calibrate int8")
+    if type(model).export_latent_spec is not GenerativeModel.export_latent_spec:
+        uses.append("its training images to fit the prior")
+    return "export needs " + ", ".join(uses)
 
 
 def check_destinations(out: Path, opts: ExportOptions) -> None:
@@ -162,6 +178,8 @@ def write_bundle(source: Source, out: Path, opts: ExportOptions, progress: Progr
             for report in reports:
                 report.bytes = file_bytes(tmp / manifest.roles[report.role].file)
         manifest.extra["graphs"] = _graphs_note(opts)
+        if source.dataset:
+            manifest.extra["dataset"] = source.dataset
         manifest.save(tmp)
         if opts.engine:
             from bigmodel.export.tensorrt import build_engines

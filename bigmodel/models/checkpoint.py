@@ -100,10 +100,16 @@ def load_model(path: str | os.PathLike, mapped: bool = False):
     meta device and let it take the mapped tensors as its own: the weights are in memory once (export
     of big models).
 
+    The model's `data_record` is the checkpoint's "dataset" (data.data_record: where a path dataset lay, and
+    its sha256), or None.
+
     >>> model = load_model("runs/vae")
     """
     if not mapped:
-        return model_from_checkpoint(load_checkpoint(path))
+        state = load_checkpoint(path)
+        model = model_from_checkpoint(state)
+        model.data_record = state.get("dataset")
+        return model
     from torch.utils.serialization import config as serialization
 
     mmap = serialization.load.mmap
@@ -115,6 +121,7 @@ def load_model(path: str | os.PathLike, mapped: bool = False):
     model = _model_on_mapped_weights(state)
     if model is None:
         model = model_from_checkpoint(state)
+    model.data_record = state.get("dataset")
     state.clear()
     return model
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from bigmodel.data import load_data
+from bigmodel.data import data_record, load_data
 from bigmodel.errors import CheckpointError, ConfigError, InputError
 from bigmodel.limits import check_count, check_items
 from bigmodel.manifest import DataSpec
@@ -292,7 +292,8 @@ def train(settings: TrainSettings, progress: ProgressFn | None = None) -> TrainR
 
     ranks = Ranks(device)
     try:
-        result = _run(settings, state, out, device, ranks, train_x, val_x, spec, progress, stale)
+        result = _run(settings, state, out, device, ranks, train_x, val_x, spec, progress, stale,
+                      data_record(data, out))
     finally:
         ranks.close()
     result.notes = notes
@@ -304,7 +305,8 @@ def train(settings: TrainSettings, progress: ProgressFn | None = None) -> TrainR
     return result
 
 
-def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progress, stale=None) -> TrainResult:
+def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progress, stale=None,
+         dataset: dict | None = None) -> TrainResult:
     torch.manual_seed(settings.seed)
     if state is None:
         model = create_model(settings.family, settings.arch, spec, **settings.model)
@@ -337,7 +339,8 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
         )
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
-    config = json.dumps(config_record(settings, model, spec), indent=2) + "\n"  # written beside the first checkpoint
+    # written beside the first checkpoint
+    config = json.dumps(config_record(settings, model, spec, dataset), indent=2) + "\n"
 
     drawn = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs + 1):
@@ -370,7 +373,7 @@ def _run(settings, state, out, device, ranks: Ranks, train_x, val_x, spec, progr
             first = epoch == start_epoch
             draw = first or epoch == settings.epochs or time.perf_counter() - drawn >= PICTURES_EVERY_S
             write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device,
-                        config if first else None, stale if first else None, pictures=draw)
+                        config if first else None, stale if first else None, pictures=draw, dataset=dataset)
             drawn = time.perf_counter() if draw else drawn
             if progress is not None:
                 progress(Progress("train:epoch", f"epoch {epoch}/{settings.epochs}", batches, batches,

@@ -104,7 +104,8 @@ def stale_bundle(out: Path, old_checkpoint: Path) -> Path | None:
     return bundle
 
 
-def config_record(settings, model, spec: DataSpec) -> dict[str, Any]:
+def config_record(settings, model, spec: DataSpec, dataset: dict | None = None) -> dict[str, Any]:
+    """config.json; `dataset` (data.data_record) lets export find a path dataset again after a move."""
     return {
         "family": settings.family,
         "arch": settings.arch,
@@ -112,11 +113,13 @@ def config_record(settings, model, spec: DataSpec) -> dict[str, Any]:
         "data_spec": spec.to_dict(),
         "latent": asdict(model.latent_spec()),
         "settings": asdict(settings),
+        "dataset": dataset,
     }
 
 
 def write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history, val_x, device,
-                config: str | None = None, stale: Path | None = None, pictures: bool = True) -> None:
+                config: str | None = None, stale: Path | None = None, pictures: bool = True,
+                dataset: dict | None = None) -> None:
     """Checkpoint first (atomic), then metrics and pictures (curves.png too): a kill loses at most this epoch.
 
     `pictures` False skips the PNGs (the loop draws them every few seconds, not after each of hundreds
@@ -138,6 +141,7 @@ def write_epoch(out, settings, model, optimizers, shuffle, noise, epoch, history
             "epoch": epoch,
             "rng": {"shuffle": shuffle.get_state(), "noise": noise.get_state()},
             "history": history,
+            "dataset": dataset,  # data.data_record: where a path dataset lay, and its sha256
         },
     )
     if config is not None:
