@@ -7,12 +7,14 @@ spec, the latent prior, precision, opset, versions and any TensorRT engines.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bigmodel.errors import BundleError
+from bigmodel.schema import first_error
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -180,6 +182,9 @@ class Manifest:
                 f"manifest format_version {version!r} is not supported; expected {FORMAT_VERSION} "
                 "(re-export the bundle with this bigmodel version)"
             )
+        error = first_error(d, reader_schema())
+        if error:
+            raise BundleError(f"manifest is malformed (not as manifest.schema.json says): {error}")
         try:
             roles = {
                 name: RoleSpec(
@@ -246,9 +251,20 @@ def _reference(d: dict | None) -> ReferenceSpec:
                          DataFile(**examples) if examples else None)
 
 
+@functools.cache
 def manifest_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) that every manifest.json bigmodel writes satisfies."""
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+# Keys every reader needs; the rest have defaults, so manifests written before they existed still load.
+READ_REQUIRED = ["format_version", "family", "arch", "data", "latent", "roles"]
+
+
+@functools.cache
+def reader_schema() -> dict[str, Any]:
+    """The schema manifests are checked against when read: the written one, with only READ_REQUIRED required."""
+    return {**manifest_schema(), "required": READ_REQUIRED}
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:

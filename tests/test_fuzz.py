@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
+import pytest
 import test_safety
 from conftest import run_cli
 from test_safety import BUNDLE, LATENT, NEW, RUN, snapshot
@@ -213,6 +215,35 @@ def test_fuzzed_manifests_are_bundle_errors_or_load(ws: Path) -> None:
         if code == 0:
             (ws / "fz.png").unlink()
     path.write_text(json.dumps(good))
+
+
+def test_the_runtimes_schema_check_agrees_with_jsonschema(ws: Path) -> None:
+    """bigmodel.schema (no jsonschema at run time) refuses exactly the manifests jsonschema refuses, and
+    read_manifest refuses them before any session runs."""
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema comes with the test extra")
+    from bigmodel.manifest import read_manifest, reader_schema
+    from bigmodel.schema import first_error
+
+    validator = jsonschema.Draft202012Validator(reader_schema())
+    rng = random.Random(SEED + 4)
+    good = json.loads((ws / BUNDLE / "manifest.json").read_text())
+    assert first_error(good, reader_schema()) is None
+    refused = 0
+    for _ in range(300 * SCALE):
+        try:
+            m = json.loads(bad_manifest(rng, good))
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        error = first_error(m, reader_schema())
+        assert (error is None) == validator.is_valid(m), (error, m)
+        if error and isinstance(m, dict) and m.get("format_version") == 1:
+            refused += 1
+            (ws / "m").mkdir(exist_ok=True)
+            (ws / "m" / "manifest.json").write_text(json.dumps(m))
+            with pytest.raises(BigmodelError, match="not as manifest.schema.json says"):
+                read_manifest(ws / "m")
+    assert refused > 50
+    shutil.rmtree(ws / "m")
 
 
 # ---------------------------------------------------------------------------------------- load() arguments

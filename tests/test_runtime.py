@@ -225,7 +225,7 @@ def _manifest(bundle: Path, edit) -> None:
     (lambda b: (b / "manifest.json").write_text("[1, 2]"), "expected a JSON object, got list"),
     (lambda b: (b / "manifest.json").unlink(), "not a bundle: expected"),
     (lambda b: _manifest(b, lambda d: d.pop("roles")), "manifest is malformed"),
-    (lambda b: _manifest(b, lambda d: d["latent"].update(prior="laplace")), "unknown latent prior 'laplace'"),
+    (lambda b: _manifest(b, lambda d: d["latent"].update(prior="laplace")), "'mixture', got 'laplace'"),
     (lambda b: _manifest(b, lambda d: d["latent"].update(prior="mixture", params={"std": 1.0})),
      "mixture prior needs params means"),
     (lambda b: shutil.rmtree(b), "bundle folder not found"),
