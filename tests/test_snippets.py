@@ -1,0 +1,66 @@
+"""README's and docs/own-model.md's code blocks, executed as a reader would run them, in order, in a fresh folder.
+
+README: every `bigmodel ...` line of its bash blocks (the install lines aside: CI runs those) and every
+Python block, each in a process of its own; docs/own-model.md: its Python blocks in one process, in order.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
+
+
+def blocks(page: Path) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block of `page`, in order."""
+    return FENCE.findall(page.read_text(encoding="utf-8"))
+
+
+def commands(body: str) -> list[list[str]]:
+    """The `bigmodel ...` lines of a bash block as argv, comments dropped."""
+    lines = [line.split("  #")[0].strip() for line in body.splitlines()]
+    return [shlex.split(line) for line in lines if line.startswith("bigmodel ")]
+
+
+def run(argv: list[str], cwd: Path) -> str:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+    said = f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"{shlex.join(argv)} -> {done.returncode}\n{said}"
+    return done.stdout
+
+
+def test_readme_blocks_run_as_written(tmp_path: Path, mnist5k) -> None:
+    folder = tmp_path / "my_images"  # README's `--dataset my_images/`: a few hundred images of one's own
+    folder.mkdir()
+    for i, x in enumerate(mnist5k.train[:300]):
+        Image.fromarray((x[0] * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    ran = []
+    for lang, body in blocks(ROOT / "README.md"):
+        if lang == "bash":
+            for argv in commands(body):
+                run([sys.executable, "-m", "bigmodel", *argv[1:]], tmp_path)
+                ran.append(argv[1])
+        elif lang == "python":
+            run([sys.executable, "-c", body], tmp_path)
+            ran.append("python")
+    assert ran.count("python") == 2 and {"train", "export", "parity", "bench", "sample"} <= set(ran), ran
+    assert (tmp_path / "samples.png").is_file() and (tmp_path / "my_samples.png").is_file()
+    assert (tmp_path / "runs" / "mine" / "checkpoint.pt").is_file()
+
+
+def test_own_model_page_runs_as_written(tmp_path: Path) -> None:
+    python = [body for lang, body in blocks(ROOT / "docs" / "own-model.md") if lang == "python"]
+    assert len(python) >= 2
+    run([sys.executable, "-c", "\n\n".join(python)], tmp_path)
+    for bundle in ("my_vae_bundle", "dcgan_bundle", "decoder_bundle"):
+        assert (tmp_path / bundle / "manifest.json").is_file(), bundle
+    out = run([sys.executable, "-m", "bigmodel", "parity", "dcgan_bundle"], tmp_path)
+    assert "parity passed" in out
