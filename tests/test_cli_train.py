@@ -66,7 +66,7 @@ def _bad_inputs(tmp: Path, good_npy: Path) -> dict[str, tuple[list[str], list[st
         "batch-larger-than-data": (["vae", *data, "--batch-size", "1000"],
                                    ["between 1 and the 288 training images", "got 1000"]),
         "corrupt-checkpoint": (["vae", "--out", str(spoiled), "--resume", "--epochs", "2"],
-                               [str(spoiled / "checkpoint.pt"), "not a readable bigmodel checkpoint"]),
+                               [str(spoiled / "checkpoint.pt"), "is not a bigmodel run", "no readable checkpoint"]),
     }
 
 

@@ -297,7 +297,7 @@ def _corrupt(run: Path) -> Path:
 
 @pytest.mark.parametrize("case, args, expect", [
     ("missing checkpoint", ["{missing}"], "checkpoint not found"),
-    ("corrupt checkpoint", ["{corrupt}"], "not a readable bigmodel checkpoint"),
+    ("corrupt checkpoint", ["{corrupt}"], "no readable checkpoint"),
     ("opset too new", ["{run}", "--opset", "99"], "--opset must be between 18 and"),
     ("opset too old", ["{run}", "--opset", "11"], "got 11"),
     ("max batch 0", ["{run}", "--max-batch", "0"], "--max-batch and --opt-batch must be >= 1"),

@@ -87,3 +87,38 @@ def test_builtin_datasets_are_unaffected(trained_run, tmp_path):
     line = one_line_error(cli("export", tmp_path, "--dataset", "digits"))
     assert "built-in mnist-5k" in line, line
     assert not (tmp_path / "bundle").exists()
+
+
+def _foreign(folder: Path) -> dict[str, Path]:
+    import torch
+
+    torch.save(torch.nn.Linear(3, 2).state_dict(), folder / "state_dict.pt")
+    torch.save({"state_dict": torch.nn.Linear(3, 2).state_dict(), "epoch": 3, "pytorch-lightning_version": "2.1"},
+               folder / "lightning.ckpt")
+    (folder / "random.pt").write_bytes(np.random.default_rng(0).bytes(3000))
+    torch.save({"net": torch.nn.Linear(2, 2)}, folder / "module.pt")
+    (folder / "plain").mkdir()
+    (folder / "plain" / "notes.txt").write_text("not a run\n")
+    return {"state_dict": folder / "state_dict.pt", "lightning": folder / "lightning.ckpt",
+            "random": folder / "random.pt", "module": folder / "module.pt", "folder": folder / "plain"}
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "lightning", "random", "module", "folder"])
+def test_foreign_checkpoints_and_folders_are_named(kind, tmp_path):
+    path = _foreign(tmp_path)[kind]
+    before = tree(tmp_path)
+    line = one_line_error(cli("export", path))
+    assert line.startswith(f"error: {path} is not a bigmodel run (no "), line
+    assert line.endswith("; to export your own model see docs/own-model.md"), line
+    assert "\x1b" not in line and "Weights only load failed" not in line and len(line) < 300 + len(str(path)), line
+    assert {"state_dict": "plain state dict", "lightning": "Lightning checkpoint", "random": "torch.load fails",
+            "module": "pickles Python objects", "folder": "no checkpoint.pt"}[kind] in line, line
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "folder"])
+def test_eval_names_foreign_inputs_too(kind, tmp_path):
+    path = _foreign(tmp_path)[kind]
+    line = one_line_error(cli("eval", path))
+    assert line == (f"error: {path} is not a bigmodel run (nor a bundle: no manifest.json, no config.json + "
+                    "checkpoint.pt); to export your own model see docs/own-model.md"), line

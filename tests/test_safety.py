@@ -320,7 +320,7 @@ CASES = [
     Case("train-out-file", ("train", "vae", "--out", "report.json"), 2, "is a file"),
     Case("train-resume-empty", ("train", "vae", "--out", "empty", "--resume"), 2, "checkpoint not found",
          setup=empty_run_dir),
-    Case("train-resume-garbage", RESUME, 2, "not a readable bigmodel checkpoint", setup=garbage_checkpoint),
+    Case("train-resume-garbage", RESUME, 2, "no readable checkpoint", setup=garbage_checkpoint),
     Case("train-run-with-user-files", ("train", "vae", "--out", RUN), 2, "holds a run at epoch 1; --resume",
          setup=lambda ws: (ws / RUN / "my-notes.txt").write_text("mine")),
     Case("train-existing-garbage", ("train", "vae", "--out", RUN), 2, "holds an unreadable checkpoint.pt",

@@ -292,9 +292,9 @@ CORRUPTIONS = {
     "empty": (_empty, "truncated, corrupt or foreign"),
     "text": (_text, "truncated, corrupt or foreign"),
     "corrupt": (_flipped, "truncated, corrupt or foreign"),
-    "pickled-module": (_pickled_module, "truncated, corrupt or foreign"),
-    "foreign-dict": (_foreign_dict, "expected format 'bigmodel-checkpoint', got None"),
-    "bare-tensor": (_tensor, "expected format 'bigmodel-checkpoint', got 'Tensor'"),
+    "pickled-module": (_pickled_module, "it pickles Python objects, which bigmodel never loads"),
+    "foreign-dict": (_foreign_dict, "no format tag 'bigmodel-checkpoint'; it holds a dict with keys"),
+    "bare-tensor": (_tensor, "no format tag 'bigmodel-checkpoint'; it holds a Tensor"),
     "future-version": (_future_version, "checkpoint version 99 unsupported; expected 1"),
 }
 

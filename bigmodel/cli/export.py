@@ -115,8 +115,10 @@ def export(
         raise InputError(
             "a pythae model folder needs --data (example images of its input_dim, e.g. mnist-5k) and --out")
     if module is None and run_dir.is_dir() and not pythae and not (run_dir / "checkpoint.pt").is_file():
-        raise InputError(f"{run_dir}: expected a bigmodel run (checkpoint.pt) or a pythae model folder "
-                         "(model_config.json + model.pt); it has neither")
+        from bigmodel.models.checkpoint import foreign
+
+        raise InputError(foreign(run_dir, "no checkpoint.pt, and not a pythae model folder: no model_config.json "
+                                          "+ model.pt"))
     if dataset is not None and (module is not None or pythae):
         raise InputError("--dataset goes with a bigmodel run directory; --module and pythae folders take --data")
     if module is None and any(v is not None for v in (weights, family, latent, classes)) or (

@@ -182,8 +182,9 @@ def target_spec(target: Path) -> DataSpec:
         return find_run_data(m.data, m.extra.get("dataset"), target, None, *needs).spec  # found where it moved
     config = target / "config.json"
     if not config.is_file():
-        raise InputError(f"{target}: expected a bundle folder (with {MANIFEST_NAME}) or a run folder (with "
-                         f"config.json and checkpoint.pt)")
+        from bigmodel.models.checkpoint import foreign
+
+        raise InputError(foreign(target, f"nor a bundle: no {MANIFEST_NAME}, no config.json + checkpoint.pt"))
     try:
         d = json.loads(config.read_text(encoding="utf-8"))
         spec = DataSpec.from_dict(d["data_spec"])

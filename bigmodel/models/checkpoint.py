@@ -56,16 +56,33 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # on garbage, torch.load raises nearly anything (IndexError, KeyError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path} is not a readable bigmodel checkpoint (truncated, corrupt or foreign): {first[:200]}"
-        ) from e
+        why = ("it pickles Python objects, which bigmodel never loads" if "Unsupported global" in str(e)
+               else f"truncated, corrupt or foreign: torch.load fails with {type(e).__name__}")  # (not torch's text:
+        raise CheckpointError(foreign(path, f"no readable checkpoint: {why}")) from e  # long, with ANSI escapes)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        got = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path} is not a bigmodel checkpoint: expected format {FORMAT!r}, got {got!r}")
+        raise CheckpointError(foreign(path, f"no format tag {FORMAT!r}; it holds {_holds(state)}"))
     if state.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r} unsupported; expected {VERSION}")
     return state
+
+
+OWN_MODEL_DOC = "docs/own-model.md"
+
+
+def foreign(path: str | Path, why: str) -> str:
+    """The one line for a file or folder that is not a bigmodel run, pointing to exporting one's own model."""
+    return f"{path} is not a bigmodel run ({why}); to export your own model see {OWN_MODEL_DOC}"
+
+
+def _holds(state: Any) -> str:
+    """What a foreign checkpoint holds, in a few words."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}"
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return f"a plain state dict of {len(state)} tensors"
+    keys = ", ".join(repr(k)[:40] for k in list(state)[:5]) + (", ..." if len(state) > 5 else "")
+    lightning = any("lightning" in str(k) for k in state)
+    return f"{'a Lightning checkpoint, ' if lightning else ''}a dict with keys {keys}"
 
 
 def config_from_dict(family: str, d: dict[str, Any]):
