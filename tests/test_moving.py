@@ -120,5 +120,5 @@ def test_foreign_checkpoints_and_folders_are_named(kind, tmp_path):
 def test_eval_names_foreign_inputs_too(kind, tmp_path):
     path = _foreign(tmp_path)[kind]
     line = one_line_error(cli("eval", path))
-    assert line == (f"error: {path} is not a bigmodel run (nor a bundle: no manifest.json, no config.json + "
+    assert line == (f"error: {path} is not a bigmodel run (nor a bundle folder: no manifest.json, no config.json + "
                     "checkpoint.pt); to export your own model see docs/own-model.md"), line

@@ -184,7 +184,7 @@ def target_spec(target: Path) -> DataSpec:
     if not config.is_file():
         from bigmodel.models.checkpoint import foreign
 
-        raise InputError(foreign(target, f"nor a bundle: no {MANIFEST_NAME}, no config.json + checkpoint.pt"))
+        raise InputError(foreign(target, f"nor a bundle folder: no {MANIFEST_NAME}, no config.json + checkpoint.pt"))
     try:
         d = json.loads(config.read_text(encoding="utf-8"))
         spec = DataSpec.from_dict(d["data_spec"])
