@@ -28,6 +28,7 @@ from bigmodel.errors import CheckFailed, ExportError
 from bigmodel.export.declare import IO, Resolved, Role, resolve_roles
 from bigmodel.export.graph import file_bytes
 from bigmodel.export.options import ABS_CHECKED, FP32_DIR, ExportOptions, ExportResult, RoleReport, validate_options
+from bigmodel.export.program import PROGRAM_DIR
 from bigmodel.export.torch_onnx import export_role
 from bigmodel.export.verify import check_against_reference
 from bigmodel.fileio import (
@@ -211,7 +212,7 @@ def write_bundle(source: Source, out: Path, opts: ExportOptions, progress: Progr
                         Path(opts.triton) if opts.triton else None, failures)
 
 
-EXAMPLES_FILE = "reference/examples.npy"  # probe images, for bundles whose data has no source to read again
+EXAMPLES_FILE = f"{PROGRAM_DIR}/examples.npy"  # probe images, for bundles whose data has no source to read again
 EXAMPLES_MAX = 512
 
 

@@ -282,4 +282,6 @@ def _where(module) -> str:
         line = inspect.getsourcelines(target)[1]
     except (OSError, TypeError):
         return ""
-    return "" if "site-packages" in file else f"{file}:{line}"  # nn.Sequential's own file tells the user nothing
+    from bigmodel.export.program import is_user_file
+
+    return f"{file}:{line}" if is_user_file(file) else ""

@@ -22,6 +22,17 @@ from bigmodel.manifest import TensorSpec
 PROGRAM_DIR = "reference"  # inside a bundle: one ROLE.pt2 per role, for bundles made from user modules
 BATCH_CHECK = 7  # rows run alone and together: an output of one sample must not depend on the others
 _TORCH_DIR = str(Path(torch.__file__).parent)
+
+
+def is_user_file(path: str) -> bool:
+    """Whether a source file is the user's own: not torch's, not an installed package's, not bigmodel's.
+
+    Messages point at the user's file and line; nn.Sequential's or bigmodel's own tell them nothing.
+    """
+    import bigmodel
+
+    ours = str(Path(bigmodel.__file__).parent)
+    return bool(path) and not path.startswith((_TORCH_DIR, ours)) and "site-packages" not in path
 _RANDOM_FIX = "take the noise as an input of the role (declare it, kind 'latent' or 'tensor') and draw it outside"
 
 
@@ -60,11 +71,7 @@ def explain(e: Exception, source: str = "") -> str:
 
 def _user_frame(e: BaseException) -> str:
     """`file:line (code)` of the innermost frame of the traceback outside torch and bigmodel."""
-    import bigmodel
-
-    ours = str(Path(bigmodel.__file__).parent)
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not f.filename.startswith((_TORCH_DIR, ours)) and "site-packages" not in f.filename]
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if is_user_file(f.filename)]
     if not frames:
         return ""
     f = frames[-1]
@@ -88,7 +95,7 @@ def random_ops(program) -> list[tuple[str, str]]:
 def _trace_line(stack: str) -> str:
     """The innermost frame of an fx stack trace that is the user's code."""
     frames = re.findall(r'File "([^"]+)", line (\d+), in \w+\n\s*(.*)', stack)
-    mine = [f for f in frames if not f[0].startswith(_TORCH_DIR) and "site-packages" not in f[0]]
+    mine = [f for f in frames if is_user_file(f[0])]
     if not mine:
         return ""
     file, line, code = mine[-1]

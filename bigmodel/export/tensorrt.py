@@ -4,7 +4,7 @@ Everything around TensorRT (which ONNX file and flags per TensorRT version, opti
 shapes, engine and timing-cache file names, manifest entries, the preflight) is a pure function
 that CPU tests cover. `build_engines` is the only code that touches the `tensorrt` module, and is
 written against TensorRT's documented Python API (10.x and 11.x); it has not been executed on
-this project's machines, which have no TensorRT (see README, "What is verified where").
+this project's machines, which have no TensorRT (see docs/gpu.md).
 
 Precision lives in the graph, on every TensorRT >= 10: a strongly typed network parsed from the
 bundle's own graph -- fp32, fp16 (the fp32 islands and Casts our fp16 pass kept are honoured, which
