@@ -18,7 +18,7 @@ from bigmodel.fileio import write_json
 from bigmodel.progress import Progress, ProgressFn
 from bigmodel.threads import torch_threads
 
-# Epochs for about two minutes on 2 CPU cores. The VAE's samples are blurry digits at 10 epochs,
+# Epochs for about 25 s of training on 2 CPU cores. The VAE's samples are blurry digits at 10 epochs,
 # clear ones from about 30 (mnist-5k, batch 128: 35 steps an epoch). Other families: their own
 # training defaults (`train_defaults`).
 DEFAULT_EPOCHS = {"vae": 30, "ae": 30, "aae": 30}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bigmodel.console import PARITY_SHOWN, quality_cell, table_console, wide_console
+from bigmodel.console import PARITY_SHOWN, quality_cell, wide_console
+from bigmodel.console import console as plain_console
 
 
 def parity_table(report, run):
@@ -200,6 +201,18 @@ def io_note(t: dict) -> str:
     return f" in [{t['range'][0]:g}, {t['range'][1]:g}]" if t.get("range") else ""
 
 
+def reference_line(m: dict) -> str:
+    """What parity, bench's torch baseline and eval compare against: the run's checkpoint, programs inside, or none."""
+    ref = m.get("reference") or {"kind": "checkpoint", "programs": {}}
+    if ref["kind"] == "checkpoint":
+        sha = m.get("checkpoint_sha256") or "unrecorded"
+        return f"reference: the run's checkpoint.pt beside the bundle (sha256 {sha[:12]})"
+    if ref["kind"] == "torch.export":
+        programs = ", ".join(f"{role} {f['file']} ({f['sha256'][:12]})" for role, f in ref["programs"].items())
+        return f"reference: torch.export programs in the bundle: {programs}"
+    return "reference: none (no PyTorch reference travels with this bundle: parity and bench's torch baseline refuse)"
+
+
 def print_info(console, bundle: Path, d: dict) -> None:
     """`bigmodel info`: the bundle's header, roles, engines, export verification, versions, backends here."""
     from rich.table import Table
@@ -217,13 +230,13 @@ def print_info(console, bundle: Path, d: dict) -> None:
         f"prior {latent['prior']}{params}   methods: {', '.join(d['methods'])}"
     )
     console.print(f"prior: {latent['params'].get('source') or 'set by the model family (not fitted to data)'}")
-    roles = Table("role", "file", "MB", "sha256", "inputs", "outputs", box=None, title="roles", title_justify="left")
+    console.print(reference_line(m), markup=False)
+    # one tensor a line, shapes without spaces: 80 columns never split a shape
+    roles = Table("role", "file", "MB", "sha256", "inputs and outputs", box=None, title="roles", title_justify="left")
     for name, r in d["roles"].items():
-        ios = [
-            ", ".join(f"{t['name']} {t['dtype']} ({', '.join(map(str, t['shape']))}){io_note(t)}" for t in r[k])
-            for k in ("inputs", "outputs")
-        ]
-        roles.add_row(name, r["file"], f"{r['bytes'] / 1e6:.2f}", check_cell(r["check"]), *ios)
+        ios = [f"{way} {t['name']} {t['dtype']} ({','.join(map(str, t['shape']))}){io_note(t)}"
+               for way, k in (("in ", "inputs"), ("out", "outputs")) for t in r[k]]
+        roles.add_row(name, r["file"], f"{r['bytes'] / 1e6:.2f}", check_cell(r["check"]), "\n".join(ios))
     console.print(roles)
     if d["engines"]:
         eng = Table(
@@ -290,10 +303,11 @@ def tuning_table(console, tuning: dict) -> None:
 def print_doctor(report: dict) -> None:
     """`bigmodel doctor`: packages found, and each backend here or why not (and what installs it)."""
     from rich.markup import escape
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    console = table_console()
-    packages = Table("package", "version", "detail", box=None, title="found", title_justify="left")
+    console = plain_console()  # the terminal's width, 80 columns when piped: cells wrap, rows stay whole
+    packages = Table("package", Column("version", overflow="fold"), "detail", box=None, title="found",
+                     title_justify="left")
     for p in report["packages"]:
         version = p["version"] if p["found"] else f"[red]{p['version'] or 'missing'}[/red]"
         packages.add_row(p["name"], version, escape(p["detail"]))

@@ -6,6 +6,7 @@ Python block, each in a process of its own; docs/own-model.md: its Python blocks
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -64,3 +65,37 @@ def test_own_model_page_runs_as_written(tmp_path: Path) -> None:
         assert (tmp_path / bundle / "manifest.json").is_file(), bundle
     out = run([sys.executable, "-m", "bigmodel", "parity", "dcgan_bundle"], tmp_path)
     assert "parity passed" in out
+
+
+COMMANDS = ("train", "export", "parity", "bench", "tune", "eval", "serve", "sample", "encode", "decode", "info",
+            "doctor", "quickstart", "models")
+
+
+def narrow(*argv: str | Path) -> list[str]:
+    """`bigmodel ARGV` piped at COLUMNS=80: its lines (stdout and stderr)."""
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-m", "bigmodel", *map(str, argv)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return (done.stdout + done.stderr).splitlines()
+
+
+def test_help_fits_80_columns_and_flags_show_no_value(tmp_path: Path) -> None:
+    for argv in [("--help",), *[(c, "--help") for c in COMMANDS]]:
+        lines = narrow(*argv)
+        assert max(map(len, lines)) <= 80, (argv, [line for line in lines if len(line) > 80][:3])
+        assert "<bool>" not in "\n".join(lines), argv  # `--force true` is an error: help must not suggest it
+    quickstart = " ".join(" ".join(narrow("quickstart", "--help")).split())
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    figure = re.search(r"\((\d+ s) of its own", readme).group(1)
+    assert f"about {figure}" in quickstart  # help and README give the same time
+
+
+def test_info_and_doctor_fit_80_columns_whole_shapes(exported) -> None:
+    bundle = exported("vae")
+    lines = narrow("info", bundle)
+    assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
+    text = "\n".join(lines)
+    assert "(batch,1,28,28)" in text and "reference: the run's checkpoint.pt" in text
+    lines = narrow("doctor")
+    assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]

@@ -28,7 +28,19 @@ def click_command():
 
     The same thing `app()` runs: the app sets no pretty-exception hook (pretty_exceptions_enable=False).
     """
-    return typer.main.get_command(app)
+    command = typer.main.get_command(app)
+    _hide_flag_metavars(command)
+    return command
+
+
+def _hide_flag_metavars(command) -> None:
+    """Typer's help shows flags as `--force <bool>`, yet `--force true` is an error: flags take no value."""
+    help_option = command.get_help_option(command.context_class(command))  # cached: the one help shows
+    for param in [*command.params, *([help_option] if help_option else [])]:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _hide_flag_metavars(sub)
 
 
 # Options several commands share (one definition each; Typer reads the Annotated metadata).

@@ -19,7 +19,7 @@ def quickstart(
         int | None,
         typer.Option(
             help="Training epochs (default 30 for vae, ae and aae: clear digits "
-            "from the VAE in about 2 minutes on 2 CPU cores; gan: its "
+            "from the VAE in about 25 s on 2 CPU cores; gan: its "
             "training default)."
         ),
     ] = None,
@@ -30,7 +30,7 @@ def quickstart(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Start over in an --out that holds an earlier run.")] = False,
 ) -> None:
-    """Everything on the bundled digits in about two minutes on a laptop CPU: train, export to ONNX, check
+    """Everything on the bundled digits in about 25 s on a 2-core CPU: train, export to ONNX, check
     parity against PyTorch, bench torch against onnxruntime, and draw samples with the runtime.
 
     Example: bigmodel quickstart   (then try the commands it prints)
