@@ -48,18 +48,14 @@ def console():
     return Console(stderr=False, highlight=False)
 
 
-def wide_console():
-    from rich.console import Console
-
-    return Console(stderr=False, highlight=False, width=160)
-
-
 def table_console():
-    """The terminal's width on a terminal; 160 columns when the output goes to a file or pipe."""
+    """The terminal's width on a terminal, or $COLUMNS; else 160 columns when the output goes to a file or pipe."""
+    import os
+
     from rich.console import Console
 
     console = Console(highlight=False)
-    return console if console.is_terminal else Console(highlight=False, width=160)
+    return console if console.is_terminal or os.environ.get("COLUMNS") else Console(highlight=False, width=160)
 
 
 def error(message: str) -> None:

@@ -277,7 +277,11 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
     if not Path(bundle_dir).is_dir():
         raise BundleError(f"bundle folder not found: expected a folder holding {MANIFEST_NAME}, got {bundle_dir}")
     if not path.is_file():
-        raise BundleError(f"not a bundle: expected {path} to exist (run `bigmodel export RUN_DIR` first)")
+        inner = Path(bundle_dir) / "bundle"
+        if (inner / MANIFEST_NAME).is_file():  # a run folder given where its bundle was meant
+            raise BundleError(f"not a bundle: {bundle_dir} is a run folder; its bundle is {inner}")
+        raise BundleError(f"not a bundle: expected {path} to exist (run `bigmodel export RUN_DIR` first; for a model "
+                          "bigmodel did not train, see docs/own-model.md)")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nesting past the stack)

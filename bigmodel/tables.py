@@ -4,51 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bigmodel.console import PARITY_SHOWN, quality_cell, wide_console
+from bigmodel.console import PARITY_SHOWN, quality_cell, table_console
 from bigmodel.console import console as plain_console
 
+PARITY_COLUMNS = ("role / chain", "output", "inputs", "max abs", "mean abs", "max rel", "1 - cos", "image / logit",
+                  "verdict")
+PARITY_OPTIONAL = ("image / logit", "mean abs", "1 - cos", "max rel")  # left out first when the terminal is narrow
 
-def parity_table(report, run):
-    """One backend's checks: a row per role or chain, probe set, batch and output."""
-    from rich.table import Table
+
+def parity_table(report, run, width: int = 160):
+    """One backend's checks: a row per role or chain, probe set, batch and output, fitted to `width` columns."""
 
     def e(v):
         return "" if v is None else f"{v:.1e}"
 
     tol = report.tolerance_precision
-    table = Table(
-        "role / chain",
-        "output",
-        "inputs",
-        "max abs",
-        "mean abs",
-        "max rel",
-        "1 - cos",
-        "image / logit",
-        "verdict",
-        box=None,
-        header_style="bold",
-        title_justify="left",
-        pad_edge=False,
-        title=f"{run.backend} vs PyTorch, {report.family}/{report.arch} {report.bundle_precision} bundle, "
-        f"{tol} tolerances ({run.seconds:.1f}s)",
-    )
-    for column in table.columns:
-        column.no_wrap = True
     relaxed = any(t.stress is not None for t in report.tolerances.values())
+    captions = []
     if relaxed:
-        table.caption = (
-            "* stress inputs (±4σ codes, noise images) lie outside the calibrated range and are held "
-            f"to the {tol} stress rule (see TOLERANCES)"
-        )
-        table.caption_justify = "left"
+        captions.append("* stress inputs (±4σ codes, noise images) lie outside the calibrated range and are held "
+                        f"to the {tol} stress rule (see TOLERANCES)")
     as_p = report.tolerances.get("logit") is not None and report.tolerances["logit"].probability
     if as_p:
-        table.caption = (table.caption + "\n" if table.caption else "") + (
-            "(p): discriminator logits compared as probabilities, sigmoid(logit)"
-        )
-        table.caption_justify = "left"
-    last = None
+        captions.append("(p): discriminator logits compared as probabilities, sigmoid(logit)")
+    rows, last = [], None
     for c in run.cases:
         for o in c.outputs:
             s = o.stats
@@ -66,27 +45,54 @@ def parity_table(report, run):
             cos = s.get("cosine")
             inputs = f"{c.probe} x{c.batch}" + ("*" if relaxed and c.stress else "")
             name = f"{o.output} (p)" if as_p and o.kind == "logit" else o.output
-            table.add_row(
-                c.target if c.target != last else "",
-                name,
-                inputs,
-                e(s.get("max_abs")),
-                e(s.get("mean_abs")),
-                e(s.get("max_rel")),
-                e(None if cos is None else 1 - cos),
-                extra,
-                verdict,
-            )
+            stats = [e(s.get(k)) for k in ("max_abs", "mean_abs", "max_rel")] + [e(None if cos is None else 1 - cos)]
+            rows.append([c.target if c.target != last else "", name, inputs, *stats, extra, verdict])
             last = c.target
-    return table
+    title = (f"{run.backend} vs PyTorch, {report.family}/{report.arch} {report.bundle_precision} bundle, "
+             f"{tol} tolerances ({run.seconds:.1f}s)")
+    return fitted_table(PARITY_COLUMNS, rows, width, PARITY_OPTIONAL, title=title, captions=captions,
+                        header_style="bold", pad_edge=False)
 
+
+def fitted_table(headers, rows, width: int, optional, right_from: int | None = None, title: str = "",
+                 captions=(), **kw):
+    """A rich Table of `rows` that fits `width` columns: `optional` columns are left out, in order, until the
+    rest fits (a caption names them: --json has every column). Cells never wrap, so numbers stay whole."""
+    from rich.table import Table
+    from rich.text import Text
+
+    def natural(i: int) -> int:
+        return max([len(headers[i]), *(Text.from_markup(r[i]).cell_len for r in rows if r is not None)]) + 2
+
+    keep = list(range(len(headers)))
+    left_out = []
+    for name in optional:
+        if sum(natural(i) for i in keep) <= width:
+            break
+        keep.remove(headers.index(name))
+        left_out.append(name)
+    table = Table(*[headers[i] for i in keep], box=None, title=title, title_justify="left", **kw)
+    for col, i in zip(table.columns, keep, strict=True):
+        col.no_wrap = True
+        if right_from is not None and i >= right_from:
+            col.justify = "right"
+    for r in rows:
+        if r is None:
+            table.add_section()
+        else:
+            table.add_row(*[r[i] for i in keep])
+    if left_out:
+        captions = [*captions, f"left out at {width} columns: {', '.join(left_out)} (--json has them)"]
+    if captions:
+        table.caption, table.caption_justify = "\n".join(captions), "left"
+    return table
 
 
 def print_parity(console, report) -> None:
     """One table per backend that ran, then the skipped ones with the reason (and GPU node placement)."""
-    wide = console if console.is_terminal else wide_console()
+    wide = table_console()
     for b in report.ran:
-        wide.print(parity_table(report, b))
+        wide.print(parity_table(report, b, wide.width))
     for b in report.backends:
         if b.status == "skipped":
             console.print(f"skipped {b.backend}: {b.reason}", soft_wrap=True, markup=False)
@@ -136,33 +142,28 @@ def check_cell(check: str) -> str:
 
 
 
+BENCH_OPTIONAL = ("GB/s (%bw)", "GFLOP/s (%GEMM)", "load ms", "first ms", "p90 ms", "samples/s")
+
+
 def bench_table(console, report) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     from bigmodel.bench.report import TABLE_COLUMNS, table_rows
     from bigmodel.bench.stats import NOISY_CV
 
     s, m = report["settings"], report["machine"]
     where = m.get("gpu", {}).get("name") if s["device"].startswith("cuda") and m.get("gpu") else m.get("cpu")
-    table = Table(
-        *TABLE_COLUMNS,
-        box=None,
-        title=f"{s['family']}/{s['arch']} {s['precision']} on {s['device']} ({where}; {s['threads']} threads)",
-        title_justify="left",
-    )
-    for col in table.columns[2:]:
-        col.justify = "right"
-    last = None
+    rows, last = [], None
     for row in table_rows(report):
         if last is not None and (row.role, row.batch) != last:
-            table.add_section()
+            rows.append(None)  # a section line between (role, batch) groups
         last = (row.role, row.batch)
         cells = list(row.cells)
         if row.noisy:
             cells[8] = f"[yellow]{cells[8]}[/yellow]"
-        table.add_row(*cells)
-    console.print(table)
+        rows.append(cells)
+    title = f"{s['family']}/{s['arch']} {s['precision']} on {s['device']} ({where}; {s['threads']} threads)"
+    console.print(fitted_table(TABLE_COLUMNS, rows, console.width, BENCH_OPTIONAL, right_from=2, title=title))
     if any(r["noisy"] for r in report["results"]):
         console.print(
             f"[yellow]warning[/yellow]: cv > {NOISY_CV:.0%} marked '!': timings vary a lot (a busy or "
@@ -187,7 +188,7 @@ def bench_table(console, report) -> None:
     from bigmodel.bench.roofline import ceiling_lines
 
     for line in ceiling_lines(report.get("roofline")):
-        console.print(line, markup=False, soft_wrap=True)
+        console.print(line, markup=False)
     for sk in report["skipped"]:
         where = f" {sk['role']} batch {sk['batch']}" if "role" in sk else ""
         console.print(f"[dim]skipped {sk['backend']}{where}: {escape(sk['reason'])}[/dim]")

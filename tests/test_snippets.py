@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,11 +92,33 @@ def test_help_fits_80_columns_and_flags_show_no_value(tmp_path: Path) -> None:
     assert f"about {figure}" in quickstart  # help and README give the same time
 
 
-def test_info_and_doctor_fit_80_columns_whole_shapes(exported) -> None:
+def test_info_doctor_parity_bench_fit_80_columns(exported) -> None:
     bundle = exported("vae")
-    lines = narrow("info", bundle)
-    assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
-    text = "\n".join(lines)
-    assert "(batch,1,28,28)" in text and "reference: the run's checkpoint.pt" in text
-    lines = narrow("doctor")
-    assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
+    bench = ("bench", bundle, "--batch-sizes", "1", "--duration", "0.05", "--backends", "torch,ort-cpu",
+             "--rounds", "1")
+    calls = [("info", bundle), ("doctor",), ("parity", bundle, "--backend", "ort-cpu"), bench]
+    outputs = {argv[0]: narrow(*argv) for argv in calls}
+    for command, lines in outputs.items():
+        assert max(map(len, lines)) <= 80, (command, [line for line in lines if len(line) > 80])
+    info = "\n".join(outputs["info"])
+    assert "(batch,1,28,28)" in info and "reference: the run's checkpoint.pt" in info  # whole shapes, the reference
+    parity, bench = (" ".join(" ".join(outputs[c]).split()) for c in ("parity", "bench"))
+    assert "max abs" in parity and "verdict" in parity and "parity passed" in parity
+    assert "p50 ms" in bench and "vs torch" in bench and "left out at 80 columns: GB/s (%bw)" in bench
+
+
+def test_a_run_folder_given_for_a_bundle_names_its_bundle(exported, tmp_path: Path) -> None:
+    import shutil
+
+    from bigmodel.errors import BundleError
+    from bigmodel.runtime import load
+
+    shutil.copytree(exported("vae"), tmp_path / "run" / "bundle")
+    with pytest.raises(BundleError, match="is a run folder; its bundle is") as e:
+        load(tmp_path / "run")
+    assert str(tmp_path / "run" / "bundle") in str(e.value)
+    (tmp_path / "plain").mkdir()
+    done = subprocess.run([sys.executable, "-m", "bigmodel", "parity", str(tmp_path / "plain")], capture_output=True,
+                          text=True, timeout=120)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2 and "not a bundle" in said and "docs/own-model.md" in said, said
