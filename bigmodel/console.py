@@ -107,7 +107,9 @@ class TrainProgress:
         if p.stage == "train:epoch":
             val = " ".join(f"{k}={v:.4g}" for k, v in metric_group(m, "val").items())
             self.bar.update(self.task, completed=p.total, info=f"val {val} | {m['samples_per_s']:,.0f} samples/s")
-            self.bar.console.print(f"epoch {epoch}: {val}  ({m['seconds']:.1f}s, {m['samples_per_s']:,.0f} samples/s)")
+            # one whole line per epoch (piped logs never split one); images/s as "img/s" keeps it near 80 columns
+            self.bar.console.print(f"epoch {epoch}: {val}  ({m['seconds']:.1f}s, {m['samples_per_s']:,.0f} img/s)",
+                                   soft_wrap=True)
             self.bar.remove_task(self.task)
             self.task = None
         elif now - self.last > 0.1 or p.done == p.total:

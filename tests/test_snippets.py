@@ -48,8 +48,10 @@ def test_readme_blocks_run_as_written(tmp_path: Path, mnist5k) -> None:
     for lang, body in blocks(ROOT / "README.md"):
         if lang == "bash":
             for argv in commands(body):
-                run([sys.executable, "-m", "bigmodel", *argv[1:]], tmp_path)
+                out = run([sys.executable, "-m", "bigmodel", *argv[1:]], tmp_path)
                 ran.append(argv[1])
+                epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+                assert (epochs or argv[1] != "train") and all(line.endswith("img/s)") for line in epochs), out[-2000:]
         elif lang == "python":
             run([sys.executable, "-c", body], tmp_path)
             ran.append("python")
