@@ -61,13 +61,12 @@ def fitted_table(headers, rows, width: int, optional, right_from: int | None = N
     from rich.table import Table
     from rich.text import Text
 
-    def natural(i: int) -> int:
-        return max([len(headers[i]), *(Text.from_markup(r[i]).cell_len for r in rows if r is not None)]) + 2
-
+    cells = [r for r in rows if r is not None]
+    natural = [max([len(h), *(Text.from_markup(r[i]).cell_len for r in cells)]) + 2 for i, h in enumerate(headers)]
     keep = list(range(len(headers)))
     left_out = []
     for name in optional:
-        if sum(natural(i) for i in keep) <= width:
+        if sum(natural[i] for i in keep) <= width:
             break
         keep.remove(headers.index(name))
         left_out.append(name)
