@@ -207,6 +207,8 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                         adapter = adapters[name]
                         results.append({
                             "backend": name, "role": role, "batch": batch,
+                            # what it computes in: the torch side runs the float32 reference, the rest the bundle
+                            "precision": "fp32" if name in TORCH_BACKENDS else manifest.precision,
                             "cold": {"load_s": cold_load[name], "prepare_s": cold[name][0],
                                      "first_run_s": cold[name][1]},
                             "warm": warm,
