@@ -141,7 +141,8 @@ def check_cell(check: str) -> str:
 
 
 
-BENCH_OPTIONAL = ("GB/s (%bw)", "GFLOP/s (%GEMM)", "load ms", "first ms", "p90 ms", "samples/s")
+BENCH_OPTIONAL = ("GB/s (%bw)", "GFLOP/s (%GEMM)", "p90 ms", "samples/s", "load ms", "p99 ms", "vs best",
+                  "first ms")
 
 
 def bench_table(console, report) -> None:
@@ -162,7 +163,25 @@ def bench_table(console, report) -> None:
             cells[8] = f"[yellow]{cells[8]}[/yellow]"
         rows.append(cells)
     title = f"{s['family']}/{s['arch']} {s['precision']} on {s['device']} ({where}; {s['threads']} threads)"
-    console.print(fitted_table(TABLE_COLUMNS, rows, console.width, BENCH_OPTIONAL, right_from=2, title=title))
+    headers = list(TABLE_COLUMNS)
+    from bigmodel.bench.adapters import COMPILED_BACKENDS, TORCH_BACKENDS
+
+    ran = {r["backend"] for r in report["results"]}
+    if len(ran & set(TORCH_BACKENDS)) < 2:  # one torch-side form: "vs best torch" would repeat "vs torch"
+        cut = headers.index("vs best")
+        headers.pop(cut)
+        rows = [None if r is None else r[:cut] + r[cut + 1:] for r in rows]
+    captions = []
+    if ran & set(COMPILED_BACKENDS):
+        captions.append("first ms of torch-compile* includes compiling that role and batch, of aoti torch.export + "
+                        "building its package at the role's first batch (build_s in --json)")
+    table = fitted_table(headers, rows, console.width, [c for c in BENCH_OPTIONAL if c in headers], right_from=2,
+                         title=title, captions=captions)
+    if "vs best" in [c.header for c in table.columns]:
+        best = "vs best: the fastest torch-side form's p50 / this p50"
+        table.caption = best if not table.caption else f"{best}\n{table.caption}"
+        table.caption_justify = "left"
+    console.print(table)
     if any(r["noisy"] for r in report["results"]):
         console.print(
             f"[yellow]warning[/yellow]: cv > {NOISY_CV:.0%} marked '!': timings vary a lot (a busy or "

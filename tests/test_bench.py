@@ -163,7 +163,8 @@ def test_report_shape_and_speedups(report):
     rounds = {(r["backend"], r["role"], r["batch"]): r["round_p50"] for r in report["results"]}
     for r in report["results"]:
         assert {"backend", "role", "batch", "cold", "warm", "throughput", "speedup_vs_torch"} <= set(r)
-        assert set(r["cold"]) == {"load_s", "prepare_s", "first_run_s"} and r["cold"]["load_s"] > 0
+        assert set(r["cold"]) == {"load_s", "prepare_s", "first_run_s", "build_s"} and r["cold"]["load_s"] > 0
+        assert r["cold"]["build_s"] is None  # eager torch and onnxruntime build nothing with Inductor
         assert STAT_KEYS <= set(r["warm"]) and r["warm"]["n"] == 5
         w = r["warm"]
         assert 0 < w["min"] <= w["p50"] <= w["p90"] <= w["p99"] <= w["max"]
@@ -187,7 +188,7 @@ def test_report_shape_and_speedups(report):
     assert report["skipped"] == []
     json.dumps(report)  # plain data
     rows = table_rows(report)
-    assert len(rows) == 8 and rows[0].cells[10] == "1.00x" and "%)" in rows[0].cells[11]
+    assert len(rows) == 8 and rows[0].cells[10] == rows[0].cells[11] == "1.00x" and "%)" in rows[0].cells[12]
 
 
 def test_unavailable_backend_is_listed_as_skipped_with_the_reason(bundle):

@@ -1,11 +1,14 @@
 """One adapter per backend: `preflight()` (untimed checks), `open()` (timed cold load), `runner(role, feeds)`.
 
 `TorchAdapter` runs the checkpoint's PyTorch model eagerly (or replayed as CUDA graphs);
-`RuntimeAdapter` runs a `bigmodel.runtime` backend through `load` + `Model.run`.
+`CompiledTorchAdapter` the same model through Inductor: `torch.compile` (torch-compile,
+torch-compile-max) or torch.export + an AOTInductor package (aoti); `RuntimeAdapter` runs a
+`bigmodel.runtime` backend through `load` + `Model.run`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +22,16 @@ from bigmodel.runtime.backends import registry
 if TYPE_CHECKING:
     from bigmodel.bench.run import BenchSettings
 
-TORCH_BACKENDS = ("torch", "torch-cudagraph")
+# the torch side: PyTorch itself running the bundle's float32 reference, eager, as CUDA graphs or compiled by Inductor
+COMPILE_MODES = {"torch-compile": "default", "torch-compile-max": "max-autotune-no-cudagraphs"}
+COMPILED_BACKENDS = (*COMPILE_MODES, "aoti")
+TORCH_BACKENDS = ("torch", "torch-cudagraph", *COMPILED_BACKENDS)
 RUNTIME_BACKENDS = registry.NAMES
 ALL_BACKENDS = TORCH_BACKENDS + RUNTIME_BACKENDS
-# cpu: torch eager and every CPU backend (those not installed are reported as skipped); cuda: everything
-DEFAULT_BACKENDS = {"cpu": ("torch", *registry.names_for("cpu")), "cuda": ALL_BACKENDS}
+# cpu: torch eager and every CPU backend (those not installed are reported as skipped); cuda: all but the
+# Inductor forms, which take seconds to minutes to build and are asked for by name
+DEFAULT_BACKENDS = {"cpu": ("torch", *registry.names_for("cpu")),
+                    "cuda": tuple(b for b in ALL_BACKENDS if b not in COMPILED_BACKENDS)}
 
 
 def role_inputs(manifest: Manifest, role: str, batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -178,6 +186,208 @@ class TorchAdapter:
         self.model = None
 
 
+class CompiledTorchAdapter(TorchAdapter):
+    """The same PyTorch reference compiled by Inductor, run exactly as `TorchAdapter` runs eager modules.
+
+    torch-compile: `torch.compile(mode="default", dynamic=False)`, compiled in `runner()` for each role and
+    batch (each shape its own kernels, as a fixed-batch server would). torch-compile-max: the same with
+    mode="max-autotune-no-cudagraphs" and Inductor's `freezing` (weights as constants: on a CPU its GEMM
+    templates need them, without it there is nothing to tune). aoti: each role torch.export-ed with a dynamic
+    batch axis (the bundle's own program when it carries one), built by `aoti_compile_and_package` and loaded
+    with `aoti_load_package` in `runner()` of the role's first batch: one package for every batch size.
+    `build_s` records the Inductor build per (role, batch) (aoti: per role, at its first batch); caches live
+    in the bench's temporary `inductor_cache`.
+    """
+
+    def __init__(self, name: str, bundle: Path, manifest: Manifest, settings: BenchSettings):
+        super().__init__(name, bundle, manifest, settings)
+        self.device = settings.device  # torch-compile on cuda: CUDA graphs stay off (the -no-cudagraphs mode)
+        self.build_s: dict[tuple[str, int | None], float] = {}
+        self.compiled: dict[tuple[str, int | None], Any] = {}
+        self.first_batch: dict[str, int] = {}
+
+    def open(self) -> None:
+        super().open()
+        self.eager = dict(self.modules)
+
+    def _package(self, role: str):
+        """aoti: the role exported, built into a .pt2 package in the run's Inductor folder, and loaded."""
+        import time
+
+        torch = self.torch
+        t0 = time.perf_counter()
+        with _inductor_settings(self.name):
+            program = self._program(role, self.eager[role])
+            path = Path(inductor_cache_path()) / f"aoti-{role}.pt2"
+            with torch.no_grad():
+                built = torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+            package = torch._inductor.aoti_load_package(built, device_index=-1 if self.device == "cpu"
+                                                        else self.device_id)
+        self.build_s[(role, None)] = time.perf_counter() - t0
+        return package
+
+    def _program(self, role: str, module):
+        """The role as a torch.export program with a dynamic batch axis: the bundle's own when it carries one."""
+        torch = self.torch
+        ref = self.manifest.reference
+        if ref.kind == "torch.export" and self.given is None and role in ref.programs:
+            return torch.export.load(str(self.bundle / ref.programs[role].file))
+        feeds = role_inputs(self.manifest, role, 2, 0)
+        examples = tuple(torch.from_numpy(feeds[t.name]).to(self.where) for t in self.manifest.roles[role].inputs)
+        batch = torch.export.Dim("batch", min=1)
+        with torch.no_grad():
+            return torch.export.export(module, examples, dynamic_shapes=tuple({0: batch} for _ in examples),
+                                       strict=False)
+
+    def runner(self, role: str, feeds: dict[str, np.ndarray]) -> Runner:
+        """Builds first where this (role, batch) has not been built (timed by the bench as prepare_s)."""
+        batch = len(next(iter(feeds.values())))
+        key = (role, batch if self.name in COMPILE_MODES else None)
+        if key not in self.compiled:  # a second runner of the cell (the contention control) reuses the build
+            self.compiled[key] = self._compile(role, feeds) if self.name in COMPILE_MODES else self._package(role)
+        self.modules[role] = self.compiled[key]
+        return super().runner(role, feeds)
+
+    def _compile(self, role: str, feeds: dict[str, np.ndarray]):
+        """torch.compile of the role for this batch, compiled now by one call (its seconds into `build_s`)."""
+        import time
+
+        torch = self.torch
+        compiled = torch.compile(_fresh_callable(self.eager[role]), mode=COMPILE_MODES[self.name], dynamic=False)
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(self.where)
+                for t in self.manifest.roles[role].inputs]
+        t0 = time.perf_counter()
+        with _inductor_settings(self.name), torch.inference_mode():
+            compiled(*args)
+            if self.device != "cpu":
+                torch.cuda.synchronize()
+        self.build_s[(role, len(args[0]))] = time.perf_counter() - t0
+        return compiled
+
+    def cell_build_s(self, role: str, batch: int) -> float | None:
+        """Seconds Inductor built for right before this cell's first run: compiling (role, batch), or aoti's
+        package of the role (built at the role's first batch, for every batch: None at the others)."""
+        if self.name in COMPILE_MODES:
+            return self.build_s.get((role, batch))
+        first = self.first_batch.setdefault(role, batch)
+        return self.build_s.get((role, None)) if first == batch else None
+
+    def settings(self) -> dict[str, Any]:
+        out = dict(super().settings())
+        if self.name in COMPILE_MODES:
+            out.update(mode=COMPILE_MODES[self.name], dynamic=False, freezing=self.name == "torch-compile-max")
+        else:
+            out.update(dynamic_batch=True)
+        return out
+
+    def close(self) -> None:
+        self.modules = self.eager = self.compiled = {}
+
+
+def _fresh_callable(module):
+    """`module(*args)` behind a code object of its own: Dynamo keeps compiled code on the code object it
+    traced, so two compiled forms of one model (two modes, two batch sizes) would otherwise share entries."""
+    import types
+
+    def call(*args):
+        return module(*args)
+
+    return types.FunctionType(call.__code__.replace(), call.__globals__, "call", None, call.__closure__)
+
+
+@contextlib.contextmanager
+def _inductor_settings(name: str):
+    """Inductor's settings for building `name`: freezing for torch-compile-max; its autotuning tables and
+    torch's deprecation warnings kept off the bench's output."""
+    import warnings
+
+    import torch._inductor.config as config
+
+    with config.patch(freezing=name == "torch-compile-max", autotune_num_choices_displayed=0,
+                      max_autotune_report_choices_stats=False), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+_CACHE: list[str] = []  # the directory of the bench run in progress
+
+
+def inductor_cache_path() -> str:
+    if not _CACHE:
+        raise RuntimeError("Inductor backends are opened inside bench's inductor_cache()")
+    return _CACHE[-1]
+
+
+@contextlib.contextmanager
+def inductor_cache(needed: bool = True):
+    """A fresh TORCHINDUCTOR_CACHE_DIR for one bench run, removed afterwards: no build comes from an earlier run's
+    cache (Inductor's FX-graph, AOTAutograd and autotuning caches are also off, so every backend pays its own
+    build, and so are precompiled headers, which Inductor keeps in a global folder), and nothing is left in the
+    user's temp or home folder."""
+    if not needed:
+        yield None
+        return
+    import os
+    import shutil
+    import tempfile
+
+    # before torch's imports: importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR to its default (and makes
+    # that folder, empty) when it is unset; afterwards it is put back as the caller had it
+    before = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as config
+
+    folder = tempfile.mkdtemp(prefix="bigmodel-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+    _CACHE.append(folder)
+    try:
+        from torch._inductor.utils import clear_caches
+    except ImportError:  # an older torch: its in-memory caches stay (the folder is still fresh)
+        def clear_caches():
+            return None
+    clear_caches()
+    try:
+        with config.patch({"fx_graph_cache": False, "autotune_local_cache": False,
+                           "cpp_cache_precompile_headers": False, "aot_inductor.precompile_headers": False}), \
+                functorch_config.patch(enable_autograd_cache=False):
+            yield folder
+    finally:
+        clear_caches()
+        _CACHE.pop()
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def inductor_unavailable(name: str, device: str) -> str | None:
+    """Why Inductor cannot build `name` here: a CPU build needs a C++ compiler and Python's headers, a GPU one
+    Triton; None when it can."""
+    import importlib.util
+    import sysconfig
+
+    if device == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return f"{name} on a GPU needs Triton, which is not installed (pip install triton)"
+        return None
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:
+        return (f"{name}: Inductor compiles C++ on the CPU and found no C++ compiler ($CXX, g++, clang++); install "
+                "one (e.g. apt-get install g++)")
+    include = sysconfig.get_paths().get("include") or ""
+    if not (Path(include) / "Python.h").is_file():
+        return (f"{name}: Inductor builds against Python's headers, missing here ({include}/Python.h); install "
+                "them (e.g. apt-get install python3-dev)")
+    return None
+
+
 class _HostCopies:
     """numpy -> pinned -> device before a run, device -> pinned -> numpy after it (the runtime's own path)."""
 
@@ -291,7 +501,7 @@ def has_gpu(found: dict[str, str]) -> bool:
 
 def unavailable(name: str, device: str, status: dict[str, str | None]) -> str | None:
     """Why backend `name` cannot run for `device`, or None."""
-    if name in ("torch", "torch-cudagraph"):
+    if name in TORCH_BACKENDS:
         try:
             import torch
         except ImportError:
@@ -300,6 +510,8 @@ def unavailable(name: str, device: str, status: dict[str, str | None]) -> str | 
             return "CUDA graphs need --device cuda"
         if (name == "torch-cudagraph" or device == "cuda") and not torch.cuda.is_available():
             return f"torch {torch.__version__} finds no CUDA GPU (torch.cuda.is_available() is False)"
+        if name in COMPILED_BACKENDS:
+            return inductor_unavailable(name, device)
         return None
     if registry.entry(name).device == "cuda" and device != "cuda":
         return f"{name} runs on a GPU; pass --device cuda"

@@ -103,12 +103,27 @@ def table_rows(report: dict[str, Any]) -> list[TableRow]:
     for r in report["results"]:
         w, c = r["warm"], r["cold"]
         rows.append(TableRow(r["backend"], r["role"], r["batch"], [
-            r["backend"], r["role"], str(r["batch"]), _ms(c["load_s"]), _ms(c["first_run_s"]),
+            r["backend"], r["role"], str(r["batch"]), _ms(c["load_s"]), _ms(first_seconds(r)),
             _ms(w["p50"]), _ms(w["p90"]), _ms(w["p99"]), f"{w['cv'] * 100:.1f}%" + (" !" if r["noisy"] else ""),
-            f"{r['throughput']:,.0f}" if r["throughput"] else "-", speed_cell(r),
+            f"{r['throughput']:,.0f}" if r["throughput"] else "-", speed_cell(r), best_torch_cell(r),
             *_roofline_cells(r.get("roofline")),
         ], r["noisy"]))
     return rows
+
+
+def first_seconds(r: dict[str, Any]) -> float:
+    """The table's first-run time: the first run plus any Inductor build just before it (bench times that in
+    prepare_s, as build_s): what the first call of a fresh process costs with torch.compile, or with aoti built
+    on the spot."""
+    c = r["cold"]
+    return c["first_run_s"] + (c.get("build_s") or 0.0)
+
+
+def best_torch_cell(r: dict[str, Any]) -> str:
+    """'0.85x': the fastest torch-side form's p50 over this row's ('1.00x' on that form's own row)."""
+    speed = r.get("speedup_vs_best_torch")
+    mark = " ?" if r.get("unreliable") and r["backend"] != r.get("best_torch") else ""
+    return (f"{speed:.2f}x" if speed is not None else "-") + mark
 
 
 def speed_cell(r: dict[str, Any]) -> str:
@@ -153,7 +168,7 @@ def _roofline_cells(roof: dict[str, Any] | None) -> list[str]:
 
 
 TABLE_COLUMNS = ("backend", "role", "batch", "load ms", "first ms", "p50 ms", "p90 ms", "p99 ms", "cv",
-                 "samples/s", "vs torch", "GFLOP/s (%GEMM)", "GB/s (%bw)")
+                 "samples/s", "vs torch", "vs best", "GFLOP/s (%GEMM)", "GB/s (%bw)")
 
 
 def _ms(seconds: float | None) -> str:

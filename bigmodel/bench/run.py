@@ -16,13 +16,16 @@ import numpy as np
 from bigmodel.bench import contention
 from bigmodel.bench.adapters import (
     ALL_BACKENDS,
+    COMPILED_BACKENDS,
     DEFAULT_BACKENDS,
     RUNTIME_BACKENDS,
     TORCH_BACKENDS,
+    CompiledTorchAdapter,
     RuntimeAdapter,
     TorchAdapter,
     gpu_presence,
     has_gpu,
+    inductor_cache,
     role_inputs,
     unavailable,
 )
@@ -131,15 +134,18 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
     used: dict[str, dict[str, Any]] = {}
     total = len(backends) * len(roles) * len(settings.batch_sizes)
     done = 0
-    with torch_threads(threads if any(b in TORCH_BACKENDS for b in backends) else None):  # as ort
+    reasons = {name: unavailable(name, settings.device, status) for name in backends}
+    inductor = any(reasons[b] is None for b in backends if b in COMPILED_BACKENDS)
+    with torch_threads(threads if any(b in TORCH_BACKENDS for b in backends) else None), inductor_cache(inductor):
         for name in backends:
-            reason = unavailable(name, settings.device, status)
+            reason = reasons[name]
             if reason is not None:
                 skipped.append({"backend": name, "reason": reason})
                 total -= len(roles) * len(settings.batch_sizes)
                 continue
             say(Progress("bench", f"{name}: loading", done, total))
-            cls = TorchAdapter if name in TORCH_BACKENDS else RuntimeAdapter
+            cls = (CompiledTorchAdapter if name in COMPILED_BACKENDS else TorchAdapter if name in TORCH_BACKENDS
+                   else RuntimeAdapter)
             adapter = cls(name, bundle, manifest, settings)
             try:
                 adapter.preflight()
@@ -210,7 +216,7 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
                             # what it computes in: the torch side runs the float32 reference, the rest the bundle
                             "precision": "fp32" if name in TORCH_BACKENDS else manifest.precision,
                             "cold": {"load_s": cold_load[name], "prepare_s": cold[name][0],
-                                     "first_run_s": cold[name][1]},
+                                     "first_run_s": cold[name][1], "build_s": build_seconds(adapter, role, batch)},
                             "warm": warm,
                             "round_p50": per_round.get(name, []),
                             "throughput": batch / warm["p50"] if warm["p50"] > 0 else None,
@@ -274,11 +280,18 @@ def check_contention(settings: BenchSettings, bundle: Path, manifest: Manifest, 
     return contention.verdict(others, settings.threads or 1, cpus, spreads, p50, one_thread)
 
 
+def build_seconds(adapter, role: str, batch: int) -> float | None:
+    """Inductor's build before this cell's first run (torch-compile*: inside prepare_s; aoti: inside load_s)."""
+    cell = getattr(adapter, "cell_build_s", None)
+    return cell(role, batch) if cell is not None else None
+
+
 def start(adapter, role: str, feeds: dict[str, np.ndarray]) -> tuple[float, float, Any]:
     """(prepare seconds, first-call seconds, runner) for one backend, role and batch.
 
-    prepare: making the runner (torch: staging buffers; torch-cudagraph: the graph capture), kept
-    out of the first call so a capture never reads as a slow first inference. The warm runs are
+    prepare: making the runner (torch: staging buffers; torch-cudagraph: the graph capture; torch-compile*:
+    Inductor compiling this role and batch), kept out of the first call so a capture never reads as a slow
+    first inference. The warm runs are
     timed afterwards, all backends of the cell in alternating rounds (`bigmodel.bench.timing`).
     """
     clock = time.perf_counter_ns
@@ -316,6 +329,14 @@ def _settings_record(bundle: Path, manifest: Manifest, s: BenchSettings, backend
         "inputs": "images uniform in the data range, latents standard normal; numpy Generator seeded "
                   f"with {s.seed}",
         "speedup": "torch p50 / backend p50, same role and batch, same run",
+        "speedup_best_torch": "p50 of the fastest torch-side form (torch, torch-cudagraph, torch-compile, "
+                              "torch-compile-max, aoti: whichever ran; best_torch names it) / backend p50, same role "
+                              "and batch, same run",
+        "build": "cold.build_s: Inductor's build right before the cell's first run, timed in prepare_s (the table's "
+                 "first ms adds it): torch-compile and torch-compile-max compile each role and batch, aoti exports "
+                 "each role and builds one package for every batch (dynamic batch axis) at its first batch; every run "
+                 "builds in a fresh temporary TORCHINDUCTOR_CACHE_DIR, removed afterwards, with Inductor's FX-graph, "
+                 "AOTAutograd, autotuning and precompiled-header caches off",
         "speedup_paired": "median over the rounds of torch's round median / the backend's round median (round_p50): "
                           "each pair timed within a fraction of a second, so a change of the machine's speed "
                           "moves both alike",

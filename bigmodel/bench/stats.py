@@ -40,15 +40,28 @@ def summarize(seconds: list[float]) -> dict[str, float]:
 
 
 def add_speedups(results: list[dict[str, Any]]) -> None:
-    """Set each result's `speedup_vs_torch` = torch p50 / its p50 for the same (role, batch); None without torch.
+    """Set each result's `speedup_vs_torch` = torch p50 / its p50 for the same (role, batch); None without torch;
+    and `speedup_vs_best_torch` = the p50 of the fastest torch-side form there (eager, CUDA graphs, torch.compile,
+    AOTInductor: named in `best_torch`) / its p50.
 
     Results that carry `round_p50` (each round's median, bench's alternating rounds) also get
     `speedup_paired_vs_torch`: the median over rounds of torch's round median / theirs.
     """
+    from bigmodel.bench.adapters import TORCH_BACKENDS
     from bigmodel.bench.timing import paired_ratio
 
     torch_rows = {(r["role"], r["batch"]): r for r in results if r["backend"] == "torch"}
+    best: dict[tuple[str, int], dict[str, Any]] = {}  # the fastest torch-side form of each (role, batch)
     for r in results:
+        cell = (r["role"], r["batch"])
+        if r["backend"] in TORCH_BACKENDS and r["warm"]["p50"] > 0 and (
+                cell not in best or r["warm"]["p50"] < best[cell]["warm"]["p50"]):
+            best[cell] = r
+    for r in results:
+        b = best.get((r["role"], r["batch"]))
+        r["best_torch"] = b["backend"] if b is not None else None
+        r["speedup_vs_best_torch"] = b["warm"]["p50"] / r["warm"]["p50"] if b is not None and r["warm"]["p50"] > 0 \
+            else None
         t = torch_rows.get((r["role"], r["batch"]))
         if r["backend"] == "torch":
             r["speedup_vs_torch"] = 1.0

@@ -19,8 +19,9 @@ def bench(
     backends: Annotated[
         str | None,
         typer.Option(
-            help=f"Comma-separated, from torch, torch-cudagraph, {BACKEND_NAMES} "
-            "(default: torch and the CPU backends on cpu; all of them on cuda). Unavailable ones are listed "
+            help=f"Comma-separated, from torch, torch-cudagraph, torch-compile, torch-compile-max, aoti, "
+            f"{BACKEND_NAMES} (default: torch and the CPU backends on cpu; all but the Inductor forms "
+            "torch-compile* and aoti on cuda, which build for seconds to minutes). Unavailable ones are listed "
             "as skipped."
         ),
     ] = None,
@@ -86,10 +87,12 @@ def bench(
 ) -> None:
     """Latency and throughput of every backend side by side, against PyTorch eager in the same run.
 
-    Per backend, role and batch: cold phases (load, first run), warm p50/p90/p99/mean/min/max/cv,
-    samples/s, speed-up over torch (torch p50 / backend p50), and GFLOP/s and GB/s of weights read
-    as % of this machine's ceilings measured in the same run (best numpy GEMM on the graph's shapes,
-    a large memcpy).
+    Per backend, role and batch: cold phases (load, first run), warm
+    p50/p90/p99/mean/min/max/cv, samples/s, speed-up over torch eager
+    (torch p50 / backend p50) and over the fastest torch-side form (eager,
+    torch.compile, AOTInductor: whichever ran), and GFLOP/s and GB/s of
+    weights read as % of this machine's ceilings measured in the same run
+    (best GEMM of the bundle's precision on the graph's shapes, a memcpy).
 
     Example: bigmodel bench runs/vae/bundle --batch-sizes 1,256 --plot bench.png
     """
