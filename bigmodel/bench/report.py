@@ -53,7 +53,7 @@ def write_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
         row[1].set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples / s",
                    title=f"{role}: throughput (higher is better)")
         row[2].set(xscale="log", xlabel="batch size", ylabel="% of the GEMM ceiling",
-                   title=f"{role}: GFLOP/s as % of the best numpy GEMM")
+                   title=f"{role}: GFLOP/s as % of the best GEMM of its precision")
         row[2].axhline(100, color="grey", linewidth=0.8, linestyle=":")
         batches = sorted({r["batch"] for r in results if r["role"] == role})
         row[1].margins(x=0.08, y=0.12)  # room for the speed-up labels
