@@ -130,3 +130,104 @@ def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_r
     message = str(record[0].message)
     assert "exported with --allow-failing" in message and "int8 graphs failed" in message
     assert "failing: decoder, encoder, encoder->decoder" in message and "extra.verification" in message
+
+
+def test_int8_static_mlp_graphs_run_every_gemm_as_integer_kernels(cli_exported):
+    """The default int8 form is the one the engines fuse: onnxruntime's optimized graph and OpenVINO's
+    executed graph run every MatMul/Gemm of the MLP VAE decoder in int8, as export reports and records."""
+    from bigmodel.export.executed import int8_share
+
+    r, out = cli_exported("vae", "int8", "static", *CALIBRATION)
+    assert r.code == 0, r.text
+    q = read_manifest(out).extra["quality"]["decoder"]
+    assert q["quantized"] == "weight operators"
+    for backend in ("ort-cpu", "ov-cpu"):
+        share = int8_share(out / "decoder.onnx", backend)
+        assert share["share"] == 1.0 and not share["float"], (backend, share)
+        assert q["int8_flops_share"][backend] == 1.0
+    assert "int8 kernels run 100% of FLOPs on ort-cpu" in " ".join(r.text.split())
+    fp32 = int8_share(_fp32_graph(out), "ort-cpu")
+    assert fp32["share"] == 0.0 and fp32["int8"] == []  # a float graph: nothing counted as int8
+
+
+def _fp32_graph(bundle: Path) -> Path:
+    """An fp32 decoder graph beside the int8 bundle: the same run exported at fp32 (made once here)."""
+    out = bundle.parent / "bundle-fp32-for-share"
+    if not out.exists():
+        code, text = cli("export", str(bundle.parent), "--out", str(out))
+        assert code == 0, text
+    return out / "decoder.onnx"
+
+
+def test_requantize_pairs_after_shape_ops_are_dropped_without_changing_a_value(tmp_path):
+    """DQ -> Reshape -> Q -> DQ with the same scale is an identity; dropping it keeps every output bit-equal
+    and keeps the graph output's name. A pair that feeds a Gemm stays (engines fuse it)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bigmodel.export.graph import ort_session
+    from bigmodel.export.int8 import drop_requantize
+
+    s = numpy_helper.from_array(np.array(0.05, np.float32), "s")
+    z = numpy_helper.from_array(np.array(0, np.int8), "zp")
+    shape = numpy_helper.from_array(np.array([-1, 2, 2], np.int64), "shape")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q0"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq0"),
+             helper.make_node("Reshape", ["xd", "shape"], ["r"], name="reshape"),
+             helper.make_node("QuantizeLinear", ["r", "s", "zp"], ["rq"], name="q1"),
+             helper.make_node("DequantizeLinear", ["rq", "s", "zp"], ["logits"], name="dq1"),
+             helper.make_node("Sigmoid", ["logits"], ["y"], name="sig")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, 2]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 2, 2])],
+                              [s, z, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
+    onnx.save(model, before)
+    assert drop_requantize(model) == 1
+    assert [n.name for n in model.graph.node] == ["q0", "dq0", "reshape", "sig"]
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, after)
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    want = ort_session(before).run(["y", "logits"], {"x": x})
+    got = ort_session(after).run(["y", "logits"], {"x": x})
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(w, g)
+
+
+def _bf16_reason() -> str | None:
+    try:
+        from bigmodel.runtime.backends.openvino import bf16_reason
+
+        return bf16_reason()
+    except Exception as e:  # OpenVINO missing
+        return str(e)
+
+
+@pytest.mark.skipif(_bf16_reason() is not None, reason=f"no bf16 here: {_bf16_reason()}")
+def test_bf16_bundle_runs_on_openvino_in_bf16_and_passes_parity(trained_run, tmp_path):
+    """--precision bf16: the fp32 graphs run by OpenVINO in bf16, verified at export by parity's fp16-class
+    rules; parity agrees; onnxruntime refuses it (no bf16 kernels) rather than run fp32 and call it bf16."""
+    import numpy as np
+
+    from bigmodel.errors import BackendUnavailable
+
+    run = run_copy(trained_run("vae", "mlp"), tmp_path / "run")
+    out = run / "bundle-bf16"
+    code, text = cli("export", str(run), "--out", str(out), "--precision", "bf16")
+    assert code == 0, text
+    assert "run in bf16 by ov-cpu" in " ".join(text.split())
+    m = read_manifest(out)
+    assert m.precision == "bf16" and "ov-cpu" in m.extra["verification"]["checks"]
+    code, text = cli("parity", str(out))
+    assert code == 0 and "(bf16 tolerances)" in text and "on ov-cpu" in text, text
+    with pytest.raises(BackendUnavailable, match="bf16"):
+        load(out, backend="ort-cpu")
+    code, text = cli("export", str(run), "--out", str(run / "fp32"))
+    assert code == 0, text
+    z = np.random.default_rng(0).standard_normal((64, m.latent.dim)).astype(np.float32)
+    with load(out) as bf16, load(run / "fp32", backend="ov-cpu") as fp32:
+        assert bf16.backend_name == "ov-cpu" and bf16.backend.settings["INFERENCE_PRECISION_HINT"] == "bf16"
+        a, b = bf16.decode(z), fp32.decode(z)
+        assert 0 < np.abs(a - b).max() < TOLERANCES["fp16"]["image"].atol  # bf16 really ran, within the rule

@@ -42,6 +42,7 @@ class GraphCost:
     flops_per_sample: float = 0.0
     weight_bytes: int = 0
     gemms: list[tuple[int, int, int]] = field(default_factory=list)
+    per_node: dict[str, float] = field(default_factory=dict)  # node name -> FLOPs per sample
 
 
 def _dims(shape) -> list[int] | None:
@@ -78,6 +79,7 @@ def graph_cost(path: str | Path) -> GraphCost:
             rows, k, n = gemm
             cost.flops_per_sample += 2.0 * rows * k * n
             cost.gemms.append(gemm)
+            cost.per_node[node.name] = cost.per_node.get(node.name, 0.0) + 2.0 * rows * k * n
     return cost
 
 

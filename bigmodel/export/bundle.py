@@ -169,9 +169,10 @@ def write_bundle(source: Source, out: Path, opts: ExportOptions, progress: Progr
         quality: dict[str, dict] = {}
         failures: list[str] = []
         if opts.precision != "fp32":
-            from bigmodel.export.precision import convert_bundle
+            from bigmodel.export.precision import convert_bundle, verify_bf16
 
-            quality, failures = convert_bundle(tmp, manifest, opts, val, say)
+            convert = verify_bf16 if opts.precision == "bf16" else convert_bundle
+            quality, failures = convert(tmp, manifest, opts, val, say)
             if failures and not opts.allow_failing:
                 raise CheckFailed(
                     f"{opts.precision} graphs fail {len(failures)} check(s) against the fp32 graphs, so no bundle "

@@ -40,12 +40,14 @@ WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})  # what dyna
 
 def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndarray] | np.ndarray | None,
                  method: str = "MinMax", exclude: Sequence[str] = (), only: Sequence[str] | None = None,
-                 external: bool = False) -> None:
+                 external: bool = False, weight_ops_only: bool = True) -> None:
     """Quantize the fp32 graph at `src` into `dst` with onnxruntime.quantization.
 
     calibration (static only): {input name: (N, ...) array} for every graph input (an array alone: the
     graph's first input); method: the calibration method; exclude: node names kept in float; only: when
-    given, quantize just these nodes (the sensitivity search measures one node at a time).
+    given, quantize just these nodes (the sensitivity search measures one node at a time); weight_ops_only
+    (static): Q/DQ only around MatMul/Gemm/Conv, the form the engines fuse; False: around every operator the
+    quantizer knows, whose extra ranges a graph that fails in the first form may need.
     """
     import onnx
 
@@ -93,12 +95,18 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                                                            for k, v in zip(calibration, batch, strict=True)}
 
                 # Signed symmetric int8 on both sides (zero points 0): what TensorRT builds int8 engines from.
+                # Only the weight-bearing operators: Q/DQ around a Sigmoid or Reshape buys no integer kernel
+                # (onnxruntime, OpenVINO and TensorRT fuse Q/DQ into MatMul/Gemm/Conv), only passes over memory.
                 quantize_static(src, dst, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod[method], nodes_to_exclude=exclude,
                                 nodes_to_quantize=only, use_external_data_format=external,
+                                op_types_to_quantize=sorted(WEIGHT_OPS) if weight_ops_only else None,
                                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                                "QuantizeBias": False})  # TensorRT dequantizes int8 only, no int32 bias
+                model = onnx.load(str(dst))
+                if drop_requantize(model):
+                    save_onnx(model, dst, external)
     except ExportError:
         raise
     except Exception as e:
@@ -184,6 +192,53 @@ def search(build: Callable[[str | None, Sequence[str], Sequence[str] | None], No
     if attempts[-1].get("kept_float") != order[:k]:
         attempt(best, exclude=order[:k])
     return SearchResult(best, order[:k], True, used, attempts)
+
+
+SHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})  # move values, change none
+
+
+def drop_requantize(model) -> int:
+    """Remove Q -> DQ pairs that re-quantize a dequantized tensor with its own scale and zero point; the count.
+
+    The quantizer puts them after shape-only operators (DQ -> Reshape -> Q -> DQ) and onnxruntime
+    keeps them: each is two passes over the tensor that change no value, since round(s·(q - z) / s) + z
+    is q again. The Q's input takes the last DQ's name where that is a graph output.
+    """
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    outputs = {o.name for o in g.output}
+    dropped = 0
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
+        src = producer.get(q.input[0])
+        while src is not None and src.op_type in SHAPE_OPS:
+            src = producer.get(src.input[0])
+        if src is None or src.op_type != "DequantizeLinear" or list(src.input[1:]) != list(q.input[1:]):
+            continue
+        readers = [n for n in g.node if q.output[0] in n.input]
+        if not readers or any(r.op_type != "DequantizeLinear" or list(r.input[1:]) != list(q.input[1:])
+                              for r in readers) or q.output[0] in outputs:
+            continue
+        fed = {r.output[0] for r in readers}
+        if any(n.op_type in WEIGHT_OPS for n in g.node if fed & set(n.input)):
+            continue  # a DQ -> MatMul/Gemm/Conv pair is what the engines fuse into an integer kernel
+        kept = q.input[0]
+        named = [r.output[0] for r in readers if r.output[0] in outputs]
+        if len(named) > 1:
+            continue
+        if named:  # the graph output keeps its name: the tensor before Q is renamed to it
+            kept_old, kept = kept, named[0]
+            for n in g.node:
+                n.output[:] = [kept if o == kept_old else o for o in n.output]
+                n.input[:] = [kept if i == kept_old else i for i in n.input]
+        gone = {r.output[0] for r in readers}
+        for n in g.node:
+            n.input[:] = [kept if i in gone else i for i in n.input]
+        for r in readers:
+            g.node.remove(r)
+        g.node.remove(q)
+        producer = {o: n for n in g.node for o in n.output}
+        dropped += 1
+    return dropped
 
 
 def weight_block(model) -> int:

@@ -17,7 +17,7 @@ FP32_ATOL = 1e-5  # the image bound, TOLERANCES["fp32"]["image"].atol; what the 
 
 ABS_CHECKED = ("val", "prior", "extreme")  # the probe sets whose max abs error the CLI reports
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 
 IO_DTYPES = ("fp32", "fp16")
 
@@ -103,6 +103,9 @@ def validate_options(opts: ExportOptions) -> None:
         raise InputError(f"--opt-batch must be <= --max-batch; got {opts.opt_batch} > {opts.max_batch}")
     if opts.probes < 2:
         raise InputError(f"probes must be >= 2 (batch 1 and an odd batch are checked); got {opts.probes}")
+    if opts.engine and opts.precision == "bf16":
+        raise InputError("--engine with --precision bf16: bigmodel builds TensorRT engines in fp32, fp16 or int8; "
+                         "bf16 runs on OpenVINO's CPU plugin (ov-cpu)")
     if opts.engine and opts.precision == "int8" and opts.int8_mode != "static":
         raise InputError(f"--engine with --precision int8 needs --int8-mode static: TensorRT builds int8 engines "
                          f"from QDQ graphs; got --int8-mode {opts.int8_mode}")

@@ -1,4 +1,4 @@
-"""fp16 and int8 role graphs from the checked fp32 ones, each verified before it enters a bundle.
+"""fp16 and int8 role graphs from the checked fp32 ones, and bf16 runs of them, each verified before use.
 
 fp16: our own small pass over the graph (not onnxconverter-common, whose output onnxruntime
 refused on an MLP VAE): weights and compute in fp16, graph inputs/outputs float32 unless
@@ -69,33 +69,80 @@ def convert_bundle(folder: Path, manifest: Manifest, opts: ExportOptions, val: n
     fp32 = with_files(manifest, {r: f"{FP32_DIR}/{s.file}" for r, s in manifest.roles.items()})
     verifier = Verifier(folder, fp32, val, opts.precision)
     io_dtype = "float16" if opts.precision == "fp16" and opts.io == "fp16" else "float32"
-    current = fp32  # roles converted so far, the rest still fp32: chains into a role use the converted ones
-    quality: dict[str, dict] = {}
-    for role, spec in list(manifest.roles.items()):
-        src, dst = fp32_dir / spec.file, folder / spec.file
-        current = with_files(current, {role: spec.file}, io_dtype)
-        record: dict = {}
-        if opts.precision == "fp16":
-            to_fp16_file(src, dst, opts.io, _keep_external(src, opts))
-        else:
-            record = _int8_role(role, src, dst, fp32, current, verifier, val, opts)
-        check_graph(dst)
-        manifest.roles[role] = current.roles[role] = _with_sha(current.roles[role], dst)
-        quality[role] = record
-    cases = verifier.check(current)  # every role and chain on the final graphs: what the bundle holds
+
+    def convert(weight_ops_only: bool):
+        current = fp32  # roles converted so far, the rest still fp32: chains into a role use the converted ones
+        quality: dict[str, dict] = {}
+        for role, spec in list(manifest.roles.items()):
+            src, dst = fp32_dir / spec.file, folder / spec.file
+            current = with_files(current, {role: spec.file}, io_dtype)
+            record: dict = {}
+            if opts.precision == "fp16":
+                to_fp16_file(src, dst, opts.io, _keep_external(src, opts))
+            else:
+                record = _int8_role(role, src, dst, fp32, current, verifier, val, opts, weight_ops_only)
+            check_graph(dst)
+            manifest.roles[role] = current.roles[role] = _with_sha(current.roles[role], dst)
+            quality[role] = record
+        return quality, verifier.check(current)  # every role and chain on the final graphs: what the bundle holds
+
+    # int8 static: Q/DQ around the weight operators alone first (what runs as integer kernels, nothing between
+    # them); a bundle that fails so is quantized again around every operator, whose search can keep activations
+    # in float (a role's chain checks see the roles before it, so the whole bundle changes form)
+    static = opts.precision == "int8" and opts.int8_mode == "static"
+    quality, cases = convert(True)
+    if static and not all(c.passed for c in cases):
+        quality, cases = convert(False)
+    return _record(folder, manifest, opts, cases, quality, say, "ort-cpu")
+
+
+def verify_bf16(folder: Path, manifest: Manifest, opts: ExportOptions, val: np.ndarray,
+                say: Callable[[str], None]) -> tuple[dict[str, dict], list[str]]:
+    """bf16: the fp32 graphs themselves, run by OpenVINO's CPU plugin in bf16, held to parity's fp16 rules.
+
+    Nothing is converted: bf16 is how ov-cpu executes the graphs (fp32 accumulation, bf16 operands), so
+    the checks run exactly that against the same graphs run in fp32 by onnxruntime. ExportError where
+    OpenVINO is missing or the CPU has no bf16 arithmetic (OpenVINO would run fp32 and call it bf16).
+    """
+    from dataclasses import replace
+
+    from bigmodel.errors import BackendUnavailable
+    from bigmodel.runtime.backends.openvino import bf16_reason, import_openvino
+
+    try:
+        import_openvino()
+    except BackendUnavailable as e:
+        raise ExportError(f"--precision bf16 runs on OpenVINO's CPU plugin: {e}") from e
+    why = bf16_reason()
+    if why is not None:
+        raise ExportError(f"--precision bf16: {why}; export fp32, fp16 or int8 instead")
+    verifier = Verifier(folder, manifest, val, "bf16")
+    cases = verifier.check(replace(manifest, precision="bf16"))
+    return _record(folder, manifest, opts, cases, {r: {} for r in manifest.roles}, say,
+                   "ov-cpu, OpenVINO's bf16 inference precision")
+
+
+def _record(folder: Path, manifest: Manifest, opts: ExportOptions, cases, quality: dict[str, dict],
+            say: Callable[[str], None], runs_on: str) -> tuple[dict[str, dict], list[str]]:
+    """Each role's line and error summary, and the manifest's precision, quality and verification records."""
     failures = failure_lines(cases, prefix=f"{opts.precision} ")
     for role, spec in manifest.roles.items():
         mine = [c for c in cases if c.target.split("->")[-1] == role]  # the role, and chains into it
         quality[role] = {**error_summary(mine), **quality[role]}
         kept = quality[role].get("kept_float")
-        say(f"{role}: {opts.precision} {spec.file} ({file_bytes(folder / spec.file) / 1e6:.2f} MB) vs fp32 graphs: "
+        shares = int8_shares(folder / spec.file) if opts.precision == "int8" else {}
+        if shares:
+            quality[role]["int8_flops_share"] = shares
+        what = f"{spec.file} run in bf16 by ov-cpu" if opts.precision == "bf16" else \
+            f"{spec.file} ({file_bytes(folder / spec.file) / 1e6:.2f} MB)"
+        say(f"{role}: {opts.precision} {what} vs fp32 graphs: "
             f"{'pass' if all(c.passed for c in mine) else 'FAIL'}, {tolerance_used(mine):.0%} of tolerance used"
-            + (f", {len(kept)} node(s) kept in float" if kept else ""))
+            + (f", {len(kept)} node(s) kept in float" if kept else "") + share_text(shares))
     manifest.precision = opts.precision
     manifest.extra["precision"] = precision_note(opts)
     manifest.extra["quality"] = quality
     manifest.extra["verification"] = {
-        "checks": "bigmodel parity's role and chain checks (bigmodel.parity.check), ort-cpu",
+        "checks": f"bigmodel parity's role and chain checks (bigmodel.parity.check), {runs_on}",
         "reference": "the fp32 ONNX graphs, checked against PyTorch at export",
         "tolerances": opts.precision, "samples": DEFAULT_SAMPLES, "seed": VERIFY_SEED,
         "passed": not failures, "failing": sorted({c.target for c in cases if not c.passed}), "failures": failures}
@@ -103,7 +150,7 @@ def convert_bundle(folder: Path, manifest: Manifest, opts: ExportOptions, val: n
 
 
 def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifest, verifier: Verifier,
-               val: np.ndarray, opts: ExportOptions) -> dict:
+               val: np.ndarray, opts: ExportOptions, weight_ops_only: bool = True) -> dict:
     """Quantize one role, searching calibration methods and nodes kept in float until its checks pass."""
     calib: dict[bool, dict[str, np.ndarray] | None] = {False: None, True: None}
     methods: tuple[str | None, ...] = (None,)
@@ -119,7 +166,7 @@ def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifes
     def build(method: str | None, exclude, only) -> None:
         stress = bool(method) and method.endswith(STRESS_SUFFIX)
         to_int8_file(src, dst, opts.int8_mode, calib[stress], (method or "MinMax").removesuffix(STRESS_SUFFIX),
-                     exclude, only, external)
+                     exclude, only, external, weight_ops_only)
 
     result = search(build=build, evaluate=lambda: tolerance_used(verifier.check(current, role)),
                     candidates=lambda: quantized_nodes(src, dst, opts.int8_mode), methods=methods)
@@ -129,7 +176,33 @@ def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifes
         record = {"calibration": result.method.removesuffix(STRESS_SUFFIX),
                   "calibration_set": "in-distribution + stress inputs (±4σ codes / noise images)" if stress
                   else "in-distribution"}
+    if opts.int8_mode == "static":
+        record["quantized"] = "weight operators" if weight_ops_only else "every operator"
     return {**record, "kept_float": result.kept_float, "attempts": len(result.attempts)}
+
+
+def int8_shares(path: Path) -> dict[str, float]:
+    """Backend -> share of the graph's GEMM FLOPs it runs as integer kernels, for each CPU engine installed."""
+    from bigmodel.errors import BigmodelError
+    from bigmodel.export.executed import int8_share
+
+    out = {}
+    for backend in ("ort-cpu", "ov-cpu"):
+        try:
+            share = int8_share(path, backend)["share"]
+        except (BigmodelError, ImportError, RuntimeError):  # not installed, or an operator it cannot read
+            continue
+        if share is not None:
+            out[backend] = share
+    return out
+
+
+def share_text(shares: dict[str, float]) -> str:
+    """', int8 kernels run 100% of FLOPs on ort-cpu, 50% on ov-cpu' (empty without figures)."""
+    if not shares:
+        return ""
+    return ", int8 kernels run " + ", ".join(f"{v:.0%} of FLOPs on {k}" if i == 0 else f"{v:.0%} on {k}"
+                                             for i, (k, v) in enumerate(shares.items()))
 
 
 def _with_sha(spec, path: Path):
@@ -143,6 +216,9 @@ def precision_note(opts: ExportOptions) -> dict:
     if opts.precision == "fp16":
         return {"precision": "fp16", "io": opts.io, "converter": "bigmodel.export.precision.to_fp16",
                 "fp32_ops": sorted(FP16_KEEP_FP32)}
+    if opts.precision == "bf16":
+        return {"precision": "bf16", "graphs": "the fp32 graphs", "runs_on": "ov-cpu",
+                "how": "OpenVINO CPU plugin, INFERENCE_PRECISION_HINT bf16 (bf16 operands, fp32 accumulation)"}
     note = {"precision": "int8", "mode": opts.int8_mode, "tool": "onnxruntime.quantization", "weights": "int8"}
     if opts.int8_mode == "static":
         note.update(format="QDQ", per_channel=True, activations="int8", symmetric=True,

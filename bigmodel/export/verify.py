@@ -56,10 +56,14 @@ def check_against_reference(path: Path, ref: Reference, spec: RoleSpec,
 
 
 def runtime_model(folder: Path, manifest: Manifest):
-    """A runtime Model (ort-cpu) on the graphs `manifest` names, relative to `folder`."""
+    """A runtime Model (ort-cpu; ov-cpu in bf16 for a bf16 manifest) on the graphs `manifest` names."""
     from bigmodel.runtime.backends.ort import OrtBackend
     from bigmodel.runtime.model import Model
 
+    if manifest.precision == "bf16":
+        from bigmodel.runtime.backends.openvino import OpenVINOBackend
+
+        return Model(folder, manifest, OpenVINOBackend(folder, manifest))
     return Model(folder, manifest, OrtBackend(folder, manifest, "ort-cpu"))
 
 

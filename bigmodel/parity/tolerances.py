@@ -120,7 +120,7 @@ for _precision in ("fp16", "int8"):
 PRECISIONS = tuple(TOLERANCES)
 # "tf32": an fp32 bundle run with TF32 allowed (load(..., tf32=True)): MatMul/Conv inputs rounded to
 # fp16's 10-bit mantissa, sums kept in fp32, so errors of fp16's order on the GPU: fp16's rules.
-SAME_RULES = {"tf32": "fp16"}
+SAME_RULES = {"tf32": "fp16", "bf16": "fp16"}  # bf16 keeps fp32 accumulation: held to the fp16 rules
 
 
 def tolerances_for(precision: str, atol: float | None = None, rtol: float | None = None) -> dict[str, Tolerance]:

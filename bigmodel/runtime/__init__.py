@@ -127,6 +127,8 @@ def resolve_backend(backend: str, device: str, manifest: Manifest, device_id: in
     if backend != "auto":
         raise InputError(f"backend must be auto, ort or one of {', '.join(BACKENDS)}; got {backend!r}")
     cpu_first = registry.auto_order("cpu", bool(manifest.engines))[0]
+    if manifest.precision == "bf16":
+        return "ov-cpu"  # the one backend that runs a bf16 bundle
     if device == "cpu":
         return cpu_first
     reasons = []

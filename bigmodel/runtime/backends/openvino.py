@@ -4,7 +4,8 @@ OpenVINO reads ONNX directly (external data included), so nothing is converted o
 Settings per compiled model: the LATENCY performance hint (one stream using every thread: a
 synchronous call is what `Model` makes), INFERENCE_NUM_THREADS = `threads` (default: the physical
 cores), INFERENCE_PRECISION_HINT = f32, so that CPUs with bf16/AMX units do not silently run an
-fp32 bundle in bf16 (OpenVINO's default there), and no thread pinning (see `config`). With the
+fp32 bundle in bf16 (OpenVINO's default there) -- bf16 only for a bf16 bundle, and only on a CPU
+with bf16 arithmetic -- and no thread pinning (see `config`). With the
 THROUGHPUT hint (benchmarks/engines.py compares it) one call's batch is split across the compiled
 model's optimal number of infer requests, run at once: one per stream.
 
@@ -50,7 +51,7 @@ def version() -> str | None:
         return None
 
 
-def config(threads: int | None, hint: str = HINT) -> dict[str, str]:
+def config(threads: int | None, hint: str = HINT, inference: str = "f32") -> dict[str, str]:
     """compile_model properties: performance hint, thread count, fp32 execution, no thread pinning.
 
     Pinning each inference thread to a core (OpenVINO's default on Linux) made the MLP VAE decoder
@@ -60,7 +61,16 @@ def config(threads: int | None, hint: str = HINT) -> dict[str, str]:
     from bigmodel.runtime.backends.ort import physical_cores
 
     return {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": str(threads or physical_cores()),
-            "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": "NO"}
+            "INFERENCE_PRECISION_HINT": inference, "ENABLE_CPU_PINNING": "NO"}
+
+
+def bf16_reason() -> str | None:
+    """None when OpenVINO's CPU plugin runs bf16 arithmetic here (avx512_bf16 or AMX), else why not: on other
+    CPUs it ignores the bf16 hint and runs fp32, which a bf16 bundle must not pass off as bf16."""
+    caps = list(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if "BF16" in caps:
+        return None
+    return f"this CPU has no bf16 arithmetic (OpenVINO's CPU capabilities: {', '.join(caps)})"
 
 
 def probe_backend(name: str = "ov-cpu", device_id: int = 0) -> str | None:
@@ -160,7 +170,10 @@ class OpenVINOBackend:
         if reason is not None:
             raise BackendUnavailable(f"backend ov-cpu: {reason}")
         c = core()
-        props = config(threads, hint)
+        inference = "bf16" if manifest.precision == "bf16" else "f32"
+        if inference == "bf16" and (why := bf16_reason()) is not None:
+            raise BackendUnavailable(f"backend ov-cpu: a bf16 bundle, but {why}")
+        props = config(threads, hint, inference)
         self._roles: dict[str, _Role] = {}
         self._run: dict[str, object] = {}
         for role, spec in manifest.roles.items():
