@@ -147,7 +147,39 @@ def gather() -> dict[str, Any]:
     packages.append(_item("nvidia-pytriton", *serve_status()))
     gpu["nvinfer"] = nvinfer
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages,
-            "gpu": gpu, "backends": backend_report(torch, gpu["cuda_available"])}
+            "gpu": gpu, "cpu": cpu_report(), "backends": backend_report(torch, gpu["cuda_available"])}
+
+
+# /proc/cpuinfo flags -> what they give reduced precision: int8 dot products (VNNI), bf16 arithmetic, AMX tiles
+CPU_FLAGS = {"int8": ("avx512_vnni", "avx_vnni", "amx_int8"), "bf16": ("avx512_bf16", "amx_bf16"),
+             "amx": ("amx_tile", "amx_int8", "amx_bf16")}
+
+
+def cpu_report(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU's model and the instruction sets that make int8 and bf16 pay: {"model", "int8", "bf16", "amx"}.
+
+    Each of int8/bf16/amx lists the flags present ([] when none: int8 then runs, but at about fp32's speed).
+    """
+    from bigmodel.runtime.tuning import cpu_model
+
+    flags: set[str] = set()
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {"model": cpu_model(), **{k: [f for f in names if f in flags] for k, names in CPU_FLAGS.items()}}
+
+
+def cpu_line(cpu: dict[str, Any]) -> str:
+    """'cpu: AMD EPYC; int8 dot products: avx512_vnni; bf16: avx512_bf16; AMX: none'."""
+    def have(key: str) -> str:
+        return ", ".join(cpu.get(key) or []) or "none"
+
+    return f"cpu: {cpu.get('model')}; int8 dot products: {have('int8')}; bf16: {have('bf16')}; AMX: {have('amx')}"
 
 
 def backend_report(torch, cuda_available: bool) -> list[dict[str, Any]]:

@@ -331,6 +331,10 @@ def print_doctor(report: dict) -> None:
         version = p["version"] if p["found"] else f"[red]{p['version'] or 'missing'}[/red]"
         packages.add_row(p["name"], version, escape(p["detail"]))
     console.print(packages)
+    if report.get("cpu"):
+        from bigmodel.doctor import cpu_line
+
+        console.print(escape(cpu_line(report["cpu"])))
     backends = Table("backend", "here", "why not / what installs it", box=None, title="backends", title_justify="left")
     for b in report["backends"]:
         backends.add_row(

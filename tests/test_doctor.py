@@ -77,3 +77,21 @@ def test_both_onnxruntime_builds_installed_is_reported_with_the_fix():
     msg = ort_clash("1.22.0", "1.23.1")
     assert "onnxruntime 1.22.0 and onnxruntime-gpu 1.23.1 are both installed" in msg
     assert "pip uninstall -y onnxruntime onnxruntime-gpu" in msg and "'bigmodel[gpu]'" in msg
+
+
+def test_doctor_names_the_cpu_features_that_make_int8_and_bf16_pay(tmp_path):
+    """The flags come from /proc/cpuinfo: a file with VNNI and AMX, one with none, this machine's own."""
+    from bigmodel.doctor import cpu_line, cpu_report
+
+    rich = tmp_path / "rich"
+    rich.write_text("model name\t: Test CPU\nflags\t\t: fpu avx512f avx512_vnni avx512_bf16 amx_tile amx_int8\n")
+    plain = tmp_path / "plain"
+    plain.write_text("flags\t\t: fpu sse2 avx2\n")
+    r = cpu_report(str(rich))
+    assert r["int8"] == ["avx512_vnni", "amx_int8"] and r["bf16"] == ["avx512_bf16"]
+    assert r["amx"] == ["amx_tile", "amx_int8"] and r["model"]
+    assert cpu_report(str(plain))["int8"] == [] and "bf16: none" in cpu_line(cpu_report(str(plain)))
+    here = cpu_report()
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        has_vnni = "avx512_vnni" in f.read()
+    assert ("avx512_vnni" in here["int8"]) == has_vnni
