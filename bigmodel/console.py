@@ -268,8 +268,9 @@ def print_export(console, result) -> None:
     m = result.manifest
     total = sum(r.bytes for r in result.roles)
     worst = max(checked_err(r) for r in result.roles)
+    forms = f" (+ {', '.join(m.forms)} forms)" if m.forms else ""
     console.print(
-        f"[green]exported[/green] {m.family}/{m.arch} {m.precision} -> {result.bundle} "
+        f"[green]exported[/green] {m.family}/{m.arch} {m.precision}{forms} -> {result.bundle} "
         f"({len(result.roles)} roles, {total / 1e6:.2f} MB, opset {m.opset}, {result.seconds:.1f}s)"
     )
     for r in result.roles:
@@ -282,12 +283,14 @@ def print_export(console, result) -> None:
         f"fp32 check: max |onnx - torch| = {worst:.2e} (allowed {FP32_ATOL:.0e}) on validation images, "
         "prior samples and ±4σ latents: [green]pass[/green]"
     )
-    if m.precision != "fp32":
-        verdict = "[red]FAILED[/red]" if result.failures else "[green]pass[/green]"
+    for precision in (p for p in m.precisions if p != "fp32"):
+        failed = m.forms[precision].verification.get("failures") if precision in m.forms else result.failures
+        verdict = "[red]FAILED[/red]" if failed else "[green]pass[/green]"
         console.print(
-            f"{m.precision} check against the fp32 graphs (bigmodel parity's checks and "
-            f"{m.precision} tolerances): {verdict}"
+            f"{precision} check against the fp32 graphs (bigmodel parity's checks and "
+            f"{precision} tolerances): {verdict}"
         )
+    if m.precision != "fp32" or m.forms:
         for line in result.failures[:PARITY_SHOWN]:
             console.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
         if result.failures:
@@ -368,8 +371,10 @@ def status_progress(status, prefix: str):
 
 def print_skipped(console, skipped: dict[str, str]) -> None:
     """`bigmodel tune`: the backends it could not time, and why."""
+    from rich.markup import escape
+
     for name, reason in skipped.items():
-        console.print(f"[dim]skipped {name}: {reason}[/dim]", soft_wrap=True, markup=False)
+        console.print(f"[dim]skipped {escape(name)}: {escape(reason)}[/dim]", soft_wrap=True)
 
 
 class QuickstartProgress:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bigmodel.errors import BundleError
+from bigmodel.errors import BundleError, InputError
 from bigmodel.schema import first_error
 
 FORMAT_VERSION = 1
@@ -132,6 +132,26 @@ class EngineSpec:
     tf32: bool = False  # fp32 layers allowed to use TF32 (the default build clears it)
 
 
+@dataclass(frozen=True)
+class FormRole:
+    """One role's graph in another verified precision (`Manifest.forms`)."""
+
+    file: str
+    sha256: str
+    data_files: list[DataFile] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FormSpec:
+    """Another verified precision of the bundle: every role's graph, and what its verification measured."""
+
+    roles: dict[str, FormRole]
+    quality: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+
+
+FORM_PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+
 REFERENCE_KINDS = ("checkpoint", "torch.export", "none")
 
 
@@ -165,6 +185,31 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     reference: ReferenceSpec = field(default_factory=ReferenceSpec)
+    forms: dict[str, FormSpec] = field(default_factory=dict)  # other verified precisions, by precision
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Every verified precision the bundle carries, its default first."""
+        return (self.precision, *self.forms)
+
+    def form(self, precision: str) -> Manifest:
+        """This manifest as if `precision` were its default form: the roles name that form's graphs.
+
+        >>> read_manifest("runs/vae/bundle").form("int8").roles["decoder"].file
+        'int8/decoder.onnx'
+        """
+        from dataclasses import replace
+
+        if precision == self.precision:
+            return self
+        f = self.forms.get(precision)
+        if f is None:
+            raise InputError(f"this bundle carries {', '.join(self.precisions)}; got precision={precision!r} "
+                             "(export several with --precision fp32,int8,...)")
+        roles = {r: replace(spec, file=f.roles[r].file, sha256=f.roles[r].sha256, data_files=f.roles[r].data_files)
+                 for r, spec in self.roles.items()}
+        extra = {**self.extra, "quality": f.quality, "verification": f.verification}
+        return replace(self, roles=roles, precision=precision, forms={}, engines=[], extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -210,6 +255,7 @@ class Manifest:
                 extra=dict(d.get("extra", {})),
                 format_version=version,
                 reference=_reference(d.get("reference")),
+                forms=_forms(d.get("forms") or {}, d["roles"], d.get("precision", "fp32")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BundleError(f"manifest is malformed: {type(e).__name__}: {e}") from e
@@ -238,6 +284,23 @@ def tensor_spec(d: dict, where: str) -> TensorSpec:
         raise BundleError(f"manifest is malformed: {where} {t.name!r}: expected a name, a dtype of "
                           f"{', '.join(DTYPES)}, a shape of 'batch' then positive sizes, a kind; got {d}"[:400])
     return t
+
+
+def _forms(d: dict, roles: dict, default: str) -> dict[str, FormSpec]:
+    """`forms` as read: each a precision other than the default, naming a graph for every role."""
+    out = {}
+    for precision, f in d.items():
+        if precision not in FORM_PRECISIONS or precision == default:
+            raise BundleError(f"manifest is malformed: forms holds {precision!r}; expected one of "
+                              f"{', '.join(p for p in FORM_PRECISIONS if p != default)} (not the default {default})")
+        if set(f["roles"]) != set(roles):
+            raise BundleError(f"manifest is malformed: the {precision} form has roles {sorted(f['roles'])}; expected "
+                              f"{sorted(roles)}")
+        out[precision] = FormSpec(
+            roles={r: FormRole(v["file"], v["sha256"], [DataFile(**x) for x in v.get("data_files", [])])
+                   for r, v in f["roles"].items()},
+            quality=dict(f.get("quality", {})), verification=dict(f.get("verification", {})))
+    return out
 
 
 def _reference(d: dict | None) -> ReferenceSpec:

@@ -287,6 +287,12 @@ def print_info(console, bundle: Path, d: dict) -> None:
     else:
         console.print("TensorRT engines: none (build them on the target GPU with `bigmodel export RUN_DIR --engine`)")
     print_verification(console, m)
+    for f in d.get("forms") or []:
+        verdict = "pass" if f["passed"] else "FAILED (exported with --allow-failing)"
+        used = f", {f['tolerance_used']:.0%} of tolerance used" if f["tolerance_used"] is not None else ""
+        files = "" if f["check"] == "ok" else f"; files: {f['check']}"
+        console.print(f"{f['precision']} form: verified against the fp32 graphs on {f['runs_on']}: {verdict}{used}"
+                      f"{files}; load(..., precision={f['precision']!r})", markup=False, soft_wrap=False)
     console.print("versions: " + "  ".join(f"{k} {v}" for k, v in m["versions"].items()))
     console.print(
         "backends here: "
@@ -308,14 +314,19 @@ def tuning_table(console, tuning: dict) -> None:
         return
     m = t["machine"]
     state = "[green]applies here[/green]" if tuning["stale"] is None else f"[yellow]stale: {tuning['stale']}[/yellow]"
-    table = Table("role", "batch", *[f"{b} ms" for b in t["backends"]], "fastest", box=None, title_justify="left",
+    forms = bool(t.get("form_graphs"))  # several precisions: a column per backend:precision, two-line headers
+    cell_key, pick = ("forms_p50_s", "fastest") if forms else ("p50_s", "best")
+    keys = sorted({k for cells in t["roles"].values() for c in cells.values() for k in c.get(cell_key, {})})
+    heads = [k.replace(":", "\n") + " ms" if forms else f"{k} ms" for k in keys]
+    table = Table("role", "batch", *heads, "fastest", box=None, title_justify="left",
                   title=f"tuning ({tuning['file']}: {m['cpu']}, {m['threads']} threads)")
     for role, cells in t["roles"].items():
         for batch, cell in cells.items():
-            table.add_row(role, batch, *[f"{cell['p50_s'][b] * 1e3:.3f}" if b in cell["p50_s"] else "-"
-                                         for b in t["backends"]], cell["best"])
+            row = cell.get(cell_key, {})
+            table.add_row(role, batch, *[f"{row[k] * 1e3:.3f}" if k in row else "-" for k in keys], cell[pick])
     console.print(table)
-    console.print(f"tuning table {state}", soft_wrap=True)
+    console.print(f"tuning table {state}" + ("; precision='fastest' follows the fastest column"
+                                             if forms else ""), soft_wrap=True)
 
 
 

@@ -1,4 +1,4 @@
-"""`bigmodel tune`: every available runtime backend, per role, over a grid of batch sizes -> tuning.json.
+"""`bigmodel tune`: every available runtime backend x every verified precision, per role and batch -> tuning.json.
 
 Each (role, batch) cell times the backends in alternating rounds (so a busy spell on a shared
 machine hits all of them alike) through `Model.run`, the path `auto` will dispatch. The table
@@ -37,7 +37,7 @@ def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAUL
     from bigmodel.runtime import backend_status, load
     from bigmodel.runtime.backends import registry
     from bigmodel.runtime.backends.ort import physical_cores
-    from bigmodel.runtime.tuning import make_table, table_path, write_table
+    from bigmodel.runtime.tuning import form_key, make_table, table_path, write_table
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -61,10 +61,17 @@ def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAUL
                                  + "; ".join(f"{n}: {r}" for n, r in status.items()))
     say = reporter(progress, "tune")
     threads = threads or physical_cores()
-    models = {}
+    models = {}  # "backend:precision" -> Model: every verified precision on every backend that runs it
     for n in available:
-        say(f"loading {n}")
-        models[n] = load(bundle, backend=n, threads=threads, device=registry.entry(n).device)
+        for precision in manifest.precisions:
+            say(f"loading {n} {precision}")
+            try:
+                models[form_key(n, precision)] = load(bundle, backend=n, threads=threads,
+                                                      device=registry.entry(n).device, precision=precision)
+            except BackendUnavailable as e:  # bf16 on onnxruntime, an int8 contrib op on OpenVINO, ...
+                if precision == manifest.precision:
+                    raise
+                status[form_key(n, precision)] = str(e)
     latency: dict[str, dict[int, dict[str, float]]] = {}
     try:
         for role in manifest.roles:
@@ -81,8 +88,8 @@ def tune_bundle(bundle: str | os.PathLike, batch_sizes: tuple[int, ...] = DEFAUL
     table = make_table(manifest, threads, latency)
     table["skipped"] = {n: r for n, r in status.items() if r is not None}
     table["load_average_1m"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    table["method"] = (f"Model.run p50 over {rounds} alternating rounds of ~{seconds / rounds:.2f} s per backend "
-                       f"and cell; inputs seeded with {seed}")
+    table["method"] = (f"Model.run p50 over {rounds} alternating rounds of ~{seconds / rounds:.2f} s per "
+                       f"backend:precision and cell; inputs seeded with {seed}")
     if write:
         write_table(bundle, table)
     return table

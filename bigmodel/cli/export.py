@@ -39,7 +39,10 @@ def export(
                              "sha256 recorded at training).")] = None,
     out: Annotated[Path | None, typer.Option(help="Bundle folder (default RUN_DIR/bundle).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset to write (18 up to what the installed onnx knows).")] = 18,
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8: the precision of the bundle's graphs.")] = "fp32",
+    precision: Annotated[str, typer.Option(
+        help="fp32, fp16, int8 or bf16 (fp32 graphs run by OpenVINO in bf16): the bundle's precision; several, "
+             "fp32 first (fp32,int8,bf16), each verified, for `bigmodel tune` and load(precision='fastest')."
+    )] = "fp32",
     io: Annotated[
         str, typer.Option("--io", help="fp16 bundles: dtype of graph inputs/outputs, fp32 or fp16.")
     ] = "fp32",
@@ -128,10 +131,14 @@ def export(
     bundle = out or (run_dir if run_dir.is_dir() else run_dir.parent) / "bundle"  # export_bundle's default
     _check_outputs(force, (json_out, "export report", (), "--json"), reads=(run_dir or bundle, bundle, triton))
     console = ui.console()
+    from bigmodel.export.options import split_precisions
+
+    precision, forms = split_precisions(precision)
     opts = ExportOptions(
         out=out,
         opset=opset,
         precision=precision,
+        forms=forms,
         io=io,
         int8_mode=int8_mode,
         calibration=calibration,

@@ -179,6 +179,16 @@ def write_bundle(source: Source, out: Path, opts: ExportOptions, progress: Progr
                     f"was written (--allow-failing writes it with the failures in its manifest); first: {failures[0]}")
             for report in reports:
                 report.bytes = file_bytes(tmp / manifest.roles[report.role].file)
+        if opts.forms:
+            from bigmodel.export.precision import export_forms
+
+            form_failures = export_forms(tmp, manifest, opts, val, say)
+            if form_failures and not opts.allow_failing:
+                raise CheckFailed(
+                    f"{len(form_failures)} check(s) of the {', '.join(opts.forms)} forms fail against the fp32 graphs, "
+                    f"so no bundle was written (--allow-failing writes it with the failures in its manifest); "
+                    f"first: {form_failures[0]}")
+            failures += form_failures
         manifest.extra["graphs"] = _graphs_note(opts)
         if source.dataset:
             manifest.extra["dataset"] = source.dataset

@@ -46,6 +46,13 @@ class ExportOptions:
     external_data: bool | None = None  # None: only when the weights pass 2 GiB
     probes: int = 64  # inputs per probe set in the fp32 check against PyTorch
     allow_failing: bool = False  # fp16/int8: write a bundle whose checks failed, with the failures in its manifest
+    forms: tuple[str, ...] = ()  # other precisions verified beside an fp32 default (--precision fp32,int8,bf16)
+
+
+def split_precisions(value: str) -> tuple[str, tuple[str, ...]]:
+    """'fp32,int8,bf16' -> ('fp32', ('int8', 'bf16')): the default precision, then the other forms."""
+    names = [p.strip() for p in str(value).split(",")]
+    return names[0], tuple(names[1:])
 
 
 @dataclass
@@ -85,7 +92,19 @@ def validate_options(opts: ExportOptions) -> None:
         raise InputError(f"--opset must be between {MIN_OPSET} and {newest} (what the installed torch exporter and "
                          f"onnx {onnx.__version__} write); got {opts.opset}")
     if opts.precision not in PRECISIONS:
-        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}; got {opts.precision!r}")
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)} (or several, fp32 first: "
+                         f"fp32,int8,bf16); got {opts.precision!r}")
+    if opts.forms:
+        given = ",".join((opts.precision, *opts.forms))
+        if opts.precision != "fp32":
+            raise InputError(f"--precision with several precisions starts with fp32, the form the others are "
+                             f"verified against; got {given}")
+        bad = [p for p in opts.forms if p not in PRECISIONS or p == "fp32"]
+        if bad or len(set(opts.forms)) != len(opts.forms):
+            raise InputError(f"--precision: after fp32, each of {', '.join(p for p in PRECISIONS if p != 'fp32')} "
+                             f"at most once; got {given}")
+        if opts.engine:
+            raise InputError(f"--engine builds TensorRT engines of one precision; got --precision {given}")
     if opts.io not in IO_DTYPES:
         raise InputError(f"--io must be one of {', '.join(IO_DTYPES)}; got {opts.io!r}")
     if opts.io == "fp16" and opts.precision != "fp16":

@@ -122,6 +122,44 @@ def verify_bf16(folder: Path, manifest: Manifest, opts: ExportOptions, val: np.n
                    "ov-cpu, OpenVINO's bf16 inference precision")
 
 
+def export_forms(folder: Path, manifest: Manifest, opts: ExportOptions, val: np.ndarray,
+                 say: Callable[[str], None]) -> list[str]:
+    """Each of `opts.forms` verified beside the fp32 graphs into `manifest.forms`; the failed checks' lines.
+
+    int8/fp16: converted graphs in `folder/PRECISION/` (the same conversion and checks as a bundle of that
+    precision alone); bf16: the fp32 graphs themselves, run in bf16 by ov-cpu.
+    """
+    import copy
+    import shutil
+    from dataclasses import replace
+
+    from bigmodel.manifest import DataFile, FormRole, FormSpec
+
+    failures: list[str] = []
+    for precision in opts.forms:
+        form_opts = replace(opts, precision=precision, forms=())
+        form = copy.deepcopy(manifest)
+        if precision == "bf16":
+            quality, failed = verify_bf16(folder, form, form_opts, val, say)
+            prefix = ""
+        else:
+            sub = folder / precision
+            sub.mkdir()
+            for spec in manifest.roles.values():
+                for f in (folder / spec.file, (folder / spec.file).with_suffix(".onnx.data")):
+                    if f.exists():
+                        shutil.copy2(f, sub / f.name)
+            quality, failed = convert_bundle(sub, form, form_opts, val, say)
+            shutil.rmtree(sub / FP32_DIR, ignore_errors=True)
+            prefix = f"{precision}/"
+        roles = {r: FormRole(prefix + s.file, s.sha256, [DataFile(prefix + d.file, d.sha256) for d in s.data_files])
+                 for r, s in form.roles.items()}
+        manifest.forms[precision] = FormSpec(roles, quality, form.extra["verification"])
+        say(f"{precision} form: {'pass' if not failed else f'FAIL ({len(failed)} checks)'} against the fp32 graphs")
+        failures += failed
+    return failures
+
+
 def _record(folder: Path, manifest: Manifest, opts: ExportOptions, cases, quality: dict[str, dict],
             say: Callable[[str], None], runs_on: str) -> tuple[dict[str, dict], list[str]]:
     """Each role's line and error summary, and the manifest's precision, quality and verification records."""

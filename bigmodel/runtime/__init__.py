@@ -57,6 +57,11 @@ def check_containment(path: Path, manifest: Manifest) -> None:
             member(path, d.file, f"external data of role {role}")
     for e in manifest.engines:
         member(path, e.file, f"engine of {e.role}")
+    for precision, form in manifest.forms.items():
+        for role, f in form.roles.items():
+            member(path, f.file, f"the {precision} form of role {role}")
+            for d in f.data_files:
+                member(path, d.file, f"external data of the {precision} form of role {role}")
 
 
 def verify_files(path: str | os.PathLike, manifest: Manifest, engines: bool = False, roles: bool = True) -> None:
@@ -186,6 +191,51 @@ def _tuned_backend(path: Path, manifest: Manifest, device: str, threads: int | N
     return tuning.DispatchBackend(members, table)
 
 
+def _fastest_backend(path: Path, manifest: Manifest, backend: str, device: str, threads: int | None, device_id: int,
+                     tf32: bool, verify: bool):
+    """precision='fastest': a dispatcher over the (backend, precision) forms the tuning table found fastest per
+    batch, or None (no table, or one that does not apply here: one RuntimeWarning says why)."""
+    from bigmodel.runtime import tuning
+    from bigmodel.runtime.backends.ort import physical_cores
+
+    reason = None
+    try:
+        table = tuning.read_table(path)
+    except BundleError as e:
+        table, reason = None, str(e)
+    if table is None and reason is None:
+        reason = f"the bundle has no tuning table ({tuning.TABLE}; make one with `bigmodel tune {path}`)"
+    if table is not None:
+        reason = tuning.stale_reason(table, manifest, threads or physical_cores())
+    if reason is None:
+        forms = tuning.fastest_forms(table, None if backend == "auto" else backend)
+        if not forms:
+            reason = (f"{tuning.table_path(path)} has no measurements of this bundle's precisions"
+                      + ("" if backend == "auto" else f" on {backend}") + "; run `bigmodel tune` again")
+        wanted = {key: tuning.split_key(key) for points in forms.values() for _, key in points}
+        if reason is None:
+            missing = sorted({p for _, p in wanted.values()} - set(manifest.precisions))
+            down = {b: r for b, r in backend_status(tuple({b for b, _ in wanted.values()}), device_id).items()
+                    if r is not None}
+            if missing:
+                reason = f"the table picks precision(s) {', '.join(missing)} this bundle does not carry"
+            elif down:
+                reason = "; ".join(f"{b} cannot run here ({r})" for b, r in down.items())
+    if reason is not None:
+        warnings.warn(f"precision='fastest': {reason}; running the bundle's default precision "
+                      f"({manifest.precision})", RuntimeWarning, stacklevel=3)
+        return None
+    members = {}
+    for key, (name, precision) in wanted.items():
+        form = manifest.form(precision)
+        if verify:
+            verify_files(path, form)
+        members[key] = _make_backend(path, form, name, threads, None, device_id, tf32)
+    if len(members) == 1:
+        return next(iter(members.values()))
+    return tuning.DispatchBackend(members, table, forms)
+
+
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", threads: int | None = None,
          fallback: bool = False, verify: bool = True, precision: str | None = None,
          device_id: int | None = None, tf32: bool = False, strict: bool = False,
@@ -199,7 +249,11 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     verify: check every file's sha256 against the manifest (engine files too, for tensorrt) before
     anything runs. Engines are always checked against this machine's TensorRT version and GPU
     compute capability before they are deserialised.
-    precision: tensorrt only: which engine precision to use when the bundle has several.
+    precision: which of the bundle's verified precisions to run (default: the one it was exported with;
+    `manifest.precisions` lists them; `bigmodel export --precision fp32,int8,bf16` makes several), or
+    "fastest": each call goes to the backend and precision `bigmodel tune` measured fastest for the
+    nearest measured batch (without a table that applies here: one RuntimeWarning, then the default).
+    For tensorrt: which engine precision, when the bundle has several.
     device_id (or device='cuda:N'): which GPU. tf32: let onnxruntime's GPU providers use TF32 for
     fp32 MatMul/Conv (off by default, so fp32 bundles match their fp32 graphs; TensorRT engines
     carry the choice they were built with). strict: onnxruntime may not fall back to the CPU
@@ -228,13 +282,23 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
     check_threads(threads, "threads")  # and at most a few per core: a million threads only hangs
     try:  # (no inner function: the RuntimeWarnings below name the caller's line)
         check_containment(path, manifest)
-        if verify:
-            verify_files(path, manifest)
-        warn_failed_verification(path, manifest)
         from bigmodel.runtime.backends import parse_device
 
         _, gpu = parse_device(device, device_id)
-        if backend == "auto":
+        if precision == "fastest":
+            fastest = _fastest_backend(path, manifest, backend, device, threads, gpu, tf32, verify)
+            if fastest is not None:
+                return Model(path, manifest, fastest, check_values=check_values)
+            precision = None
+        default_form = True  # the tuning table's `auto` picks are for the default form only
+        if precision is not None and precision in manifest.forms and backend != "tensorrt":
+            manifest, precision, default_form = manifest.form(precision), None, False
+        elif precision is not None and precision != manifest.precision and not manifest.engines:
+            manifest.form(precision)  # raises: names the precisions the bundle carries
+        if verify:
+            verify_files(path, manifest)
+        warn_failed_verification(path, manifest)
+        if backend == "auto" and default_form:
             tuned = _tuned_backend(path, manifest, device, threads, gpu, tf32)
             if tuned is not None:
                 return Model(path, manifest, tuned, check_values=check_values)

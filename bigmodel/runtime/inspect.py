@@ -69,7 +69,22 @@ def describe(bundle: str | os.PathLike) -> dict[str, Any]:
     from bigmodel.runtime.backends.ort_options import tf32_policy
 
     return {"bundle": str(bundle), "manifest": d, "roles": roles, "engines": engines, "methods": methods,
-            "backends": status, "tf32": tf32_policy(manifest), "tuning": tuning_summary(bundle, manifest)}
+            "backends": status, "tf32": tf32_policy(manifest), "tuning": tuning_summary(bundle, manifest),
+            "forms": forms_summary(bundle, manifest)}
+
+
+def forms_summary(bundle: Path, manifest) -> list[dict[str, Any]]:
+    """Each verified precision beyond the default: verdict, worst share of tolerance used, files' check."""
+    out = []
+    for precision, form in manifest.forms.items():
+        checks = [_check(bundle, f.file, f.sha256) for f in form.roles.values()]
+        checks += [_check(bundle, d.file, d.sha256) for f in form.roles.values() for d in f.data_files]
+        used = [q.get("tolerance_used") for q in form.quality.values() if isinstance(q, dict)]
+        out.append({"precision": precision, "passed": form.verification.get("passed"),
+                    "tolerance_used": max((u for u in used if u is not None), default=None),
+                    "runs_on": form.verification.get("checks", "").rsplit("), ", 1)[-1],
+                    "check": next((c for c in checks if c != "ok"), "ok")})
+    return out
 
 
 def tuning_summary(bundle: Path, manifest) -> dict[str, Any] | None:

@@ -67,15 +67,36 @@ def table_path(bundle: str | os.PathLike) -> Path:
     return Path(bundle) / TABLE
 
 
+def form_key(backend: str, precision: str) -> str:
+    """'ort-cpu:int8': one (backend, precision) form as the table names it."""
+    return f"{backend}:{precision}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    backend, _, precision = key.partition(":")
+    return backend, precision
+
+
 def make_table(manifest: Manifest, threads: int, latency: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
-    """The table as written: latency[role][batch][backend] = p50 seconds; the fastest chosen per cell."""
-    backends = sorted({b for per_batch in latency.values() for cell in per_batch.values() for b in cell})
+    """The table as written: latency[role][batch]["backend:precision"] = p50 seconds.
+
+    Per cell: `p50_s` and `best` over the default precision's backends (what backend='auto' uses),
+    `forms_p50_s` and `fastest` over every measured (backend, precision) (what precision='fastest' uses).
+    """
+    keys = {k for per_batch in latency.values() for cell in per_batch.values() for k in cell}
+    backends = sorted({split_key(k)[0] for k in keys})
     roles = {}
     for role, per_batch in latency.items():
-        roles[role] = {str(batch): {"p50_s": dict(cell), "best": min(cell, key=cell.get)}
-                       for batch, cell in sorted(per_batch.items()) if cell}
+        roles[role] = {}
+        for batch, cell in sorted(per_batch.items()):
+            default = {split_key(k)[0]: v for k, v in cell.items() if split_key(k)[1] == manifest.precision}
+            if default:
+                roles[role][str(batch)] = {"p50_s": default, "best": min(default, key=default.get),
+                                           "forms_p50_s": dict(cell), "fastest": min(cell, key=cell.get)}
+    forms = {p: {role: manifest.form(p).roles[role].sha256 for role in latency} for p in manifest.forms}
     return {"format": FORMAT, "machine": machine_key(threads, backends),
-            "graphs": {role: manifest.roles[role].sha256 for role in latency}, "backends": backends, "roles": roles}
+            "graphs": {role: manifest.roles[role].sha256 for role in latency}, "form_graphs": forms,
+            "backends": backends, "roles": roles}
 
 
 def write_table(bundle: str | os.PathLike, table: dict[str, Any]) -> Path:
@@ -119,12 +140,33 @@ def stale_reason(table: dict[str, Any], manifest: Manifest, threads: int) -> str
         spec = manifest.roles.get(role)
         if spec is None or spec.sha256 != sha:
             return f"measured on another {role} graph (the bundle was re-exported)"
+    for precision, graphs in (table.get("form_graphs") or {}).items():
+        form = manifest.forms.get(precision)
+        for role, sha in graphs.items():
+            if form is None or role not in form.roles or form.roles[role].sha256 != sha:
+                return f"measured on another {precision} {role} graph (the bundle was re-exported)"
     return None
 
 
 def winners(table: dict[str, Any]) -> dict[str, list[tuple[int, str]]]:
     """role -> [(batch, fastest backend)] sorted by batch."""
     return {role: sorted((int(b), cell["best"]) for b, cell in cells.items()) for role, cells in table["roles"].items()}
+
+
+def fastest_forms(table: dict[str, Any], backend: str | None = None) -> dict[str, list[tuple[int, str]]]:
+    """role -> [(batch, fastest "backend:precision")] sorted by batch (only `backend`'s forms when given);
+    {} for a table from before forms."""
+    out = {}
+    for role, cells in table["roles"].items():
+        points = []
+        for b, cell in cells.items():
+            times = {k: v for k, v in (cell.get("forms_p50_s") or {}).items()
+                     if backend is None or split_key(k)[0] == backend}
+            if times:
+                points.append((int(b), min(times, key=times.get)))
+        if points:
+            out[role] = sorted(points)
+    return out
 
 
 def chooser(points: list[tuple[int, str]]):
@@ -143,15 +185,17 @@ def chooser(points: list[tuple[int, str]]):
 class DispatchBackend:
     """Several loaded backends; each call of a role goes to the one the table chose for its batch size."""
 
-    def __init__(self, backends: dict, table: dict[str, Any]):
+    def __init__(self, backends: dict, table: dict[str, Any], points: dict[str, list[tuple[int, str]]] | None = None):
         self.backends = backends
         self.table = table
-        self.name = "auto(" + ",".join(backends) + ")"
-        self._choose = {role: chooser(points) for role, points in winners(table).items()}
+        self._points = points if points is not None else winners(table)  # role -> [(batch, member)]
+        self.name = ("fastest(" if points is not None else "auto(") + ",".join(backends) + ")"
+        self._choose = {role: chooser(p) for role, p in self._points.items()}
         first = next(iter(backends.values()))
         self._fallback = first  # roles the table did not measure
         self.settings = {"tuning": str(TABLE), "backends": {n: dict(getattr(b, "settings", {}) or {})
-                                                             for n, b in backends.items()}}
+                                                             for n, b in backends.items()},
+                         "chosen": {role: {str(b): n for b, n in p} for role, p in self._points.items()}}
 
     def pick(self, role: str, batch: int):
         """The backend object that runs `role` at `batch`."""
@@ -168,7 +212,7 @@ class DispatchBackend:
         if choose is None:
             return _runner_of(self._fallback, role, outputs)
         runs = {name: _runner_of(b, role, outputs) for name, b in self.backends.items()}
-        if len(set(n for _, n in winners(self.table)[role])) == 1:
+        if len(set(n for _, n in self._points[role])) == 1:
             return runs[choose(1)]
 
         def run(feeds: dict) -> list:
