@@ -214,6 +214,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["data"] = self.data.to_dict()
+        if not self.forms:
+            del d["forms"]  # a bundle of one precision reads in bigmodel versions from before forms
         return d
 
     def to_json(self) -> str:

@@ -78,11 +78,14 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def make_table(manifest: Manifest, threads: int, latency: dict[str, dict[int, dict[str, float]]]) -> dict[str, Any]:
-    """The table as written: latency[role][batch]["backend:precision"] = p50 seconds.
+    """The table as written: latency[role][batch]["backend:precision"] = p50 seconds (a bare "backend": the
+    bundle's default precision).
 
     Per cell: `p50_s` and `best` over the default precision's backends (what backend='auto' uses),
     `forms_p50_s` and `fastest` over every measured (backend, precision) (what precision='fastest' uses).
     """
+    latency = {role: {b: {k if ":" in k else form_key(k, manifest.precision): v for k, v in cell.items()}
+                      for b, cell in per_batch.items()} for role, per_batch in latency.items()}
     keys = {k for per_batch in latency.values() for cell in per_batch.values() for k in cell}
     backends = sorted({split_key(k)[0] for k in keys})
     roles = {}
