@@ -75,7 +75,7 @@ def measure(bundle: Path, role: str, batches: list[int], threads: int, seconds: 
                           if "int8" in manifest.forms else {})}
     for batch in batches:
         feeds = role_inputs(manifest, role, batch, seed=0)
-        sides = {k: (lambda m=m: m.run(role, feeds)) for k, m in models.items()}
+        sides = {k: (lambda m=m, feeds=feeds: m.run(role, feeds)) for k, m in models.items()}
         times = alternate(sides, rounds, seconds / rounds, min_runs=3 * rounds)
         out["p50_s"][batch] = {k: statistics.median(t) for k, t in times.items()}
         out["ceilings"][batch] = {"fp32": gemm_ceiling(cost, batch, threads),
