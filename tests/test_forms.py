@@ -121,3 +121,25 @@ def test_fastest_dispatches_per_batch_from_tune_and_stays_within_verified_tolera
             assert fast.backend.settings["chosen"]["decoder"] == picks  # a dispatcher over the table's picks
         else:
             assert fast.backend_name == split_key(picks["1"])[0]  # one pick everywhere: that backend alone
+
+
+def test_eval_scores_a_chosen_form_against_the_default(multi, tmp_path, monkeypatch):
+    """`bigmodel eval B --compare B --compare-precision int8`: both sides of one bundle, the int8 side really
+    run in int8 (its report says so), and the deltas between them printed."""
+    import functools
+
+    import bigmodel.eval
+    from bigmodel.eval import EvalOptions
+    from bigmodel.eval.features import ClassifierSettings
+
+    monkeypatch.setattr(bigmodel.eval, "EvalOptions",
+                        functools.partial(EvalOptions, classifier=ClassifierSettings(epochs=2, width=8)))
+    out = tmp_path / "eval.json"
+    code, text = cli("eval", multi, "--compare", multi, "--compare-precision", "int8", "--samples", "200",
+                     "--k", "4", "--nll-images", "16", "--cache-dir", tmp_path / "cache", "--json", out)
+    assert code == 0, text
+    report = json.loads(out.read_text())
+    assert report["report"]["model"]["precision"] == "fp32" and report["compare"]["model"]["precision"] == "int8"
+    assert report["deltas"] and "(int8)" in text
+    code, text = cli("eval", multi, "--precision", "fp16", "--cache-dir", tmp_path / "cache")
+    assert code == 2 and "carries fp32, int8" in text, text

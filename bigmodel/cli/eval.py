@@ -43,6 +43,12 @@ def eval_cmd(
     ] = "all",
     seed: Annotated[int, typer.Option(help="Seed of the samples and of the importance draws.")] = 0,
     backend: BackendOpt = "auto",
+    precision: Annotated[str | None, typer.Option(
+        help="Which verified precision of the bundle to score (e.g. int8), or fastest: per batch, what `bigmodel "
+             "tune` measured fastest (default: the bundle's own).")] = None,
+    compare_precision: Annotated[str | None, typer.Option(
+        help="The same for --compare: `eval B --compare B --compare-precision fastest` is the quality cost of "
+             "the forms `fastest` runs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for the ort backends (default: physical cores).")
@@ -72,9 +78,9 @@ def eval_cmd(
     standard error), precision/recall (Kynkaanniemi et al. 2019) and class coverage, in the feature
     space of a small classifier trained on the training split once and cached (its accuracy is
     printed); on data without class labels those are skipped, said so, and the rest computed.
-    Works on every family, on fp32/fp16/int8 bundles and on any backend.
+    Works on every family, on every precision (--precision picks a form of a bundle) and backend.
 
-    Example: bigmodel eval runs/vae/bundle-int8 --compare runs/vae/bundle
+    Example: bigmodel eval runs/vae/bundle --compare runs/vae/bundle --compare-precision int8
     """
     from bigmodel.eval import EvalOptions, evaluate, load_eval_data, same_data
     from bigmodel.eval import compare as compare_reports
@@ -106,6 +112,7 @@ def eval_cmd(
     reports = []
     for i, path in enumerate(paths):
         opts.picture = picture if i == 0 else None  # only the target's, and only when asked: eval writes no other file
+        opts.precision = precision if i == 0 else compare_precision
         with console.status(f"evaluating {path}") as status:
             report = evaluate(path, opts, data, progress=ui.status_progress(status, f"{path}: "))
         reports.append(report)
@@ -113,7 +120,9 @@ def eval_cmd(
     out = {"report": reports[0]}
     if compare:
         deltas = compare_reports(reports[0], reports[1])
-        tables.print_eval_comparison(console, target, compare, deltas)
+        named = [f"{p} ({r['model']['precision']})" if precision or compare_precision else p
+                 for p, r in zip(paths, reports, strict=True)]
+        tables.print_eval_comparison(console, *named, deltas)
         out.update({"compare": reports[1], "deltas": deltas})
     if json_out:
         from bigmodel.fileio import write_json

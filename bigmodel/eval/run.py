@@ -71,6 +71,7 @@ class EvalOptions:
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     metrics: tuple[str, ...] | None = None  # None: every metric that applies to the model and its data
     reference: Path | None = None  # real images for FID/KID/precision-recall; None: the training split
+    precision: str | None = None  # which verified precision of a bundle, or "fastest" (runtime.load's precision)
 
     def validate(self) -> None:
         from bigmodel.limits import check_count, check_items, check_seed, check_threads
@@ -213,9 +214,11 @@ def evaluate(target: str | Path, opts: EvalOptions | None = None, data: EvalData
     target = Path(target)
     with tempfile.TemporaryDirectory(prefix="bigmodel-eval-") as tmp:
         bundle = resolve_bundle(target, Path(tmp), say)
-        with load(bundle, backend=opts.backend, device=opts.device, threads=opts.threads) as model:
+        with load(bundle, backend=opts.backend, device=opts.device, threads=opts.threads,
+                  precision=opts.precision) as model:
             m = model.manifest
-            name = {"target": str(target), "family": m.family, "arch": m.arch, "precision": m.precision,
+            name = {"target": str(target), "family": m.family, "arch": m.arch,
+                    "precision": "fastest" if opts.precision == "fastest" else m.precision,
                     "backend": model.backend_name}
             return evaluate_model(model, m.data, name, opts, data, progress)
 
