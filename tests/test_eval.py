@@ -65,6 +65,31 @@ def test_classifier_is_cached_by_data_and_loaded_back(eval_data, eval_cache):
     np.testing.assert_array_equal(again.val_features, eval_data.val_features)
 
 
+def test_deep_feature_net_trains_caches_apart_and_loads_back_with_its_batch_norm(eval_data, eval_cache):
+    from bigmodel.eval.features import cache_key, get_classifier
+
+    train, val = eval_data.train[:600], eval_data.val
+    labels = eval_data.classifier.features(train)[1]  # any labels: the net only has to learn them
+    deep = ClassifierSettings(epochs=2, width=8, arch="deep", seed=1)
+    first = get_classifier(train, labels, val, eval_data.val_labels, eval_cache, deep)
+    again = get_classifier(train, labels, val, eval_data.val_labels, eval_cache, deep)
+    assert not first.cached and again.cached and first.path == again.path
+    feats, _ = again.features(val[:50])
+    assert feats.shape == (50, 256)
+    np.testing.assert_array_equal(feats, first.features(val[:50])[0])  # running stats saved, eval mode
+    assert cache_key(train, labels, deep) != cache_key(train, labels, ClassifierSettings(epochs=2, width=8, seed=1))
+    # the default arch keeps the key it had before `arch` existed: users' caches stay valid
+    import hashlib
+
+    old = hashlib.sha256(f"1|{train.shape}|ClassifierSettings(epochs=2, width=8, batch_size=128, lr=0.003, seed=0)"
+                         .encode())
+    old.update(train.tobytes())
+    old.update(labels.astype(np.int64).tobytes())
+    assert cache_key(train, labels, TINY) == old.hexdigest()[:24]
+    with pytest.raises(InputError, match="conv, deep"):
+        get_classifier(train, labels, val, eval_data.val_labels, eval_cache, ClassifierSettings(arch="vgg"))
+
+
 def test_fid_of_two_halves_of_real_data_is_small_next_to_noise(eval_data):
     f = eval_data.val_features
     halves = metrics.frechet_distance(f[::2], f[1::2])

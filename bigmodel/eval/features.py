@@ -4,6 +4,8 @@ Trained offline on the dataset's own training split (no downloaded weights), onc
 the weights are cached under the cache folder by a hash of the training images, labels and net
 settings, and loaded back with `torch.load(weights_only=True)`. Its validation accuracy is part
 of every report: features from a classifier that cannot tell the classes apart measure little.
+Two architectures: `conv` (eval's default) and `deep`, a second opinion of another design that
+benchmarks/quality_vs_peers.py trains from another seed to check that rankings do not hang on one net.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from bigmodel.errors import InputError
 from bigmodel.fileio import atomic_write
 
 FEATURES = 128
+DEEP_FEATURES = 256
 NET_VERSION = 1  # bump when the net or its training changes: old cache entries are then ignored
+ARCHS = ("conv", "deep")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class ClassifierSettings:
     batch_size: int = 128
     lr: float = 3e-3
     seed: int = 0
+    arch: str = "conv"  # one of ARCHS
 
 
 class FeatureNet(nn.Module):
@@ -49,6 +54,28 @@ class FeatureNet(nn.Module):
         return self.head(self.trunk(x))
 
 
+class DeepFeatureNet(FeatureNet):
+    """Images (B, C, H, W) -> features (B, 256) -> class logits: three 5x5/5x5/3x3 conv blocks with batch norm,
+    a design unlike `FeatureNet`'s, so the two nets' agreement says something about the samples."""
+
+    def __init__(self, channels: int, classes: int, width: int):
+        nn.Module.__init__(self)
+
+        def block(cin, cout, k):
+            return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.trunk = nn.Sequential(
+            *block(channels, width, 5), nn.MaxPool2d(2),  # (B, w, H/2, W/2)
+            *block(width, 2 * width, 5), nn.MaxPool2d(2),  # (B, 2w, H/4, W/4)
+            *block(2 * width, 4 * width, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(),  # (B, 4w * 4)
+            nn.Linear(4 * width * 4, DEEP_FEATURES), nn.ReLU(),  # (B, 256): the features
+        )
+        self.head = nn.Linear(DEEP_FEATURES, classes)
+
+
+NETS = {"conv": FeatureNet, "deep": DeepFeatureNet}
+
+
 @dataclass
 class Classifier:
     net: FeatureNet
@@ -59,7 +86,7 @@ class Classifier:
 
     @torch.no_grad()
     def features(self, images: np.ndarray, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-        """(features (N, 128) float64, predicted class (N,)) of images (N, C, H, W) in [0, 1]."""
+        """(features (N, D) float64, predicted class (N,)) of images (N, C, H, W) in [0, 1]; D: 128 conv, 256 deep."""
         feats, preds = [], []
         for i in range(0, len(images), batch):
             h = self.net.trunk(torch.from_numpy(np.ascontiguousarray(images[i : i + batch], dtype=np.float32)))
@@ -70,7 +97,9 @@ class Classifier:
 
 def cache_key(train: np.ndarray, labels: np.ndarray, settings: ClassifierSettings) -> str:
     h = hashlib.sha256()
-    h.update(f"{NET_VERSION}|{train.shape}|{settings}".encode())
+    # the default arch is left out of the text, so caches from before `arch` existed stay valid
+    text = str(settings).replace(", arch='conv'", "")
+    h.update(f"{NET_VERSION}|{train.shape}|{text}".encode())
     h.update(np.ascontiguousarray(train, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
     return h.hexdigest()[:24]
@@ -87,12 +116,14 @@ def get_classifier(train: np.ndarray, train_y: np.ndarray, val: np.ndarray, val_
                    cache_dir: Path | None = None, settings: ClassifierSettings | None = None) -> Classifier:
     """The cached classifier for this training split, trained (and cached) on first use."""
     settings = settings or ClassifierSettings()
+    if settings.arch not in NETS:
+        raise InputError(f"feature net arch must be one of {', '.join(ARCHS)}; got {settings.arch!r}")
     if len(train) != len(train_y) or len(val) != len(val_y):
         raise InputError(f"images and labels differ in number: {len(train)}/{len(train_y)} train, "
                          f"{len(val)}/{len(val_y)} val")
     classes = int(max(train_y.max(), val_y.max())) + 1
     path = Path(cache_dir or default_cache_dir()) / f"classifier-{cache_key(train, train_y, settings)}.pt"
-    net = FeatureNet(train.shape[1], classes, settings.width)
+    net = NETS[settings.arch](train.shape[1], classes, settings.width)
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
