@@ -207,6 +207,9 @@ def bench_table(console, report) -> None:
 
     for line in ceiling_lines(report.get("roofline")):
         console.print(line, markup=False)
+    for role, shares in (report.get("int8_flops_share") or {}).items():
+        console.print(f"int8 kernels run {', '.join(f'{v:.0%} on {k}' for k, v in shares.items())} of the {role}'s "
+                      "GEMM FLOPs (read at export from the engines' optimized graphs)", markup=False)
     for sk in report["skipped"]:
         where = f" {sk['role']} batch {sk['batch']}" if "role" in sk else ""
         console.print(f"[dim]skipped {sk['backend']}{where}: {escape(sk['reason'])}[/dim]")

@@ -150,6 +150,17 @@ def test_int8_static_mlp_graphs_run_every_gemm_as_integer_kernels(cli_exported):
     assert fp32["share"] == 0.0 and fp32["int8"] == []  # a float graph: nothing counted as int8
 
 
+def test_bench_reports_the_int8_share_export_read_from_the_engines(cli_exported):
+    from bigmodel.bench.run import BenchSettings, run_bench
+
+    r, out = cli_exported("vae", "int8", "static", *CALIBRATION)
+    assert r.code == 0, r.text
+    report = run_bench(out, BenchSettings(backends=("ort-cpu",), roles=("decoder",), batch_sizes=(1,), warmup=1,
+                                          iters=5, rounds=1))
+    assert report["int8_flops_share"] == {"decoder": read_manifest(out).extra["quality"]["decoder"]["int8_flops_share"]}
+    assert report["int8_flops_share"]["decoder"]["ort-cpu"] == 1.0
+
+
 def _fp32_graph(bundle: Path) -> Path:
     """An fp32 decoder graph beside the int8 bundle: the same run exported at fp32 (made once here)."""
     out = bundle.parent / "bundle-fp32-for-share"

@@ -243,7 +243,18 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
     say(Progress("bench", "done", total, total))
     return {"machine": machine_info(settings.device, gpu), "settings": _settings_record(bundle, manifest, settings,
                                                                                          backends, roles, duration),
-            "backend_settings": used, "results": results, "skipped": skipped, "roofline": ceilings}
+            "backend_settings": used, "results": results, "skipped": skipped, "roofline": ceilings,
+            "int8_flops_share": int8_flops_share(manifest, roles)}
+
+
+def int8_flops_share(manifest: Manifest, roles) -> dict[str, dict[str, float]]:
+    """role -> {backend: share of its GEMM FLOPs run as integer kernels} for an int8 bundle, as export read it
+    from onnxruntime's optimized and OpenVINO's executed graphs; {} for other precisions."""
+    if manifest.precision != "int8":
+        return {}
+    quality = manifest.extra.get("quality") or {}
+    return {r: dict(quality[r]["int8_flops_share"]) for r in roles
+            if isinstance(quality.get(r), dict) and isinstance(quality[r].get("int8_flops_share"), dict)}
 
 
 def check_contention(settings: BenchSettings, bundle: Path, manifest: Manifest, adapters: dict[str, Any],
