@@ -152,7 +152,8 @@ def test_role_inputs_follow_the_manifest(bundle):
 
 # ------------------------------------------------------------------------------------------ the harness
 def test_report_shape_and_speedups(report):
-    assert set(report) == {"machine", "settings", "backend_settings", "results", "skipped", "roofline"}
+    assert set(report) == {"machine", "settings", "backend_settings", "results", "skipped", "roofline",
+                           "int8_flops_share"}
     assert report["backend_settings"]["ort-cpu"]["tf32"] is False and report["settings"]["tf32"] is False
     assert report["settings"]["threads"] == 1 and report["settings"]["batch_sizes"] == [1, 3]
     assert report["settings"]["rounds"] == 10 and "rounds" in report["settings"]["timing"]
