@@ -48,7 +48,8 @@ class AAEConfig(BaseConfig):
     # Weight of the encoder's adversarial term beside the reconstruction (nats summed per image). One
     # joint step instead of separate reconstruction and regularisation steps (mnist-5k, 20 epochs, batch
     # 100, seeds 0/1): FID 167/152 at weight 3, 173/196 at 10, 240 at 1 (seed 0), against 204 for the
-    # three-step scheme at ~1.45x this CPU time (benchmarks/quality_vs_peers.py).
+    # three-step scheme at ~1.45x this CPU time (benchmarks/quality_vs_peers.py, the one-net protocol before
+    # issue 23; under two nets x two held-out references it beats pythae's AAE in every cell: docs/quality.md).
     adv_weight: float = 3.0
 
     def validate(self) -> None:
