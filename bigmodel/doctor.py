@@ -21,6 +21,8 @@ from typing import Any
 TORCH_EXTRAS = {
     "torch": "torch (install the build for your platform first, see README), then pip install 'bigmodel[cpu]'",
     "torch-cudagraph": "a CUDA build of torch and an NVIDIA GPU, then pip install 'bigmodel[gpu]'",
+    **{name: "a C++ compiler and Python's headers (e.g. apt-get install g++ python3-dev); on a GPU, triton"
+       for name in ("torch-compile", "torch-compile-max", "aoti")},
 }
 
 
@@ -190,6 +192,12 @@ def backend_report(torch, cuda_available: bool) -> list[dict[str, Any]]:
     graph_why = torch_why or (None if cuda_available else "needs a CUDA GPU visible to torch "
                               "(torch.cuda.is_available() is False)")
     rows.append(("torch-cudagraph", graph_why))
+    if torch is not None:  # bench's compiled torch peers (torch.compile, AOTInductor): Inductor's C++ toolchain
+        from bigmodel.bench.adapters import COMPILED_BACKENDS, inductor_unavailable
+
+        rows.extend((name, inductor_unavailable(name, "cpu")) for name in COMPILED_BACKENDS)
+    else:
+        rows.extend((name, torch_why) for name in ("torch-compile", "torch-compile-max", "aoti"))
     from bigmodel.runtime.backends import registry
 
     try:

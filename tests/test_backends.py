@@ -42,8 +42,9 @@ def test_runtime_doctor_bench_and_parity_read_the_registry():
     assert _backend_names("all", BACKENDS)[0] == list(registry.NAMES)
     assert set(backend_status()) == set(registry.NAMES)
     report = doctor.backend_report(None, False)
-    assert [b["name"] for b in report][2:] == list(registry.NAMES)
-    for b in report[2:]:
+    torch_side = 5  # torch, torch-cudagraph and bench's compiled peers come first
+    assert [b["name"] for b in report][torch_side:] == list(registry.NAMES)
+    for b in report[torch_side:]:
         assert b["ok"] or b["extra"] == registry.entry(b["name"]).install
 
 

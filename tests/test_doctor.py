@@ -12,7 +12,8 @@ from bigmodel.doctor import gather
 
 PACKAGES = {"python", "numpy", "torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "tensorrt", "cuda-python",
             "openvino", "nvidia-pytriton"}
-BACKENDS = ["torch", "torch-cudagraph", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "ov-cpu"]
+BACKENDS = ["torch", "torch-cudagraph", "torch-compile", "torch-compile-max", "aoti",
+            "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "ov-cpu"]
 
 
 
