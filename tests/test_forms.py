@@ -67,6 +67,27 @@ def test_each_form_is_recorded_verified_and_loadable(multi):
         load(multi, precision="fp16")
 
 
+@pytest.mark.parametrize("precision", FORMS)
+def test_parity_checks_each_form_export_verified(multi, precision):
+    """What export said of a form, `bigmodel parity --precision P` says too, against PyTorch."""
+    code, text = cli("parity", multi, "--precision", precision)
+    assert code == 0 and f"({precision} tolerances)" in text, text
+    if precision == "bf16":
+        assert "on ov-cpu" in text
+
+
+def test_a_stale_table_gives_fastest_one_warning(multi, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(multi, bundle)
+    code, text = cli("tune", bundle, "--batch-sizes", "1", "--seconds", "0.1", "--threads", "1")
+    assert code == 0, text
+    with warnings.catch_warnings(record=True) as caught:  # measured on 1 thread, loaded on 2
+        warnings.simplefilter("always")
+        load(bundle, precision="fastest", threads=2).close()
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(said) == 1 and "precision='fastest'" in said[0] and "threads" in said[0], said
+
+
 def test_a_changed_form_file_is_refused_when_that_form_loads(multi, tmp_path):
     bundle = tmp_path / "b"
     shutil.copytree(multi, bundle)

@@ -54,6 +54,11 @@ def parity(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for the ort backends (default: physical cores).")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="Which verified precision of the bundle to check (export --precision fp32,int8,...); "
+                          "default: its own."),
+    ] = None,
     device: Annotated[str, typer.Option(help="GPU of the GPU backends: cuda or cuda:N.")] = "auto",
     strict: Annotated[
         bool,
@@ -110,6 +115,7 @@ def parity(
             rtol=rtol,
             tolerances=tolerances,
             threads=threads,
+            precision=precision,
             progress=progress,
             device=device,
             strict=strict,

@@ -130,6 +130,7 @@ def export_forms(folder: Path, manifest: Manifest, opts: ExportOptions, val: np.
     precision alone); bf16: the fp32 graphs themselves, run in bf16 by ov-cpu.
     """
     import copy
+    import os
     import shutil
     from dataclasses import replace
 
@@ -148,7 +149,10 @@ def export_forms(folder: Path, manifest: Manifest, opts: ExportOptions, val: np.
             for spec in manifest.roles.values():
                 for f in (folder / spec.file, (folder / spec.file).with_suffix(".onnx.data")):
                     if f.exists():
-                        shutil.copy2(f, sub / f.name)
+                        try:  # convert_bundle moves its inputs aside: a link, not a second copy of the weights
+                            os.link(f, sub / f.name)
+                        except OSError:
+                            shutil.copy2(f, sub / f.name)
             quality, failed = convert_bundle(sub, form, form_opts, val, say)
             shutil.rmtree(sub / FP32_DIR, ignore_errors=True)
             prefix = f"{precision}/"

@@ -22,7 +22,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
                backends: str | Sequence[str] = "all", samples: int = DEFAULT_SAMPLES, seed: int = 0,
                data: str | Path | None = None, atol: float | None = None, rtol: float | None = None,
                tolerances: str | None = None, threads: int | None = None, device: str = "auto",
-               tf32: bool = False, strict: bool = False,
+               tf32: bool = False, strict: bool = False, precision: str | None = None,
                progress: ProgressFn | None = None) -> ParityReport:
     """Compare each backend with the PyTorch reference, role by role and chain by chain.
 
@@ -32,6 +32,8 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
     tolerances: which precision's row of `TOLERANCES` to apply (default: the bundle's precision;
     "tf32" for an fp32 bundle run with tf32=True). device: "cuda:N" picks the GPU of the GPU backends.
     strict: the onnxruntime GPU backends may not place any node on the CPU provider (CheckFailed).
+    precision: which of the bundle's verified forms to check (`--precision fp32,int8,...` at export);
+    default: its own precision.
     progress: Progress("parity", ...) before each check, and done == total as each backend ends.
     """
     from bigmodel.runtime import BACKENDS, backend_status, load, verify_files
@@ -39,6 +41,8 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
     t0 = time.perf_counter()
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    if precision is not None:
+        manifest = manifest.form(precision)  # InputError naming the precisions the bundle carries
     verify_files(bundle, manifest)
     names, explicit = _backend_names(backends, BACKENDS)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 3 or samples % 2 == 0:
@@ -46,6 +50,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
     check_items(samples, "--samples", COPIES_HELD * sample_bytes(manifest), "probe samples", least=3)
     check_seed(seed)
     check_threads(threads)
+    form = precision
     precision = tolerances or ("tf32" if tf32 and manifest.precision == "fp32" else manifest.precision)
     tol = tolerances_for(precision, atol, rtol)
     modules, ckpt_path, ckpt_sha = reference_modules(bundle, manifest, checkpoint)
@@ -69,7 +74,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path | None = None,
         if reason is None:
             try:
                 model = load(bundle, backend=name, threads=threads, verify=False, device_id=gpu, tf32=tf32,
-                             strict=strict)
+                             strict=strict, precision=form)
             except BackendUnavailable as e:
                 if explicit:
                     raise

@@ -193,12 +193,14 @@ def _tuned_backend(path: Path, manifest: Manifest, device: str, threads: int | N
 
 def _fastest_backend(path: Path, manifest: Manifest, backend: str, device: str, threads: int | None, device_id: int,
                      tf32: bool, verify: bool):
-    """precision='fastest': a dispatcher over the (backend, precision) forms the tuning table found fastest per
-    batch, or None (no table, or one that does not apply here: one RuntimeWarning says why)."""
+    """precision='fastest': (a dispatcher over the (backend, precision) forms the tuning table found fastest per
+    batch, or None; whether the table applies here). None when it has no such picks or they cannot run here;
+    one RuntimeWarning says why."""
     from bigmodel.runtime import tuning
+    from bigmodel.runtime.backends import parse_device
     from bigmodel.runtime.backends.ort import physical_cores
 
-    reason = None
+    reason, kind = None, parse_device(device)[0]
     try:
         table = tuning.read_table(path)
     except BundleError as e:
@@ -207,6 +209,7 @@ def _fastest_backend(path: Path, manifest: Manifest, backend: str, device: str, 
         reason = f"the bundle has no tuning table ({tuning.TABLE}; make one with `bigmodel tune {path}`)"
     if table is not None:
         reason = tuning.stale_reason(table, manifest, threads or physical_cores())
+    applies = reason is None
     if reason is None:
         forms = tuning.fastest_forms(table, None if backend == "auto" else backend)
         if not forms:
@@ -215,16 +218,20 @@ def _fastest_backend(path: Path, manifest: Manifest, backend: str, device: str, 
         wanted = {key: tuning.split_key(key) for points in forms.values() for _, key in points}
         if reason is None:
             missing = sorted({p for _, p in wanted.values()} - set(manifest.precisions))
+            wrong = sorted({b for b, _ in wanted.values()
+                            if b not in BACKENDS or kind not in ("auto", registry.entry(b).device)})
             down = {b: r for b, r in backend_status(tuple({b for b, _ in wanted.values()}), device_id).items()
                     if r is not None}
             if missing:
                 reason = f"the table picks precision(s) {', '.join(missing)} this bundle does not carry"
+            elif wrong:
+                reason = f"the table picks {', '.join(wrong)}, which cannot serve device={device!r}"
             elif down:
                 reason = "; ".join(f"{b} cannot run here ({r})" for b, r in down.items())
     if reason is not None:
         warnings.warn(f"precision='fastest': {reason}; running the bundle's default precision "
                       f"({manifest.precision})", RuntimeWarning, stacklevel=3)
-        return None
+        return None, applies
     members = {}
     for key, (name, precision) in wanted.items():
         form = manifest.form(precision)
@@ -232,8 +239,8 @@ def _fastest_backend(path: Path, manifest: Manifest, backend: str, device: str, 
             verify_files(path, form)
         members[key] = _make_backend(path, form, name, threads, None, device_id, tf32)
     if len(members) == 1:
-        return next(iter(members.values()))
-    return tuning.DispatchBackend(members, table, forms)
+        return next(iter(members.values())), True
+    return tuning.DispatchBackend(members, table, forms), True
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", threads: int | None = None,
@@ -285,12 +292,12 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", t
         from bigmodel.runtime.backends import parse_device
 
         _, gpu = parse_device(device, device_id)
+        default_form = True  # the tuning table's `auto` picks are for the default form only
         if precision == "fastest":
-            fastest = _fastest_backend(path, manifest, backend, device, threads, gpu, tf32, verify)
+            fastest, applies = _fastest_backend(path, manifest, backend, device, threads, gpu, tf32, verify)
             if fastest is not None:
                 return Model(path, manifest, fastest, check_values=check_values)
-            precision = None
-        default_form = True  # the tuning table's `auto` picks are for the default form only
+            precision, default_form = None, applies  # a table that does not apply has been warned about once
         if precision is not None and precision in manifest.forms and backend != "tensorrt":
             manifest, precision, default_form = manifest.form(precision), None, False
         elif precision is not None and precision != manifest.precision and not manifest.engines:
