@@ -84,7 +84,42 @@ def measure(bundle: Path, role: str, batches: list[int], threads: int, seconds: 
         print(f"  {role} batch {batch} measured (load {load_average()})", file=sys.stderr, flush=True)
     for m in models.values():
         m.close()
+    if "int8" in manifest.forms:
+        out["ort_split_us"] = {b: ort_time_split(bundle, role, b, threads) for b in batches if b >= 256}
     return out
+
+
+def ort_time_split(bundle: Path, role: str, batch: int, threads: int, runs: int = 50) -> dict:
+    """Where ort-cpu's int8 time goes at `batch`: mean us per run in integer kernels and in each float op type,
+    from onnxruntime's own profile of the session bigmodel's runtime creates (same options, same graph)."""
+    import json
+    import tempfile
+
+    from bigmodel.bench.adapters import role_inputs
+    from bigmodel.export.executed import ORT_INT8_OPS
+    from bigmodel.manifest import read_manifest
+    from bigmodel.runtime.backends.ort import disabled_optimizers, import_ort, session_options
+
+    ort = import_ort()
+    manifest = read_manifest(bundle).form("int8")
+    feeds = role_inputs(manifest, role, batch, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = session_options(ort, threads)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "split")
+        session = ort.InferenceSession(str(bundle / manifest.roles[role].file), opts,
+                                       providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=disabled_optimizers("int8"))
+        for _ in range(5 + runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    split: dict[str, float] = {}
+    kernel_events = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    for e in kernel_events[-runs * len({x["name"] for x in kernel_events}):]:  # the last `runs` runs
+        op = e["args"]["op_name"]
+        key = "int8 kernels" if op in ORT_INT8_OPS else op
+        split[key] = split.get(key, 0.0) + e["dur"] / runs
+    return split
 
 
 def rows(result: dict) -> list[dict]:
@@ -125,6 +160,15 @@ def print_table(name: str, result: dict, table: list[dict]) -> None:
               f"| {r['fastest']} |")
     for k, why in result["skipped"].items():
         print(f"  (not run: {k}: {why[:140]})")
+    for batch, split in result.get("ort_split_us", {}).items():
+        ceiling = result["ceilings"][batch].get("int8")
+        kernels = split.get("int8 kernels", 0.0)
+        rate = result["gflop_per_sample"] * batch / (kernels * 1e-6) if kernels else None
+        at = f" ({rate:.0f} GOP/s, {100 * rate / ceiling:.0f}% of the ceiling)" if rate and ceiling else ""
+        rest = ", ".join(f"{k} {v:.0f}" for k, v in sorted(split.items(), key=lambda kv: -kv[1])
+                         if k != "int8 kernels")
+        print(f"  ort-cpu:int8 batch {batch}, onnxruntime's profile (us per run): int8 kernels {kernels:.0f}{at}; "
+              f"the rest {sum(split.values()) - kernels:.0f}: {rest}")
 
 
 def goals(table: list[dict]) -> list[str]:

@@ -132,20 +132,36 @@ def test_int8_that_cannot_pass_is_refused_and_allow_failing_records_it(trained_r
     assert "failing: decoder, encoder, encoder->decoder" in message and "extra.verification" in message
 
 
-def test_int8_static_mlp_graphs_run_every_gemm_as_integer_kernels(cli_exported):
+def test_int8_static_mlp_graphs_run_every_quantized_gemm_as_integer_kernels(cli_exported):
     """The default int8 form is the one the engines fuse: onnxruntime's optimized graph and OpenVINO's
-    executed graph run every MatMul/Gemm of the MLP VAE decoder in int8, as export reports and records."""
-    from bigmodel.export.executed import int8_share
+    executed graph run every quantized MatMul/Gemm of the MLP VAE in int8 (the encoder's mu/logvar head
+    too, which feeds two Slices), as export reports and records; the decoder's 20-input first layer is
+    the one weight op kept float by design, and the share counts it as float."""
+    import onnx
+
+    from bigmodel.export.executed import int8_share, ort_int8_nodes
 
     r, out = cli_exported("vae", "int8", "static", *CALIBRATION)
     assert r.code == 0, r.text
-    q = read_manifest(out).extra["quality"]["decoder"]
+    quality = read_manifest(out).extra["quality"]
+    q = quality["decoder"]
     assert q["quantized"] == "weight operators"
+    shallow = q["shallow_float"]
+    dec = onnx.load(str(out / "decoder.onnx"), load_external_data=False).graph
+    gemms = [n.name for n in dec.node if n.op_type in ("Gemm", "MatMul")]
+    assert len(shallow) == 1 and len(gemms) == 2 and shallow[0] in gemms
     for backend in ("ort-cpu", "ov-cpu"):
         share = int8_share(out / "decoder.onnx", backend)
-        assert share["share"] == 1.0 and not share["float"], (backend, share)
-        assert q["int8_flops_share"][backend] == 1.0
-    assert "int8 kernels run 100% of FLOPs on ort-cpu" in " ".join(r.text.split())
+        assert share["float"] == shallow and 0.97 < share["share"] < 1.0, (backend, share)
+        assert q["int8_flops_share"][backend] == share["share"]
+        enc = int8_share(out / "encoder.onnx", backend)
+        assert enc["share"] == 1.0 and not enc["float"], (backend, enc)
+    assert "kept float by design" in " ".join(r.text.split())
+    # the last weight op runs as one integer kernel with a float output (no QGemm -> DQ pass)
+    last = next(n for n in dec.node if n.op_type == "MatMul")
+    assert not [n for n in dec.node if n.op_type == "QuantizeLinear" and last.output[0] in n.input]
+    known = {n.name for n in dec.node}
+    assert ort_int8_nodes(out / "decoder.onnx", known) == {g for g in gemms if g not in shallow}
     fp32 = int8_share(_fp32_graph(out), "ort-cpu")
     assert fp32["share"] == 0.0 and fp32["int8"] == []  # a float graph: nothing counted as int8
 
@@ -158,7 +174,7 @@ def test_bench_reports_the_int8_share_export_read_from_the_engines(cli_exported)
     report = run_bench(out, BenchSettings(backends=("ort-cpu",), roles=("decoder",), batch_sizes=(1,), warmup=1,
                                           iters=5, rounds=1))
     assert report["int8_flops_share"] == {"decoder": read_manifest(out).extra["quality"]["decoder"]["int8_flops_share"]}
-    assert report["int8_flops_share"]["decoder"]["ort-cpu"] == 1.0
+    assert report["int8_flops_share"]["decoder"]["ort-cpu"] > 0.97
 
 
 def _fp32_graph(bundle: Path) -> Path:

@@ -45,14 +45,14 @@ def ort_int8_nodes(path: str | Path, known: set[str]) -> set[str]:
     """Names (among `known`) of the nodes onnxruntime's CPU provider runs as integer kernels."""
     import onnx
 
-    from bigmodel.runtime.backends.ort import DISABLED_OPTIMIZERS, import_ort, session_options
+    from bigmodel.runtime.backends.ort import INT8_DISABLED_OPTIMIZERS, import_ort, session_options
 
     ort = import_ort()
     with tempfile.TemporaryDirectory(prefix="bigmodel-optimized-") as tmp:
         opts = session_options(ort, 1)
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=DISABLED_OPTIMIZERS)
+                             disabled_optimizers=INT8_DISABLED_OPTIMIZERS)
         graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
     return {o for n in graph.node if n.op_type in ORT_INT8_OPS and (o := _original(n.name, known))}
 

@@ -97,7 +97,17 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                 # Signed symmetric int8 on both sides (zero points 0): what TensorRT builds int8 engines from.
                 # Only the weight-bearing operators: Q/DQ around a Sigmoid or Reshape buys no integer kernel
                 # (onnxruntime, OpenVINO and TensorRT fuse Q/DQ into MatMul/Gemm/Conv), only passes over memory.
-                quantize_static(src, dst, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                prep, terminal = src, set()
+                if weight_ops_only:  # the same rewrite for every build: the search's node names stay valid
+                    model = onnx.load(str(src))
+                    shallow = shallow_weight_nodes(model)
+                    terminal = terminal_gemms(model) - set(shallow)
+                    if terminal:  # as MatMul + Add: onnxruntime runs DQ -> MatMul with a float output as one kernel
+                        prep = work / "prep.onnx"
+                        save_onnx(gemm_to_matmul(model, terminal), prep, external)
+                    if only is None:
+                        exclude += [n for n in shallow if n not in exclude]
+                quantize_static(prep, dst, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod[method], nodes_to_exclude=exclude,
                                 nodes_to_quantize=only, use_external_data_format=external,
@@ -105,7 +115,9 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                                "QuantizeBias": False})  # TensorRT dequantizes int8 only, no int32 bias
                 model = onnx.load(str(dst))
-                if drop_requantize(model):
+                changed = drop_requantize(model)
+                changed += float_outputs(model, {f"{name}_MatMul" for name in terminal})
+                if changed:
                     save_onnx(model, dst, external)
     except ExportError:
         raise
@@ -241,6 +253,101 @@ def drop_requantize(model) -> int:
     return dropped
 
 
+SHALLOW_K = 32  # a weight op summing over this few inputs stays float (`shallow_weight_nodes`)
+
+
+def _weight_k(node, inits) -> int | None:
+    """The reduction length K of a MatMul/Gemm/Conv node whose weight is an initializer, else None."""
+    from onnx import helper
+
+    w = inits.get(node.input[1]) if len(node.input) > 1 else None
+    if w is None or len(w.dims) < 2:
+        return None
+    dims = list(w.dims)
+    if node.op_type == "Gemm":
+        trans_b = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
+        return dims[1] if trans_b else dims[0]
+    if node.op_type == "MatMul":
+        return dims[-2]
+    if node.op_type == "Conv":
+        return int(np.prod(dims[1:]))  # (Cout, Cin/g, k...): Cin/g x kernel per output
+    return int(dims[0] * np.prod(dims[2:]))  # ConvTranspose (Cin, Cout/g, k...): every input scatters
+
+
+def shallow_weight_nodes(model) -> list[str]:
+    """Weight ops with K <= SHALLOW_K, kept in float when at least one deeper weight op is quantized.
+
+    Their time goes to writing their output, not to arithmetic, so int8 kernels buy nothing there; in
+    int8 they cost passes: with symmetric activations (TensorRT's form) onnxruntime cannot fold a
+    following Relu into its integer kernel and runs DQ -> Relu -> Q in float (measured on the VAE
+    decoder's 20 -> 768 layer at batch 1024: 0.78 ms as int8 kernel + passes, 0.42 ms as one float Gemm + Relu).
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    ks = {n.name: k for n in model.graph.node if n.op_type in WEIGHT_OPS and (k := _weight_k(n, inits)) is not None}
+    shallow = [name for name, k in ks.items() if k <= SHALLOW_K]
+    return shallow if len(shallow) < len(ks) else []
+
+
+def terminal_gemms(model) -> set[str]:
+    """Gemm nodes (weight initializer, no transA, alpha = beta = 1) whose output reaches no other weight op.
+
+    Their int8 result feeds only float operators (Sigmoid, Slice, the graph's outputs), so they are
+    quantized as DQ -> MatMul (+ Add) with a float output: onnxruntime runs that as one
+    MatMulIntegerToFloat kernel (a Gemm needs a Q after it to become QGemm, then a DQ pass back to float).
+    """
+    from onnx import helper
+
+    g = model.graph
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    inits = {i.name for i in g.initializer}
+
+    def reaches_weight_op(tensor: str, seen: set[str]) -> bool:
+        for r in readers.get(tensor, []):
+            if r.name in seen:
+                continue
+            seen.add(r.name)
+            if r.op_type in WEIGHT_OPS or any(reaches_weight_op(o, seen) for o in r.output):
+                return True
+        return False
+
+    out = set()
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if (n.op_type == "Gemm" and len(n.input) > 1 and n.input[1] in inits and not attrs.get("transA", 0)
+                and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+                and not reaches_weight_op(n.output[0], set())):
+            out.add(n.name)
+    return out
+
+
+def float_outputs(model, names: set[str]) -> int:
+    """Remove the Q -> DQ pair the quantizer puts on the outputs of the MatMul nodes in `names`; the count.
+
+    Only where the Q's output feeds nothing but that DQ and neither is a graph output: the MatMul's
+    float result then goes straight to its readers, one rounding fewer than before.
+    """
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    dropped = 0
+    for mm in [n for n in g.node if n.name in names and n.op_type == "MatMul"]:
+        qs = [n for n in g.node if mm.output[0] in n.input]
+        if len(qs) != 1 or qs[0].op_type != "QuantizeLinear" or mm.output[0] in outputs:
+            continue
+        q = qs[0]
+        dqs = [n for n in g.node if q.output[0] in n.input]
+        if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear" or {q.output[0], dqs[0].output[0]} & outputs:
+            continue
+        for n in g.node:
+            n.input[:] = [mm.output[0] if i == dqs[0].output[0] else i for i in n.input]
+        g.node.remove(dqs[0])
+        g.node.remove(q)
+        dropped += 1
+    return dropped
+
+
 def weight_block(model) -> int:
     """Weights per int8 scale: WEIGHT_BLOCK, or less when a MatMul's K is smaller (blocks pad K up to their size)."""
     inits = {i.name: i for i in model.graph.initializer}
@@ -250,15 +357,19 @@ def weight_block(model) -> int:
     return WEIGHT_BLOCK if small >= WEIGHT_BLOCK else max(16, 1 << (int(small).bit_length() - 1))
 
 
-def gemm_to_matmul(model):
-    """Gemm(A, W, b) with a weight initializer -> MatMul(A, Wᵀ) + Add(b): what the dynamic quantizer handles."""
+def gemm_to_matmul(model, names: set[str] | None = None):
+    """Gemm(A, W, b) with a weight initializer -> MatMul(A, Wᵀ) + Add(b): what the dynamic quantizer handles.
+
+    names: only these Gemm nodes (default every one that qualifies).
+    """
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     nodes = []
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+        if (node.op_type != "Gemm" or (names is not None and node.name not in names)
+                or node.input[1] not in inits or attrs.get("transA", 0)
                 or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
             nodes.append(node)
             continue

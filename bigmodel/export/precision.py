@@ -27,11 +27,13 @@ from bigmodel.errors import ExportError
 from bigmodel.export.graph import EXTERNAL_DATA_BYTES, check_graph, data_files, file_bytes, save_onnx
 from bigmodel.export.int8 import (
     CALIBRATION_METHODS,
+    SHALLOW_K,
     STRESS_SUFFIX,
     WEIGHT_BLOCK,
     calibration_inputs,
     quantized_nodes,
     search,
+    shallow_weight_nodes,
     to_int8_file,
 )
 from bigmodel.export.options import FP32_DIR, ExportOptions
@@ -179,7 +181,9 @@ def _record(folder: Path, manifest: Manifest, opts: ExportOptions, cases, qualit
             f"{spec.file} ({file_bytes(folder / spec.file) / 1e6:.2f} MB)"
         say(f"{role}: {opts.precision} {what} vs fp32 graphs: "
             f"{'pass' if all(c.passed for c in mine) else 'FAIL'}, {tolerance_used(mine):.0%} of tolerance used"
-            + (f", {len(kept)} node(s) kept in float" if kept else "") + share_text(shares))
+            + (f", {len(kept)} node(s) kept in float" if kept else "") + share_text(shares)
+            + (f" ({', '.join(shallow)}: {SHALLOW_K} or fewer inputs per output, kept float by design)"
+               if (shallow := quality[role].get("shallow_float")) else ""))
     manifest.precision = opts.precision
     manifest.extra["precision"] = precision_note(opts)
     manifest.extra["quality"] = quality
@@ -220,6 +224,12 @@ def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifes
                   else "in-distribution"}
     if opts.int8_mode == "static":
         record["quantized"] = "weight operators" if weight_ops_only else "every operator"
+        if weight_ops_only:
+            import onnx
+
+            shallow = shallow_weight_nodes(onnx.load(str(src), load_external_data=False))
+            if shallow:
+                record["shallow_float"] = shallow
     return {**record, "kept_float": result.kept_float, "attempts": len(result.attempts)}
 
 

@@ -202,7 +202,8 @@ def misplaced_nodes(events: list[dict], allowed: tuple[str, ...]) -> list[str]:
     return out
 
 
-def profile_once(ort, path: str, opts, providers, feeds: dict[str, np.ndarray]) -> list[dict]:
+def profile_once(ort, path: str, opts, providers, feeds: dict[str, np.ndarray],
+                 disabled: list[str] | None = None) -> list[dict]:
     """Run one profiled call on a fresh session and return onnxruntime's profile events (file removed)."""
     import json
     import tempfile
@@ -215,7 +216,7 @@ def profile_once(ort, path: str, opts, providers, feeds: dict[str, np.ndarray]) 
     with tempfile.TemporaryDirectory() as tmp:
         prof.enable_profiling = True
         prof.profile_file_prefix = os.path.join(tmp, "placement")
-        session = ort.InferenceSession(path, prof, providers=providers)
+        session = ort.InferenceSession(path, prof, providers=providers, disabled_optimizers=disabled or [])
         session.run(None, feeds)
         with open(session.end_profiling(), encoding="utf-8") as f:
             return json.load(f)
@@ -241,6 +242,15 @@ def _fast_run(session, outputs: list[str]):
 # QDQ propagation copies a Q/DQ pair across shape-only operators (Reshape, Transpose) next to a graph output
 # and keeps both: two more passes over an int8 decoder's images that change no value (batch 1024: 10% of its time).
 DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
+# An int8 graph's last MatMul + Add (float output, `bigmodel.export.int8.terminal_gemms`) runs as one
+# MatMulIntegerToFloat kernel; MatMulAddFusion would first turn it back into a Gemm, which onnxruntime
+# runs in float when no Q follows (VAE decoder, batch 1024: 1.45 ms against 1.77 ms with a QGemm + DQ).
+INT8_DISABLED_OPTIMIZERS = [*DISABLED_OPTIMIZERS, "MatMulAddFusion"]
+
+
+def disabled_optimizers(precision: str) -> list[str]:
+    """The graph optimizers bigmodel's sessions turn off for a bundle of `precision`."""
+    return INT8_DISABLED_OPTIMIZERS if precision == "int8" else DISABLED_OPTIMIZERS
 
 
 def session_options(ort, threads: int | None):
@@ -312,7 +322,7 @@ class OrtBackend:
                 self._profiles[role] = (p["min"], p["max"])
             try:
                 session = ort.InferenceSession(str(path), opts, providers=chain,
-                                               disabled_optimizers=DISABLED_OPTIMIZERS)
+                                               disabled_optimizers=disabled_optimizers(manifest.precision))
             except Exception as e:  # onnxruntime raises its own exception types
                 first = str(e).splitlines()[0][:300]
                 if strict and name != "ort-cpu":
@@ -327,7 +337,7 @@ class OrtBackend:
                 lo = self._profiles.get(role, (1, 1))[0]
                 feeds = {t.name: np.zeros([lo if d == BATCH else int(d) for d in t.shape], t.dtype)
                          for t in spec.inputs}
-                events = profile_once(ort, str(path), opts, chain, feeds)
+                events = profile_once(ort, str(path), opts, chain, feeds, disabled_optimizers(manifest.precision))
                 self.placement[role] = placement(events)
                 off = misplaced_nodes(events, (PROVIDERS[name][0],))
                 if off:
