@@ -9,7 +9,9 @@ p50 ms of each form, each reduced form's speed-up over fp32 on the same backend,
 reduced form against the best fp32 form (any backend), the share of the graph's GEMM FLOPs each
 engine runs in int8 (read at export from onnxruntime's optimized / OpenVINO's executed graph), and
 the best reduced form's GOP/s as % of its ceiling (the best int8 or bf16 GEMM an installed library
-runs on the same shapes, measured now: bigmodel.bench.roofline).
+runs on the same shapes, measured now: bigmodel.bench.roofline). At batch 256 and up, onnxruntime's own
+profile of the int8 session splits its time: the integer kernels (and their GOP/s against the ceiling)
+and each float operator type around them.
 
     python benchmarks/precision_speed.py [--runs DIR] [--batches 1,16,256,1024] [--seconds 0.6] [--json F]
 
@@ -163,7 +165,8 @@ def print_table(name: str, result: dict, table: list[dict]) -> None:
     for batch, split in result.get("ort_split_us", {}).items():
         ceiling = result["ceilings"][batch].get("int8")
         kernels = split.get("int8 kernels", 0.0)
-        rate = result["gflop_per_sample"] * batch / (kernels * 1e-6) if kernels else None
+        int8_flops = result["gflop_per_sample"] * result["int8_share"].get("ort-cpu", 1.0)  # what the kernels do
+        rate = int8_flops * batch / (kernels * 1e-6) if kernels else None
         at = f" ({rate:.0f} GOP/s, {100 * rate / ceiling:.0f}% of the ceiling)" if rate and ceiling else ""
         rest = ", ".join(f"{k} {v:.0f}" for k, v in sorted(split.items(), key=lambda kv: -kv[1])
                          if k != "int8 kernels")

@@ -258,3 +258,44 @@ def test_bf16_bundle_runs_on_openvino_in_bf16_and_passes_parity(trained_run, tmp
         assert bf16.backend_name == "ov-cpu" and bf16.backend.settings["INFERENCE_PRECISION_HINT"] == "bf16"
         a, b = bf16.decode(z), fp32.decode(z)
         assert 0 < np.abs(a - b).max() < TOLERANCES["fp16"]["image"].atol  # bf16 really ran, within the rule
+
+
+def test_bias_moved_after_the_reshape_keeps_every_value_and_the_output_name(tmp_path):
+    """MatMul -> Add(bias) -> Reshape to a graph output becomes MatMul -> Reshape -> Add(bias in the new
+    shape): bit-equal outputs, the output keeps its name; a Reshape that moves the batch is left alone."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bigmodel.export.graph import ort_session
+    from bigmodel.export.int8 import bias_after_reshape
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 12)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(12).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([-1, 3, 4], np.int64), "shape"),
+             numpy_helper.from_array(np.array([3, -1], np.int64), "odd")]
+
+    def graph(shape: str):
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="fc_MatMul"),
+                 helper.make_node("Add", ["mm", "b"], ["y"], name="fc_Add"),
+                 helper.make_node("Reshape", ["y", shape], ["logits"], name="reshape"),
+                 helper.make_node("Sigmoid", ["logits"], ["out"], name="sig")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    model = graph("shape")
+    before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
+    onnx.save(model, before)
+    assert bias_after_reshape(model, {"fc_Add"}) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Reshape", "Add", "Sigmoid"]
+    onnx.save(model, after)
+    want = ort_session(before).run(["out", "logits"], {"x": x})
+    got = ort_session(after).run(["out", "logits"], {"x": x})
+    for w, g in zip(want, got, strict=True):
+        assert g.shape == w.shape == (6, 3, 4) and np.array_equal(g, w)
+    odd = graph("odd")  # (3, -1): the batch does not stay first, the bias would not broadcast
+    assert bias_after_reshape(odd, {"fc_Add"}) == 0

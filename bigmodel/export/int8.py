@@ -104,7 +104,8 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                     terminal = terminal_gemms(model) - set(shallow)
                     if terminal:  # as MatMul + Add: onnxruntime runs DQ -> MatMul with a float output as one kernel
                         prep = work / "prep.onnx"
-                        save_onnx(gemm_to_matmul(model, terminal), prep, external)
+                        bias_after_reshape(gemm_to_matmul(model, terminal), {f"{n}_Add" for n in terminal})
+                        save_onnx(model, prep, external)
                     if only is None:
                         exclude += [n for n in shallow if n not in exclude]
                 quantize_static(prep, dst, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -321,6 +322,43 @@ def terminal_gemms(model) -> set[str]:
                 and not reaches_weight_op(n.output[0], set())):
             out.add(n.name)
     return out
+
+
+def bias_after_reshape(model, names: set[str]) -> int:
+    """MatMul -> Add(bias) -> Reshape(B, *dims) as MatMul -> Reshape -> Add(bias as dims); the count rewritten.
+
+    For the Add nodes in `names` whose only reader is a Reshape to a constant (-1 or 0, *dims) shape with
+    prod(dims) = len(bias): the same values, but the Add now writes the Reshape's output. Where that is a
+    graph output (a decoder's `logits`) onnxruntime copies a Reshape's result into the output buffer, one
+    pass over every image (VAE decoder, batch 1024: 0.23 ms); a Reshape of an inner tensor is a view.
+    """
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    done = 0
+    for add in [n for n in g.node if n.name in names and n.op_type == "Add"]:
+        readers = [n for n in g.node if add.output[0] in n.input]
+        if len(readers) != 1 or readers[0].op_type != "Reshape" or add.output[0] in {o.name for o in g.output}:
+            continue
+        reshape = readers[0]
+        bias, shape = inits.get(add.input[1]), inits.get(reshape.input[1])
+        if bias is None or shape is None or len(bias.dims) != 1:
+            continue
+        target = numpy_helper.to_array(shape).tolist()
+        dims = target[1:]
+        if target[0] not in (-1, 0) or not dims or min(dims) < 1 or int(np.prod(dims)) != bias.dims[0]:
+            continue
+        folded = numpy_helper.from_array(numpy_helper.to_array(bias).reshape(dims), f"{bias.name}_reshaped")
+        g.initializer.append(folded)
+        out, inner = reshape.output[0], f"{reshape.output[0]}_before_bias"
+        reshape.input[0], reshape.output[0] = add.input[0], inner
+        add.input[:] = [inner, folded.name]
+        add.output[0] = out
+        g.node.remove(add)
+        g.node.insert(list(g.node).index(reshape) + 1, add)
+        done += 1
+    return done
 
 
 def float_outputs(model, names: set[str]) -> int:
