@@ -100,11 +100,12 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                 prep, terminal = src, set()
                 if weight_ops_only:  # the same rewrite for every build: the search's node names stay valid
                     model = onnx.load(str(src))
-                    shallow = shallow_weight_nodes(model)
-                    terminal = terminal_gemms(model) - set(shallow)
-                    if terminal:  # as MatMul + Add: onnxruntime runs DQ -> MatMul with a float output as one kernel
+                    shallow, terminal = static_plan(model)
+                    bare = {n.removesuffix("_MatMul") for n in [*shallow, *terminal]}
+                    if bare:  # as MatMul + Add: onnxruntime runs DQ -> MatMul with a float output as one kernel
                         prep = work / "prep.onnx"
-                        bias_after_reshape(gemm_to_matmul(model, terminal), {f"{n}_Add" for n in terminal})
+                        gemm_to_matmul(model, bare)
+                        bias_after_reshape(model, {n.removesuffix("_MatMul") + "_Add" for n in terminal})
                         save_onnx(model, prep, external)
                     if only is None:
                         exclude += [n for n in shallow if n not in exclude]
@@ -117,7 +118,7 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                                                "QuantizeBias": False})  # TensorRT dequantizes int8 only, no int32 bias
                 model = onnx.load(str(dst))
                 changed = drop_requantize(model)
-                changed += float_outputs(model, {f"{name}_MatMul" for name in terminal})
+                changed += float_outputs(model, terminal)
                 if changed:
                     save_onnx(model, dst, external)
     except ExportError:
@@ -289,6 +290,29 @@ def shallow_weight_nodes(model) -> list[str]:
     return shallow if len(shallow) < len(ks) else []
 
 
+def _plain_gemm(node, inits) -> bool:
+    """A Gemm that is MatMul(A, W) + b: weight initializer, no transA, alpha = beta = 1 (`gemm_to_matmul` takes it)."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return (node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in inits and not attrs.get("transA", 0)
+            and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0)
+
+
+def static_plan(model) -> tuple[list[str], set[str]]:
+    """(weight ops kept float by design, Gemms given a float output), named as in the int8 graph.
+
+    Both kinds of Gemm become MatMul + Add (`node_MatMul`, `node_Add`): onnxruntime adds a Gemm's bias
+    by a slow broadcast (a 1024 x 768 output: 0.40 ms with the bias, 0.11 ms without), which a separate
+    Add does in a quarter of that.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    shallow = shallow_weight_nodes(model)
+    terminal = terminal_gemms(model) - set(shallow)
+    plain = {n.name for n in model.graph.node if _plain_gemm(n, inits)}
+    return [f"{n}_MatMul" if n in plain else n for n in shallow], {f"{n}_MatMul" for n in terminal}
+
+
 def terminal_gemms(model) -> set[str]:
     """Gemm nodes (weight initializer, no transA, alpha = beta = 1) whose output reaches no other weight op.
 
@@ -296,8 +320,6 @@ def terminal_gemms(model) -> set[str]:
     quantized as DQ -> MatMul (+ Add) with a float output: onnxruntime runs that as one
     MatMulIntegerToFloat kernel (a Gemm needs a Q after it to become QGemm, then a DQ pass back to float).
     """
-    from onnx import helper
-
     g = model.graph
     readers: dict[str, list] = {}
     for n in g.node:
@@ -314,14 +336,7 @@ def terminal_gemms(model) -> set[str]:
                 return True
         return False
 
-    out = set()
-    for n in g.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        if (n.op_type == "Gemm" and len(n.input) > 1 and n.input[1] in inits and not attrs.get("transA", 0)
-                and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
-                and not reaches_weight_op(n.output[0], set())):
-            out.add(n.name)
-    return out
+    return {n.name for n in g.node if _plain_gemm(n, inits) and not reaches_weight_op(n.output[0], set())}
 
 
 def bias_after_reshape(model, names: set[str]) -> int:
@@ -406,9 +421,7 @@ def gemm_to_matmul(model, names: set[str] | None = None):
     nodes = []
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or (names is not None and node.name not in names)
-                or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+        if not _plain_gemm(node, inits) or (names is not None and node.name not in names):
             nodes.append(node)
             continue
         w = inits[node.input[1]]

@@ -33,7 +33,7 @@ from bigmodel.export.int8 import (
     calibration_inputs,
     quantized_nodes,
     search,
-    shallow_weight_nodes,
+    static_plan,
     to_int8_file,
 )
 from bigmodel.export.options import FP32_DIR, ExportOptions
@@ -227,7 +227,7 @@ def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifes
         if weight_ops_only:
             import onnx
 
-            shallow = shallow_weight_nodes(onnx.load(str(src), load_external_data=False))
+            shallow, _ = static_plan(onnx.load(str(src), load_external_data=False))
             if shallow:
                 record["shallow_float"] = shallow
     return {**record, "kept_float": result.kept_float, "attempts": len(result.attempts)}
