@@ -299,3 +299,36 @@ def test_bias_moved_after_the_reshape_keeps_every_value_and_the_output_name(tmp_
         assert g.shape == w.shape == (6, 3, 4) and np.array_equal(g, w)
     odd = graph("odd")  # (3, -1): the batch does not stay first, the bias would not broadcast
     assert bias_after_reshape(odd, {"fc_Add"}) == 0
+
+
+def test_static_calibration_of_any_size_runs_every_method(tmp_path):
+    """A calibration set that does not split into equal batches (151 rows -> 2 batches) works with the
+    histogram methods too: onnxruntime stacks their batches, and ragged ones used to crash the export."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bigmodel.export.graph import ort_session
+    from bigmodel.export.int8 import to_int8_file
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 48)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((10, 64)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "b2")]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 48])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 10])], inits)
+    src = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), src)
+    calibration = {"x": rng.standard_normal((151, 48)).astype(np.float32)}
+    x = rng.standard_normal((8, 48)).astype(np.float32)
+    want = ort_session(src).run(None, {"x": x})[0]
+    for method in ("MinMax", "Entropy", "Percentile"):
+        dst = tmp_path / f"int8-{method}.onnx"
+        to_int8_file(src, dst, "static", calibration, method)
+        got = ort_session(dst).run(None, {"x": x})[0]
+        assert got.shape == want.shape and np.isfinite(got).all()
+        assert np.abs(got - want).max() < 0.1 * np.abs(want).max(), method  # int8, not garbage

@@ -174,9 +174,12 @@ def write_bundle(source: Source, out: Path, opts: ExportOptions, progress: Progr
             convert = verify_bf16 if opts.precision == "bf16" else convert_bundle
             quality, failures = convert(tmp, manifest, opts, val, say)
             if failures and not opts.allow_failing:
+                hint = ("; --int8-mode dynamic or weights may pass" if opts.precision == "int8"
+                        and opts.int8_mode == "static" else "")
                 raise CheckFailed(
                     f"{opts.precision} graphs fail {len(failures)} check(s) against the fp32 graphs, so no bundle "
-                    f"was written (--allow-failing writes it with the failures in its manifest); first: {failures[0]}")
+                    f"was written (--allow-failing writes it with the failures in its manifest{hint}); "
+                    f"first: {failures[0]}")
             for report in reports:
                 report.bytes = file_bytes(tmp / manifest.roles[report.role].file)
         if opts.forms:

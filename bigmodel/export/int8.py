@@ -84,10 +84,14 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                     calibration = {onnx.load(str(src), load_external_data=False).graph.input[0].name: calibration}
                 rows = len(next(iter(calibration.values())))
                 parts = max(1, rows // CALIBRATION_BATCH)
+                size = rows // parts
+                # equal batches (onnxruntime's histogram calibrators stack them: ragged ones fail), rows shuffled
+                # the same way for every input first, so the rows left over are no one part of the set (stress)
+                order = np.random.default_rng(0).permutation(rows)[: parts * size]
 
                 class Feeds(CalibrationDataReader):  # every input cut into the same row batches (labels too)
                     def __init__(self):
-                        self.batches = zip(*(np.array_split(v, parts) for v in calibration.values()), strict=True)
+                        self.batches = zip(*(np.split(v[order], parts) for v in calibration.values()), strict=True)
 
                     def get_next(self):
                         batch = next(self.batches, None)

@@ -238,8 +238,7 @@ def _fastest_backend(path: Path, manifest: Manifest, backend: str, device: str, 
         if verify:
             verify_files(path, form)
         members[key] = _make_backend(path, form, name, threads, None, device_id, tf32)
-    if len(members) == 1:
-        return next(iter(members.values())), True
+    # a dispatcher even over one pick: its settings say what the table chose per batch (its runner is the pick's)
     return tuning.DispatchBackend(members, table, forms), True
 
 
