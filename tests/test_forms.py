@@ -164,3 +164,25 @@ def test_eval_scores_a_chosen_form_against_the_default(multi, tmp_path, monkeypa
     assert report["deltas"] and "(int8)" in text
     code, text = cli("eval", multi, "--precision", "fp16", "--cache-dir", tmp_path / "cache")
     assert code == 2 and "carries fp32, int8" in text, text
+
+
+def test_bench_times_a_chosen_form_against_the_same_torch_baseline(multi, tmp_path):
+    """`bigmodel bench B --precision int8`: the runtime backends run the int8 graphs (their rows say int8, the
+    report carries the int8 share export read), torch stays the fp32 reference; an absent form is refused."""
+    import json
+
+    out = tmp_path / "bench.json"
+    code, text = cli("bench", multi, "--precision", "int8", "--backends", "torch,ort-cpu", "--roles", "decoder",
+                     "--batch-sizes", "4", "--iters", "5", "--warmup", "1", "--rounds", "1", "--no-roofline",
+                     "--json", out)
+    assert code == 0, text
+    report = json.loads(out.read_text())
+    rows = {r["backend"]: r for r in report["results"]}
+    assert rows["ort-cpu"]["precision"] == "int8" and rows["torch"]["precision"] == "fp32"
+    assert report["settings"]["precision"] == "int8"
+    share = read_manifest(multi).forms["int8"].quality["decoder"]["int8_flops_share"]
+    assert report["int8_flops_share"] == {"decoder": share}
+    with load(multi, backend="ort-cpu", precision="int8") as m:
+        assert m.manifest.precision == "int8"  # what bench's ort-cpu row ran
+    code, text = cli("bench", multi, "--precision", "fp16", "--backends", "ort-cpu", "--iters", "1")
+    assert code != 0 and "carries fp32, int8" in " ".join(text.split()), text

@@ -433,7 +433,7 @@ class RuntimeAdapter:
         s = self.settings_
         device = "cpu" if self.device == "cpu" else f"cuda:{self.device_id}"
         self.model = load(self.bundle, backend=self.name, device=device, threads=s.threads, tf32=s.tf32,
-                          strict=s.strict)
+                          strict=s.strict, precision=s.precision)
         sessions = getattr(self.model.backend, "sessions", None)
         self.copies = not (self.device == "cuda" and not s.copies and sessions is not None)
 

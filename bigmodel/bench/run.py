@@ -59,6 +59,7 @@ class BenchSettings:
     strict: bool = False  # onnxruntime GPU backends: no node may fall back to the CPU provider
     device_id: int = 0  # set from device="cuda:N"
     roofline: bool = True  # measure the machine's GEMM and memcpy ceilings and report % of them
+    precision: str | None = None  # which verified form of the bundle the runtime backends run (default: its own)
 
 
 MAX_RUNS = 10**7  # --iters, --warmup, --rounds: more timed runs than a day holds at 10 us each
@@ -111,6 +112,8 @@ def run_bench(bundle: str | os.PathLike, settings: BenchSettings | None = None,
     settings = BenchSettings(**{**settings.__dict__, "device": kind, "device_id": gpu})
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    if settings.precision is not None:  # the form's graphs, quality and int8 share; torch stays the fp32 reference
+        manifest = manifest.form(settings.precision)
     backends, roles = _validate(settings, manifest)
     if settings.device == "cuda":
         found = gpu_presence(gpu)

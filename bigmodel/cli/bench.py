@@ -79,6 +79,11 @@ def bench(
             "of them.",
         ),
     ] = True,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="Which verified precision of the bundle the runtime backends run (export --precision "
+                          "fp32,int8,...); default: its own. torch stays the fp32 reference."),
+    ] = None,
     json_out: JsonOutOpt = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write latency and throughput against batch size to this PNG.")
@@ -95,6 +100,7 @@ def bench(
     (best GEMM of the bundle's precision on the graph's shapes, a memcpy).
 
     Example: bigmodel bench runs/vae/bundle --batch-sizes 1,256 --plot bench.png
+    (--precision int8: the bundle's int8 form against the same torch baseline)
     """
     from bigmodel.bench import BenchSettings, parse_list, run_bench, write_plot
 
@@ -116,6 +122,7 @@ def bench(
         tf32=tf32,
         strict=strict,
         roofline=roofline,
+        precision=precision,
     )
     console = ui.table_console()
     with ui.BenchProgress(console) as report_progress:
