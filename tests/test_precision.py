@@ -332,3 +332,25 @@ def test_static_calibration_of_any_size_runs_every_method(tmp_path):
         got = ort_session(dst).run(None, {"x": x})[0]
         assert got.shape == want.shape and np.isfinite(got).all()
         assert np.abs(got - want).max() < 0.1 * np.abs(want).max(), method  # int8, not garbage
+
+
+def test_terminal_gemms_are_the_ones_no_weight_op_reads_even_in_a_deep_graph():
+    """Only a Gemm whose output reaches no other weight op (through any chain of float ops) gets a float
+    output; a 3000-operator chain between two Gemms is walked without recursion."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bigmodel.export.int8 import terminal_gemms
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h0"], name="first")]
+    for i in range(3000):
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"h{i + 1}"], name=f"relu{i}"))
+    nodes += [helper.make_node("Gemm", ["h3000", "w"], ["y"], name="last"),
+              helper.make_node("Sigmoid", ["y"], ["p"], name="sig"),
+              helper.make_node("Gemm", ["x", "w"], ["side"], name="side")]  # read by nothing: terminal too
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["b", 4]),
+                           helper.make_tensor_value_info("side", TensorProto.FLOAT, ["b", 4])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    assert terminal_gemms(model) == {"last", "side"}

@@ -325,22 +325,20 @@ def terminal_gemms(model) -> set[str]:
     MatMulIntegerToFloat kernel (a Gemm needs a Q after it to become QGemm, then a DQ pass back to float).
     """
     g = model.graph
-    readers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    producer = {o: n for n in g.node for o in n.output}
+    # tensors some weight op reads, directly or through non-weight operators: walked back from every weight op
+    feeds_weight_op: set[str] = set()
+    stack = [i for n in g.node if n.op_type in WEIGHT_OPS for i in n.input]
+    while stack:
+        tensor = stack.pop()
+        if tensor in feeds_weight_op:
+            continue
+        feeds_weight_op.add(tensor)
+        src = producer.get(tensor)
+        if src is not None and src.op_type not in WEIGHT_OPS:
+            stack.extend(src.input)
     inits = {i.name for i in g.initializer}
-
-    def reaches_weight_op(tensor: str, seen: set[str]) -> bool:
-        for r in readers.get(tensor, []):
-            if r.name in seen:
-                continue
-            seen.add(r.name)
-            if r.op_type in WEIGHT_OPS or any(reaches_weight_op(o, seen) for o in r.output):
-                return True
-        return False
-
-    return {n.name for n in g.node if _plain_gemm(n, inits) and not reaches_weight_op(n.output[0], set())}
+    return {n.name for n in g.node if _plain_gemm(n, inits) and n.output[0] not in feeds_weight_op}
 
 
 def bias_after_reshape(model, names: set[str]) -> int:
