@@ -7,6 +7,11 @@ because onnxruntime's dynamic quantizer does not quantize Gemm) and `weights` (i
 MatMulNBits, blocks of <= 128 weights with one scale each; an onnxruntime contrib operator, and
 MatMul/Gemm only, convolutions stay fp32).
 
+Static graphs are shaped for the engines' integer kernels (`static_plan`): Q/DQ around the weight
+operators only, the last Gemm before float-only operators given a float output (DQ -> MatMul + Add,
+one MatMulIntegerToFloat kernel in onnxruntime), its bias moved after a Reshape into a graph output,
+and weight operators with <= SHALLOW_K inputs per output kept float.
+
 When a role's graph fails its checks, `search` tries onnxruntime's calibration methods (static
 only: MinMax, Entropy, Percentile; each on the in-distribution calibration set, then on one that
 also holds ±4σ codes / noise images) and then keeps the most sensitive nodes in float, as
@@ -103,12 +108,11 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                 # (onnxruntime, OpenVINO and TensorRT fuse Q/DQ into MatMul/Gemm/Conv), only passes over memory.
                 prep, terminal = src, set()
                 if weight_ops_only:  # the same rewrite for every build: the search's node names stay valid
-                    model = onnx.load(str(src))
-                    shallow, terminal = static_plan(model)
+                    shallow, terminal = static_plan(onnx.load(str(src), load_external_data=False))  # dims only
                     bare = {n.removesuffix("_MatMul") for n in [*shallow, *terminal]}
                     if bare:  # as MatMul + Add: onnxruntime runs DQ -> MatMul with a float output as one kernel
                         prep = work / "prep.onnx"
-                        gemm_to_matmul(model, bare)
+                        model = gemm_to_matmul(onnx.load(str(src)), bare)
                         bias_after_reshape(model, {n.removesuffix("_MatMul") + "_Add" for n in terminal})
                         save_onnx(model, prep, external)
                     if only is None:
