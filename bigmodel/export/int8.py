@@ -10,7 +10,7 @@ MatMul/Gemm only, convolutions stay fp32).
 Static graphs are shaped for the engines' integer kernels (`static_plan`): Q/DQ around the weight
 operators only, the last Gemm before float-only operators given a float output (DQ -> MatMul + Add,
 one MatMulIntegerToFloat kernel in onnxruntime), its bias moved after a Reshape into a graph output,
-and weight operators with <= SHALLOW_K inputs per output kept float.
+and Gemm/MatMul layers with <= SHALLOW_K inputs per output kept float.
 
 When a role's graph fails its checks, `search` tries onnxruntime's calibration methods (static
 only: MinMax, Entropy, Percentile; each on the in-distribution calibration set, then on one that
@@ -263,39 +263,36 @@ def drop_requantize(model) -> int:
     return dropped
 
 
-SHALLOW_K = 32  # a weight op summing over this few inputs stays float (`shallow_weight_nodes`)
+SHALLOW_K = 32  # a Gemm/MatMul summing over this few inputs stays float (`shallow_weight_nodes`)
 
 
 def _weight_k(node, inits) -> int | None:
-    """The reduction length K of a MatMul/Gemm/Conv node whose weight is an initializer, else None."""
+    """The reduction length K of a MatMul/Gemm whose weight is an initializer, else None."""
     from onnx import helper
 
-    w = inits.get(node.input[1]) if len(node.input) > 1 else None
+    w = inits.get(node.input[1]) if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 else None
     if w is None or len(w.dims) < 2:
         return None
-    dims = list(w.dims)
-    if node.op_type == "Gemm":
-        trans_b = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
-        return dims[1] if trans_b else dims[0]
     if node.op_type == "MatMul":
-        return dims[-2]
-    if node.op_type == "Conv":
-        return int(np.prod(dims[1:]))  # (Cout, Cin/g, k...): Cin/g x kernel per output
-    return int(dims[0] * np.prod(dims[2:]))  # ConvTranspose (Cin, Cout/g, k...): every input scatters
+        return w.dims[-2]
+    trans_b = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
+    return w.dims[1] if trans_b else w.dims[0]
 
 
 def shallow_weight_nodes(model) -> list[str]:
-    """Weight ops with K <= SHALLOW_K, kept in float when at least one deeper weight op is quantized.
+    """Gemm/MatMul nodes with K <= SHALLOW_K, kept in float when some other weight op is quantized.
 
     Their time goes to writing their output, not to arithmetic, so int8 kernels buy nothing there; in
     int8 they cost passes: with symmetric activations (TensorRT's form) onnxruntime cannot fold a
     following Relu into its integer kernel and runs DQ -> Relu -> Q in float (measured on the VAE
     decoder's 20 -> 768 layer at batch 1024: 0.78 ms as int8 kernel + passes, 0.42 ms as one float Gemm + Relu).
+    Gemm/MatMul only: for a shallow Conv (a conv GAN discriminator's first layer, K = 16) keeping it float
+    measured neither faster nor slower across batches, so convolutions keep their Q/DQ.
     """
     inits = {i.name: i for i in model.graph.initializer}
-    ks = {n.name: k for n in model.graph.node if n.op_type in WEIGHT_OPS and (k := _weight_k(n, inits)) is not None}
-    shallow = [name for name, k in ks.items() if k <= SHALLOW_K]
-    return shallow if len(shallow) < len(ks) else []
+    weight_ops = [n for n in model.graph.node if n.op_type in WEIGHT_OPS]
+    shallow = [n.name for n in weight_ops if (k := _weight_k(n, inits)) is not None and k <= SHALLOW_K]
+    return shallow if len(shallow) < len(weight_ops) else []
 
 
 def _plain_gemm(node, inits) -> bool:
