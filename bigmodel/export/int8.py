@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -106,17 +107,17 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                 # Signed symmetric int8 on both sides (zero points 0): what TensorRT builds int8 engines from.
                 # Only the weight-bearing operators: Q/DQ around a Sigmoid or Reshape buys no integer kernel
                 # (onnxruntime, OpenVINO and TensorRT fuse Q/DQ into MatMul/Gemm/Conv), only passes over memory.
-                prep, terminal = src, set()
+                prep, float_out = src, set()
                 if weight_ops_only:  # the same rewrite for every build: the search's node names stay valid
-                    shallow, terminal = static_plan(onnx.load(str(src), load_external_data=False))  # dims only
-                    bare = {n.removesuffix("_MatMul") for n in [*shallow, *terminal]}
-                    if bare:  # as MatMul + Add: onnxruntime runs DQ -> MatMul with a float output as one kernel
+                    plan = static_plan(onnx.load(str(src), load_external_data=False))  # dims only
+                    float_out = plan.float_out
+                    if plan.rewrite:  # as MatMul + Add: onnxruntime runs DQ -> MatMul with a float output as one kernel
                         prep = work / "prep.onnx"
-                        model = gemm_to_matmul(onnx.load(str(src)), bare)
-                        bias_after_reshape(model, {n.removesuffix("_MatMul") + "_Add" for n in terminal})
+                        model = gemm_to_matmul(onnx.load(str(src)), plan.rewrite)
+                        bias_after_reshape(model, plan.bias_adds)
                         save_onnx(model, prep, external)
                     if only is None:
-                        exclude += [n for n in shallow if n not in exclude]
+                        exclude += [n for n in plan.shallow if n not in exclude]
                 quantize_static(prep, dst, Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod[method], nodes_to_exclude=exclude,
@@ -126,7 +127,7 @@ def to_int8_file(src: Path, dst: Path, mode: str, calibration: dict[str, np.ndar
                                                "QuantizeBias": False})  # TensorRT dequantizes int8 only, no int32 bias
                 model = onnx.load(str(dst))
                 changed = drop_requantize(model)
-                changed += float_outputs(model, terminal)
+                changed += float_outputs(model, float_out)
                 if changed:
                     save_onnx(model, dst, external)
     except ExportError:
@@ -304,18 +305,29 @@ def _plain_gemm(node, inits) -> bool:
             and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0)
 
 
-def static_plan(model) -> tuple[list[str], set[str]]:
-    """(weight ops kept float by design, Gemms given a float output), named as in the int8 graph.
+class StaticPlan(NamedTuple):
+    """What `to_int8_file` rewrites in a static graph (`static_plan`)."""
 
-    Both kinds of Gemm become MatMul + Add (`node_MatMul`, `node_Add`). For the float ones this is only
-    speed: onnxruntime's Gemm adds its bias by a slow broadcast (the VAE decoder's 20 -> 768 layer as
-    MatMul + Add: batch 1024 1.13 -> 1.02 ms for the whole int8 decoder, alternating runs).
+    shallow: list[str]  # weight ops kept float by design, named as in the int8 graph
+    float_out: set[str]  # MatMul nodes of the int8 graph whose output stays float (no Q -> DQ after them)
+    rewrite: set[str]  # Gemm nodes of the fp32 graph written as MatMul + Add (`node_MatMul`, `node_Add`)
+    bias_adds: set[str]  # the Add nodes of the float-output layers (`bias_after_reshape`)
+
+
+def static_plan(model) -> StaticPlan:
+    """The shallow layers kept float and the last Gemms given a float output, both as MatMul + Add.
+
+    For the float ones the rewrite is only speed: onnxruntime's Gemm adds its bias by a slow broadcast (the
+    VAE decoder's 20 -> 768 layer as MatMul + Add: batch 1024 1.13 -> 1.02 ms for the whole int8 decoder,
+    alternating runs).
     """
     inits = {i.name for i in model.graph.initializer}
     shallow = shallow_weight_nodes(model)
     terminal = terminal_gemms(model) - set(shallow)
     plain = {n.name for n in model.graph.node if _plain_gemm(n, inits)}
-    return [f"{n}_MatMul" if n in plain else n for n in shallow], {f"{n}_MatMul" for n in terminal}
+    return StaticPlan(shallow=[f"{n}_MatMul" if n in plain else n for n in shallow],
+                      float_out={f"{n}_MatMul" for n in terminal}, rewrite=terminal | (set(shallow) & plain),
+                      bias_adds={f"{n}_Add" for n in terminal})
 
 
 def terminal_gemms(model) -> set[str]:

@@ -115,7 +115,6 @@ def verify_bf16(folder: Path, manifest: Manifest, opts: ExportOptions, val: np.n
     the checks run exactly that against the same graphs run in fp32 by onnxruntime. ExportError where
     OpenVINO is missing or the CPU has no bf16 arithmetic (OpenVINO would run fp32 and call it bf16).
     """
-
     from bigmodel.errors import BackendUnavailable
     from bigmodel.runtime.backends.openvino import bf16_reason, import_openvino
 
@@ -235,7 +234,7 @@ def _int8_role(role: str, src: Path, dst: Path, fp32: Manifest, current: Manifes
         if weight_ops_only:
             import onnx
 
-            shallow, _ = static_plan(onnx.load(str(src), load_external_data=False))
+            shallow = static_plan(onnx.load(str(src), load_external_data=False)).shallow
             if shallow:
                 record["shallow_float"] = shallow
     return {**record, "kept_float": result.kept_float, "attempts": len(result.attempts)}
@@ -266,7 +265,6 @@ def share_text(shares: dict[str, float]) -> str:
 
 
 def _with_sha(spec, path: Path):
-
     return replace(spec, sha256=sha256_file(path), data_files=data_files(path))
 
 
